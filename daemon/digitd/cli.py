@@ -1,0 +1,80 @@
+"""Command line: `digitd run|check-config|predict|train|evaluate`.
+
+Only argparse and the standard library are imported here; each command imports its own
+module (and so TensorFlow) when it runs, so `digitd --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+from digitd import __version__
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # some inputs could not be recognised
+EXIT_USAGE = 2  # bad configuration, bad data, bad arguments
+
+
+def _command(module: str, function: str):
+    """Return a handler that imports `digitd.<module>` only when the command runs."""
+
+    def handler(args: argparse.Namespace) -> int:
+        return getattr(import_module(f"digitd.{module}"), function)(args)
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digitd",
+        description="Recognise handwritten digits in PNG files dropped into a folder.",
+    )
+    parser.add_argument("--version", action="version", version=f"digitd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="watch the inbox and recognise every PNG dropped there")
+    run.add_argument("--config", metavar="PATH", help="YAML configuration (default: built in)")
+    run.add_argument("--inbox", metavar="DIR", help="override the configured inbox")
+    run.add_argument("--outbox", metavar="DIR", help="override the configured outbox")
+    run.set_defaults(handler=_command("daemon", "run_command"))
+
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("--config", metavar="PATH", help="YAML configuration (default: built in)")
+    check.set_defaults(handler=_command("config", "check_command"))
+
+    predict = sub.add_parser("predict", help="recognise the digit in each FILE")
+    predict.add_argument("files", nargs="+", metavar="FILE")
+    predict.add_argument("--model", metavar="PATH", help="a .keras model (default: shipped)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per file")
+    predict.add_argument("--preview", metavar="DIR", help="write annotated previews into DIR")
+    predict.set_defaults(handler=_command("predict", "predict_command"))
+
+    train = sub.add_parser("train", help="train a model on MNIST (one-shot)")
+    train.add_argument("--data", metavar="DIR", help="MNIST IDX files or mnist.npz")
+    train.add_argument("--arch", choices=("cnn", "mlp"), default="cnn")
+    train.add_argument("--epochs", type=int, help="default: 3 for mlp, the tuned value for cnn")
+    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--out", metavar="DIR", default="models")
+    train.add_argument("--limit", type=int, metavar="N", help="train on the first N digits only")
+    train.set_defaults(handler=_command("train", "train_command"))
+
+    evaluate = sub.add_parser("evaluate", help="accuracy of a model on the MNIST test set")
+    evaluate.add_argument("--model", metavar="PATH", help="a .keras model (default: shipped)")
+    evaluate.add_argument("--data", metavar="DIR", help="MNIST IDX files or mnist.npz")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=_command("train", "evaluate_command"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
