@@ -1,0 +1,231 @@
+"""Watching the inbox: watchdog events are hints, the folder listing is the truth.
+
+Events make pickup prompt; a periodic listing finds what events missed (queue overflow, late
+events, network shares). A file is handed on only once complete: it ends with PNG's IEND chunk
+and was closed after writing, renamed into place after its last write (mtime < ctime), or left
+unchanged for `settle_ms`. What never completes is handed on after `incomplete_after_s`, so it
+can be rejected with a reason instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import queue
+import stat
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from digitd.config import WatchConfig
+
+PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # an IEND chunk: length 0, type, CRC
+MAX_TRACKED = 10_000  # names tracked at once; a larger backlog is found by later listings
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A complete file (or a non-regular entry) in the inbox, ready to be claimed."""
+
+    name: str
+    received_at: datetime  # wall clock (UTC) when digitd first saw the name
+    ready_at: float  # monotonic time it was found complete: the batcher's clock starts here
+
+
+@dataclass
+class _Candidate:
+    received_at: datetime
+    next_check: float
+    size: int = -1
+    mtime_ns: int = -1
+    unchanged_since: float = 0.0
+    closed: bool = False  # a "closed after writing" event was seen
+
+
+class _Hints(FileSystemEventHandler):
+    """Turns watchdog events into (name, closed) hints on a queue; never touches the disk."""
+
+    def __init__(self, inbox: str, hints: queue.SimpleQueue) -> None:
+        self._inbox = inbox
+        self._hints = hints
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        path = os.fsdecode(getattr(event, "dest_path", "") or event.src_path)
+        head, name = os.path.split(path)
+        if head == self._inbox:
+            self._hints.put((name, isinstance(event, FileClosedEvent)))
+
+
+class InboxWatcher:
+    """Finds complete files in one folder; `poll()` returns each one once until `release()`."""
+
+    def __init__(self, inbox: Path, config: WatchConfig) -> None:
+        self.inbox = inbox
+        self._config = config
+        self._patterns = [p.lower() for p in config.patterns]
+        self._ignore = [p.lower() for p in config.ignore]
+        self._hints: queue.SimpleQueue = queue.SimpleQueue()
+        self._candidates: dict[str, _Candidate] = {}
+        self._handed_on: set[str] = set()
+        self._next_listing = 0.0
+        self._listing_truncated = False
+        self._observer = None
+
+    def start(self) -> None:
+        """Start the observer; the first `poll()` lists what is already there."""
+        if self._config.observer == "polling":
+            observer = PollingObserver(timeout=self._config.poll_interval_s)
+        else:
+            observer = Observer()
+        handler = _Hints(os.fsdecode(os.path.abspath(self.inbox)), self._hints)
+        kinds = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent]
+        kinds += [DirCreatedEvent, DirMovedEvent]
+        observer.schedule(handler, str(self.inbox), recursive=False, event_filter=kinds)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def wait(self, timeout: float) -> None:
+        """Block until an event arrives or `timeout` seconds pass."""
+        try:
+            hint = self._hints.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return
+        self._hints.put(hint)  # poll() drains it with the others
+
+    def next_deadline(self) -> float:
+        """The monotonic time at which `poll()` next has work, were no event to come."""
+        soonest = self._next_listing
+        for candidate in self._candidates.values():
+            soonest = min(soonest, candidate.next_check)
+        return soonest
+
+    def poll(self, now: float, want: int) -> list[Arrival]:
+        """Take in events, list the folder when due, and return up to `want` complete files."""
+        self._take_hints(now)
+        if now >= self._next_listing or (
+            self._listing_truncated and len(self._candidates) < MAX_TRACKED // 2
+        ):
+            self._list(now)
+        ready: list[Arrival] = []
+        for name in list(self._candidates):
+            if len(ready) >= want:
+                break
+            candidate = self._candidates[name]
+            if candidate.next_check <= now and self._is_ready(name, candidate, now):
+                del self._candidates[name]
+                self._handed_on.add(name)
+                ready.append(Arrival(name, candidate.received_at, now))
+        return ready
+
+    def release(self, name: str) -> None:
+        """The name was claimed (or vanished): a new file of that name is a new arrival."""
+        self._handed_on.discard(name)
+
+    def wanted(self, name: str) -> bool:
+        """Does the name match the patterns and none of the ignore patterns (any case)?"""
+        lower = name.lower()
+        if any(fnmatch.fnmatchcase(lower, p) for p in self._ignore):
+            return False
+        return any(fnmatch.fnmatchcase(lower, p) for p in self._patterns)
+
+    def _take_hints(self, now: float) -> None:
+        while True:
+            try:
+                name, closed = self._hints.get_nowait()
+            except queue.Empty:
+                return
+            candidate = self._track(name, now)
+            if candidate is not None:
+                candidate.next_check = now
+                candidate.closed = candidate.closed or closed
+
+    def _track(self, name: str, now: float) -> _Candidate | None:
+        candidate = self._candidates.get(name)
+        if candidate is None and name not in self._handed_on and self.wanted(name):
+            if len(self._candidates) >= MAX_TRACKED:
+                self._listing_truncated = True
+                return None
+            candidate = _Candidate(datetime.now(timezone.utc), now, unchanged_since=now)
+            self._candidates[name] = candidate
+        return candidate
+
+    def _list(self, now: float) -> None:
+        self._next_listing = now + self._config.rescan_interval_s
+        self._listing_truncated = False
+        try:
+            with os.scandir(self.inbox) as entries:
+                for entry in entries:
+                    if entry.name not in self._candidates:
+                        self._track(entry.name, now)
+        except OSError:
+            pass  # the inbox itself is gone or unreadable; the daemon logs its health
+
+    def _is_ready(self, name: str, candidate: _Candidate, now: float) -> bool:
+        path = os.path.join(self.inbox, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            del self._candidates[name]  # renamed away or deleted before it completed
+            return False
+        except OSError:
+            return True  # let the claim and the reader say what is wrong
+        if not stat.S_ISREG(st.st_mode):
+            return True  # symlink, FIFO, socket, folder: rejected without being opened
+        if st.st_size != candidate.size or st.st_mtime_ns != candidate.mtime_ns:
+            candidate.size, candidate.mtime_ns = st.st_size, st.st_mtime_ns
+            candidate.unchanged_since = now
+        unchanged = now - candidate.unchanged_since
+        tail = _has_png_trailer(path, st.st_size)
+        if tail is None:
+            return True  # unreadable: rejected as such
+        settle = self._config.settle_ms / 1000
+        if tail and (candidate.closed or st.st_mtime_ns < st.st_ctime_ns or unchanged >= settle):
+            return True
+        if not tail and unchanged >= self._config.incomplete_after_s:
+            return True
+        wait = settle if tail else min(1.0, self._config.incomplete_after_s / 4)
+        candidate.next_check = now + max(0.005, wait - unchanged if tail else wait)
+        return False
+
+
+def _has_png_trailer(path: str, size: int) -> bool | None:
+    """Does the file end with an IEND chunk? None if it cannot be opened for reading.
+
+    Opened non-blocking and without following links, so a FIFO or a link swapped in since
+    the lstat cannot block or redirect the read.
+    """
+    if size < len(PNG_TRAILER):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.pread(fd, len(PNG_TRAILER), size - len(PNG_TRAILER)) == PNG_TRAILER
+    finally:
+        os.close(fd)
+
