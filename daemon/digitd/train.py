@@ -1,0 +1,390 @@
+"""`digitd train` and `digitd evaluate`: build, train, measure and ship a digit model.
+
+The saved .keras holds standard layers only (string activations, no augmentation layers), so
+any Keras 3 can reload it; augmentation runs in the tf.data pipeline during training instead.
+Models take the input contract written in `digitd.model` (28x28 float32 in [0, 1], ink bright).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitd import __version__
+from digitd.dataset import DatasetError, Mnist, load_mnist
+from digitd.model import file_sha256, import_keras, load_classifier
+
+EXIT_OK, EXIT_USAGE = 0, 2
+DEFAULT_EPOCHS = {"cnn": 14, "mlp": 3}
+BATCH_SIZE = {"cnn": 128, "mlp": 32}  # mlp: Keras' default batch, as the classroom network had
+PEAK_LR = 3e-3  # cnn: one-cycle-like warm-up then cosine decay
+
+
+def _log():
+    import structlog
+
+    return structlog.get_logger("digitd.train")
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+def build_cnn(keras) -> Any:
+    """Conv-BN-ReLU blocks with strided 5x5 convs instead of pooling; ~99.6% on MNIST."""
+    layers = keras.layers
+
+    def conv(filters: int, size: int, strides: int = 1, padding: str = "valid") -> list:
+        return [layers.Conv2D(filters, size, strides=strides, padding=padding, use_bias=False),
+                layers.BatchNormalization(momentum=0.9), layers.Activation("relu")]
+
+    return keras.Sequential([
+        keras.Input(shape=(28, 28), name="digits"),
+        layers.Reshape((28, 28, 1)),
+        *conv(32, 3), *conv(32, 3), *conv(32, 5, 2, "same"), layers.Dropout(0.4),
+        *conv(64, 3), *conv(64, 3), *conv(64, 5, 2, "same"), layers.Dropout(0.4),
+        *conv(128, 4), layers.Flatten(), layers.Dropout(0.4),
+        layers.Dense(10, activation="softmax"),
+    ], name="digitd_cnn")
+
+
+def build_mlp(keras) -> Any:
+    """The original classroom network: two Dense-128 layers, for comparison."""
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input(shape=(28, 28), name="digits"),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(10, activation="softmax"),
+    ], name="digitd_mlp")
+
+
+def compile_model(keras, model, arch: str, steps: int) -> None:
+    """Adam; the CNN warms up for one epoch's worth of steps then decays (cosine) to ~0."""
+    if arch == "mlp":
+        optimizer = keras.optimizers.Adam()
+    else:
+        warm = max(1, steps // 15)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=PEAK_LR / 10, decay_steps=max(1, steps - warm), alpha=0.005,
+            warmup_target=PEAK_LR, warmup_steps=warm)
+        optimizer = keras.optimizers.Adam(schedule)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
+# --- data pipeline and augmentation -------------------------------------------------------
+
+
+def augment_batch(x, step, seed: int):
+    """Random stroke width, rotation (±10°), zoom (±10%) and shift (±2 px) for a batch.
+
+    Stateless random ops seeded by (seed, step), so a run is repeatable whatever the threading.
+    x: (B, 28, 28) float32 in [0, 1].
+    """
+    import tensorflow as tf
+
+    n = tf.shape(x)[0]
+    rnd = [tf.random.stateless_uniform([n], seed=[seed, step * 8 + i], minval=-1.0, maxval=1.0)
+           for i in range(5)]
+    img = x[..., None]
+    # stroke width: blend toward a 3x3 dilation (thicker) or erosion (thinner)
+    dilated = tf.nn.max_pool2d(img, 3, 1, "SAME")
+    eroded = -tf.nn.max_pool2d(-img, 3, 1, "SAME")
+    w = rnd[0][:, None, None, None]
+    img = tf.where(w > 0, img + 0.7 * w * (dilated - img), img - 0.5 * w * (eroded - img))
+    # affine: output pixel p maps to input pixel c + R^-1 (p - c - t) / s
+    angle = rnd[1] * (10.0 * math.pi / 180.0)
+    k = 1.0 / (1.0 + 0.1 * rnd[2])
+    tx, ty = 2.0 * rnd[3], 2.0 * rnd[4]
+    c = 13.5
+    cos, sin = tf.cos(angle) * k, tf.sin(angle) * k
+    transforms = tf.stack([
+        cos, sin, c - cos * (c + tx) - sin * (c + ty),
+        -sin, cos, c + sin * (c + tx) - cos * (c + ty),
+        tf.zeros_like(cos), tf.zeros_like(cos)], axis=1)
+    img = tf.raw_ops.ImageProjectiveTransformV3(
+        images=img, transforms=transforms, output_shape=tf.constant([28, 28]),
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+    return tf.clip_by_value(img[..., 0], 0.0, 1.0)
+
+
+def make_train_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, augment: bool):
+    """Shuffled, endlessly repeated, batched (and for the CNN augmented) training batches."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat().batch(batch)
+
+    def prepare(step, xy):
+        images = tf.cast(xy[0], tf.float32) / 255.0
+        if augment:
+            images = augment_batch(images, tf.cast(step, tf.int32), seed)
+        return images, xy[1]
+
+    return ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+def to_input(x: np.ndarray) -> np.ndarray:
+    """uint8 MNIST images -> the model's input contract (float32 in [0, 1])."""
+    return (x.astype(np.float32) / 255.0).reshape(-1, 28, 28)
+
+
+# --- progress -------------------------------------------------------------------------------
+
+
+def epoch_logger(keras, epochs: int):
+    """A callback that logs one structured line per epoch (used when stdout is not a terminal)."""
+
+    class EpochLog(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = {k: round(float(v), 5) for k, v in (logs or {}).items()}
+            _log().info("epoch", epoch=epoch + 1, epochs=epochs,
+                        seconds=round(time.monotonic() - self.started, 1), **logs)
+
+    return EpochLog()
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """10x10 counts; rows are the true digit, columns the prediction."""
+    matrix = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(matrix, (y_true.astype(np.int64), y_pred.astype(np.int64)), 1)
+    return matrix
+
+
+def metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Accuracy, per-class accuracy and the confusion matrix, JSON-ready."""
+    pred = probs.argmax(axis=1)
+    matrix = confusion(y_true, pred)
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    return {
+        "n": int(len(y_true)),
+        "accuracy": round(float((pred == y_true).mean()), 6),
+        "errors": int((pred != y_true).sum()),
+        "per_class_accuracy": {str(d): round(float(a), 6) for d, a in enumerate(per_class)},
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that affect training results, for the model card."""
+    import keras
+    import tensorflow as tf
+
+    return {"digitd": __version__, "python": platform.python_version(),
+            "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}
+
+
+def describe_layers(model) -> list[str]:
+    """One short line per layer, e.g. 'Conv2D 32 5x5 /2 same' — the card's architecture."""
+    lines = []
+    for layer in model.layers:
+        cfg = layer.get_config()
+        parts = [type(layer).__name__]
+        if "filters" in cfg:
+            parts += [str(cfg["filters"]), "x".join(map(str, cfg["kernel_size"]))]
+            if tuple(cfg["strides"]) != (1, 1):
+                parts.append(f"/{cfg['strides'][0]}")
+            parts.append(cfg["padding"])
+        if "units" in cfg:
+            parts.append(str(cfg["units"]))
+        if cfg.get("activation") not in (None, "linear"):
+            parts.append(str(cfg["activation"]))
+        if "rate" in cfg:
+            parts.append(str(cfg["rate"]))
+        lines.append(" ".join(parts))
+    return lines
+
+
+# --- writing outputs atomically -----------------------------------------------------------
+
+
+def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) on a temporary file beside `target`, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model, target: Path) -> str:
+    """Save without optimiser state (smaller, and loads anywhere); return the file's SHA-256."""
+    write_atomically(target, lambda tmp: model.save(tmp, include_optimizer=False))
+    return file_sha256(target)
+
+
+def save_report(target: Path, history: dict, matrix: np.ndarray, x_test: np.ndarray,
+                y_test: np.ndarray, probs: np.ndarray, title: str) -> None:
+    """A PNG: training curves, the confusion matrix, and the 25 most confidently wrong digits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 10), layout="constrained")
+    fig.suptitle(title)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.4])
+    ax_loss, ax_acc = top.subplots(1, 2)
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.plot(epochs, history.get(key, []), "o-", label="train (augmented)")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], "o-", label="test")
+        ax.set(xlabel="epoch", ylabel=key, title=key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    left, right = bottom.subfigures(1, 2, width_ratios=[1, 1.1])
+    _plot_confusion(left.subplots(), matrix)
+    _plot_wrong(right, x_test, y_test, probs)
+    write_atomically(target, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+
+
+def _plot_confusion(ax, matrix: np.ndarray) -> None:
+    """Confusion matrix on a log colour scale so the few errors are visible."""
+    ax.imshow(np.log1p(matrix), cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                    color="white" if i == j else "black")
+    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
+           title="confusion matrix (test set)")
+
+
+def _plot_wrong(subfig, x_test: np.ndarray, y_test: np.ndarray, probs: np.ndarray) -> None:
+    """The 25 wrong test predictions the model was most sure of."""
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y_test)
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:25]
+    subfig.suptitle(f"most confidently wrong ({len(np.flatnonzero(pred != y_test))} errors)")
+    for ax, i in zip(subfig.subplots(5, 5).flat, list(wrong) + [None] * 25, strict=False):
+        ax.axis("off")
+        if i is not None:
+            ax.imshow(x_test[i], cmap="gray")
+            ax.set_title(f"true {y_test[i]} → {pred[i]} ({probs[i, pred[i]]:.2f})", fontsize=8)
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def train_command(args) -> int:
+    """`digitd train`: train --arch on MNIST and write model, card and report into --out."""
+    try:
+        data = load_mnist(args.data, verify=not getattr(args, "no_verify", False))
+    except DatasetError as exc:
+        print(f"digitd train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.limit:
+        data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = train(data, arch=args.arch, epochs=args.epochs or DEFAULT_EPOCHS[args.arch],
+                   seed=args.seed, out=out, limit=args.limit)
+    print(f"test accuracy {result['test']['accuracy']:.4f} in {result['training_seconds']:.0f} s;"
+          f" wrote {out / f'digitd-{args.arch}.keras'} (model id {result['model_id'][:12]})")
+    return EXIT_OK
+
+
+def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
+          limit: int | None = None) -> dict[str, Any]:
+    """Train one model; write digitd-<arch>.keras, .card.json and .report.png; return the card."""
+    keras = import_keras()
+    keras.utils.set_random_seed(seed)
+    batch = BATCH_SIZE[arch]
+    steps_per_epoch = math.ceil(len(data.x_train) / batch)
+    model = build_cnn(keras) if arch == "cnn" else build_mlp(keras)
+    compile_model(keras, model, arch, steps_per_epoch * epochs)
+    train_ds = make_train_dataset(data.x_train, data.y_train, batch, seed, augment=arch == "cnn")
+    x_test = to_input(data.x_test)
+    interactive = sys.stdout.isatty()
+    _log().info("training", arch=arch, epochs=epochs, seed=seed, train=len(data.x_train),
+                test=len(data.x_test), params=model.count_params())
+    started = time.monotonic()
+    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        validation_data=(x_test, data.y_test), validation_batch_size=500,
+                        verbose=1 if interactive else 0,
+                        callbacks=[] if interactive else [epoch_logger(keras, epochs)])
+    seconds = time.monotonic() - started
+    probs = model.predict(x_test, batch_size=500, verbose=0)
+    test = metrics(data.y_test, probs)
+    model_path = out / f"digitd-{arch}.keras"
+    card = {
+        "name": model_path.name,
+        "model_id": save_model(model, model_path),
+        "arch": arch,
+        "architecture": describe_layers(model),
+        "parameters": int(model.count_params()),
+        "input": "(N, 28, 28) float32 in [0, 1], ink bright on dark, MNIST-normalised",
+        "output": "(N, 10) float32 softmax probabilities for digits 0-9",
+        "dataset": {"source": data.source, "sha256": data.sha256,
+                    "train": len(data.x_train), "test": len(data.x_test), "limit": limit},
+        "training": {"seed": seed, "epochs": epochs, "batch_size": batch,
+                     "augmentation": arch == "cnn", "optimizer": "adam",
+                     "peak_learning_rate": PEAK_LR if arch == "cnn" else 1e-3,
+                     "seconds": round(seconds, 1),
+                     "history": {k: [round(float(v), 5) for v in vs]
+                                 for k, vs in history.history.items()}},
+        "training_seconds": round(seconds, 1),
+        "test": test,
+        "library_versions": library_versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    card_file = out / f"digitd-{arch}.card.json"
+    write_atomically(card_file, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+    save_report(out / f"digitd-{arch}.report.png", history.history,
+                np.array(test["confusion_matrix"]), data.x_test, data.y_test, probs,
+                title=f"digitd-{arch}: test accuracy {test['accuracy']:.2%} "
+                      f"({test['errors']} errors / {test['n']}), {seconds:.0f} s, seed {seed}")
+    _log().info("trained", arch=arch, accuracy=test["accuracy"], seconds=round(seconds, 1),
+                model_id=card["model_id"])
+    return card
+
+
+def evaluate_command(args) -> int:
+    """`digitd evaluate`: accuracy, per-class accuracy and confusion matrix on the test set."""
+    try:
+        data = load_mnist(args.data, verify=not getattr(args, "no_verify", False))
+    except DatasetError as exc:
+        print(f"digitd evaluate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        classifier = load_classifier(args.model)
+    except (OSError, ValueError) as exc:
+        print(f"digitd evaluate: {args.model or 'shipped model'}: cannot load ({exc})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    probs = classifier.predict(to_input(data.x_test))
+    result = {"model": str(classifier.path), "model_id": classifier.model_id,
+              "data": data.source, **metrics(data.y_test, probs)}
+    if args.json:
+        print(json.dumps(result))
+        return EXIT_OK
+    print(f"model    {result['model']} ({result['model_id'][:12]})")
+    print(f"data     {result['data']}")
+    print(f"accuracy {result['accuracy']:.4%} ({result['errors']} errors / {result['n']})")
+    print("per class " + "  ".join(f"{d}:{a:.4f}" for d, a in result["per_class_accuracy"].items()))
+    print("confusion (rows true, columns predicted)")
+    for digit, row in enumerate(result["confusion_matrix"]):
+        print(f"  {digit} " + " ".join(f"{c:5d}" for c in row))
+    return EXIT_OK
