@@ -58,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--out", metavar="DIR", default="models")
     train.add_argument("--limit", type=int, metavar="N", help="train on the first N digits only")
-    train.add_argument("--no-verify", action="store_true",
-                       help="skip the SHA-256 check (custom data under the official file names)")
+    train.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the SHA-256 check (custom data under the official file names)",
+    )
     train.set_defaults(handler=_command("train", "train_command"))
 
     evaluate = sub.add_parser("evaluate", help="accuracy of a model on the MNIST test set")

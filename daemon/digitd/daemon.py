@@ -1,0 +1,466 @@
+"""`digitd run`: inbox -> batches -> recognition -> outbox, as a systemd notify service.
+
+One loop in the main thread moves data one way: the watcher finds complete files, the batcher
+cuts batches, the work folder claims them, a thread pool reads and normalises them, the model
+runs once per batch, and the outbox writes the results and files the inputs. An outbox error
+(disk full, read-only, permissions) keeps the batch in hand and retries with back-off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import signal
+import stat
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from digitd.batcher import Batcher
+from digitd.claims import Batch, WorkFolder
+from digitd.config import Config, ConfigError, load_config
+from digitd.logs import configure_logging
+from digitd.notify import Notifier
+from digitd.outputs import Outbox, OutboxError, Result, iso_time, printable_name
+from digitd.watcher import Arrival, InboxWatcher
+
+log = structlog.get_logger("digitd")
+
+STATUS_EVERY_S = 1.0
+MAX_WAIT_SLICE_S = 0.25  # the longest the loop sleeps, so signals are seen promptly
+
+
+@dataclass
+class _Read:
+    """What reading and normalising one input gave: a model input, or a rejection."""
+
+    sha256: str = ""
+    image: np.ndarray | None = None
+    model_input: np.ndarray | None = None
+    error: str = ""
+    message: str = ""
+
+
+@dataclass
+class _Counts:
+    ok: int = 0
+    low_confidence: int = 0
+    rejected: int = 0
+
+    def add(self, results: list[Result]) -> None:
+        for r in results:
+            setattr(self, r.status, getattr(self, r.status) + 1)
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.low_confidence + self.rejected
+
+
+class Daemon:
+    """Holds the daemon's parts; `run()` returns the process exit code."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.notifier = Notifier()
+        self.work = WorkFolder(config.inbox)
+        self.outbox = Outbox(config.outbox, config.outputs)
+        self.watcher = InboxWatcher(config.inbox, config.watch)
+        self.batcher: Batcher[Arrival] = Batcher(
+            config.batch.max_size, config.batch.max_wait_ms / 1000
+        )
+        self.pool = ThreadPoolExecutor(config.batch.workers or os.cpu_count() or 1)
+        self.counts = _Counts()
+        self.stopping = False
+        self.classifier = None
+        self._next_ping = 0.0
+        self._next_status = 0.0
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        started = time.monotonic()
+        try:
+            self._start()
+        except (OSError, OutboxError) as exc:
+            log.error("start_failed", error=str(exc))
+            self.notifier.send(STATUS=f"Failed to start: {exc}")
+            return 1
+        log.info(
+            "ready",
+            inbox=str(self.config.inbox),
+            outbox=str(self.config.outbox),
+            model=self.classifier.model_id,
+            instance=self.work.instance,
+            seconds=round(time.monotonic() - started, 2),
+        )
+        self.notifier.send(READY=1, STATUS=self._status())
+        try:
+            self._loop()
+        finally:
+            self.notifier.send(STOPPING=1, STATUS="Stopping")
+            self.watcher.stop()
+            self.work.close()
+            self.pool.shutdown()
+            log.info("stopped", processed=self.counts.total)
+        return 0
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if not self.stopping:
+            log.info("stopping", signal=signal.Signals(signum).name)
+        self.stopping = True
+
+    def _start(self) -> None:
+        """Folders, lock, model (loaded and warmed), then whatever a crash left behind."""
+        import cv2
+
+        from digitd.model import load_classifier  # TensorFlow loads here, not at import
+
+        cv2.setNumThreads(1)  # the pool gives the parallelism; avoid oversubscription
+        self.config.inbox.mkdir(parents=True, exist_ok=True)
+        self.outbox.prepare()
+        self.work.open()
+        self.classifier = load_classifier(self.config.model)
+        self.classifier.warm_up(self.config.batch.max_size)
+        self._recover()
+        self.watcher.start()
+
+    def _recover(self) -> None:
+        """Finish batches this daemon's earlier run, or any dead daemon, left in hand."""
+        adopted = self.work.adopt_orphans()
+        leftovers = self.work.leftovers()
+        if not leftovers:
+            return
+        committed = self.outbox.committed_rows()
+        log.info("recovering", batches=len(leftovers), adopted=adopted)
+        for batch in leftovers:
+            rows = [committed.get(item.id) for item in batch.items]
+            if batch.items and all(rows):
+                self._refile(batch, rows)
+            else:
+                self._process(batch, waited_s=0.0)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        max_size = self.config.batch.max_size
+        while not self.stopping:
+            now = time.monotonic()
+            self._housekeeping(now)
+            want = 2 * max_size - len(self.batcher)
+            if want > 0:
+                self.batcher.add(self.watcher.poll(now, want))
+            arrivals = self.batcher.take(time.monotonic())
+            if arrivals:
+                self._claim_and_process(arrivals)
+                continue
+            deadlines = [self.watcher.next_deadline(), self._next_ping, self._next_status]
+            if self.batcher.deadline() is not None:
+                deadlines.append(self.batcher.deadline())
+            timeout = min(deadlines) - time.monotonic()
+            self.watcher.wait(min(MAX_WAIT_SLICE_S, max(0.0, timeout)))
+
+    def _housekeeping(self, now: float) -> None:
+        interval = self.notifier.watchdog_interval_s
+        if interval is not None and now >= self._next_ping:
+            self.notifier.send(WATCHDOG=1)
+            self._next_ping = now + interval
+        elif interval is None:
+            self._next_ping = now + 3600
+        if now >= self._next_status:
+            self.notifier.send(STATUS=self._status())
+            self._next_status = now + STATUS_EVERY_S
+
+    def _status(self) -> str:
+        c = self.counts
+        return (
+            f"{c.total} processed ({c.ok} ok, {c.low_confidence} low confidence, "
+            f"{c.rejected} rejected); {len(self.batcher)} waiting"
+        )
+
+    def _claim_and_process(self, arrivals: list[Arrival]) -> None:
+        waited = time.monotonic() - arrivals[0].ready_at
+        names = [a.name for a in arrivals]
+        batch = self.work.claim(names, {a.name: a.received_at for a in arrivals})
+        for name in names:
+            self.watcher.release(name)
+        self._process(batch, waited)
+
+    # -- one batch ----------------------------------------------------------------------
+
+    def _process(self, batch: Batch, waited_s: float) -> None:
+        """Recognise a claimed batch and deliver its outputs."""
+        t0 = time.monotonic()
+        reads = list(self.pool.map(self._read, batch.items))
+        t1 = time.monotonic()
+        good = [i for i, r in enumerate(reads) if r.model_input is not None]
+        probabilities = np.zeros((len(reads), 10), np.float32)
+        if good:
+            inputs = np.stack([reads[i].model_input for i in good]).astype(np.float32)
+            probabilities[good] = self.classifier.predict(inputs)
+        t2 = time.monotonic()
+        processed_at = datetime.now(timezone.utc)
+        results = [
+            self._result(batch, item, read, probs, processed_at)
+            for item, read, probs in zip(batch.items, reads, probabilities, strict=True)
+        ]
+        previews = self._render_previews(results, reads)
+        timings = {"wait_ms": waited_s * 1000, "decode_ms": (t1 - t0) * 1000}
+        timings["infer_ms"] = (t2 - t1) * 1000
+        self._deliver(batch, results, previews, timings, time.monotonic())
+
+    def _read(self, item) -> _Read:
+        """Read one claimed entry and normalise it; every failure becomes a reason code."""
+        from digitd.preprocess import Rejected, prepare
+
+        try:
+            data = _read_regular_file(item.path, self.config.max_pixels)
+        except Rejected as exc:
+            return _Read(error=exc.code, message=exc.message)
+        sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            prepared = prepare(data, self.config.max_pixels)
+        except Rejected as exc:
+            return _Read(sha256, error=exc.code, message=exc.message)
+        except Exception as exc:  # a decoder bug must cost one file, not the daemon
+            log.exception("decode_crashed", file=printable_name(item.name))
+            return _Read(sha256, error="corrupt", message=f"could not be decoded ({exc})")
+        return _Read(sha256, prepared.image, prepared.model_input)
+
+    def _result(self, batch, item, read: _Read, probs, processed_at) -> Result:
+        if read.model_input is None:
+            status, digit, confidence, probabilities = "rejected", None, None, None
+        else:
+            digit = int(np.argmax(probs))
+            confidence = float(probs[digit])
+            low = confidence < self.config.min_confidence
+            status = "low_confidence" if low else "ok"
+            probabilities = [round(float(p), 6) for p in probs]
+        with_preview = self.config.outputs.previews and digit is not None
+        preview = f"previews/{item.id}.png" if with_preview else ""
+        return Result(
+            id=item.id,
+            file=item.name,
+            status=status,
+            digit=digit,
+            confidence=confidence,
+            sha256=read.sha256,
+            batch=batch.id,
+            received_at=item.received_at,
+            processed_at=processed_at,
+            model=self.classifier.model_id,
+            preview=preview,
+            error=read.error,
+            message=read.message,
+            probabilities=probabilities,
+            source=item.path,
+        )
+
+    def _render_previews(self, results: list[Result], reads: list[_Read]) -> list[bytes | None]:
+        from digitd.preview import render_preview
+
+        def render(pair: tuple[Result, _Read]) -> bytes | None:
+            result, read = pair
+            if not result.preview:
+                return None
+            return render_preview(read.image, read.model_input, result.digit, result.confidence)
+
+        return list(self.pool.map(render, zip(results, reads, strict=True)))
+
+    def _deliver(self, batch, results, previews, timings, started: float) -> None:
+        """Write the outputs in crash-safe order; on an outbox error, back off and retry."""
+        delay = self.config.retry.initial_s
+        committed = False
+        while True:
+            try:
+                for result, png in zip(results, previews, strict=True):
+                    if png is not None:
+                        self.outbox.write_preview(result, png)
+                timings["write_ms"] = (time.monotonic() - started) * 1000
+                document = self._batch_document(batch, results, timings)
+                self.outbox.write_batch_json(batch.id, document)
+                if not committed:
+                    self.outbox.append_csv(results)
+                    committed = True
+                for result in results:
+                    self.outbox.file_input(result)
+                self.work.finish(batch)
+                break
+            except OSError as exc:
+                log.error(
+                    "outbox_error",
+                    batch=batch.id,
+                    error=exc.strerror or str(exc),
+                    path=exc.filename,
+                    retry_in_s=delay,
+                    committed=committed,
+                )
+                self.notifier.send(STATUS=f"Outbox error: {exc.strerror}; retrying in {delay:g}s")
+                if not self._sleep(delay):
+                    log.warning("batch_left_for_restart", batch=batch.id)
+                    return
+                delay = min(delay * 2, self.config.retry.max_s)
+        self._report(batch, results, timings)
+
+    def _refile(self, batch: Batch, rows: list[dict]) -> None:
+        """A batch whose rows were committed before a crash: file its inputs only."""
+        from digitd.preprocess import REASONS
+
+        results = []
+        for item, row in zip(batch.items, rows, strict=True):
+            results.append(
+                Result(
+                    id=item.id,
+                    file=item.name,
+                    status=row["status"],
+                    digit=int(row["digit"]) if row["digit"] else None,
+                    confidence=float(row["confidence"]) if row["confidence"] else None,
+                    sha256=row["sha256"],
+                    batch=batch.id,
+                    received_at=item.received_at,
+                    processed_at=datetime.now(timezone.utc),
+                    model=row["model"],
+                    preview=row["preview"],
+                    error=row["error"],
+                    message=REASONS.get(row["error"], ""),
+                    probabilities=None,
+                    source=item.path,
+                )
+            )
+        delay = self.config.retry.initial_s
+        while True:
+            try:
+                for result in results:
+                    self.outbox.file_input(result)
+                self.work.finish(batch)
+                log.info("refiled", batch=batch.id, files=len(results))
+                return
+            except OSError as exc:
+                log.error("outbox_error", batch=batch.id, error=exc.strerror, path=exc.filename)
+                if not self._sleep(delay):
+                    return
+                delay = min(delay * 2, self.config.retry.max_s)
+
+    def _batch_document(self, batch: Batch, results: list[Result], timings: dict) -> dict:
+        card = self.classifier.card
+        summary = {"id": self.classifier.model_id}
+        for key in ("arch", "architecture", "params", "test_accuracy", "created_at", "seed"):
+            if key in card:
+                summary[key] = card[key]
+        return {
+            "batch": batch.id,
+            "instance": self.work.instance,
+            "recovered": batch.recovered,
+            "model": summary,
+            "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+            "items": [
+                {
+                    "id": r.id,
+                    "file": printable_name(r.file),
+                    "status": r.status,
+                    "digit": r.digit,
+                    "confidence": r.confidence,
+                    "probabilities": r.probabilities,
+                    "sha256": r.sha256,
+                    "received_at": iso_time(r.received_at),
+                    "processed_at": iso_time(r.processed_at),
+                    "preview": r.preview,
+                    "error": r.error,
+                    "message": r.message,
+                }
+                for r in results
+            ],
+        }
+
+    def _report(self, batch: Batch, results: list[Result], timings: dict) -> None:
+        self.counts.add(results)
+        for r in results:
+            if r.status == "rejected":
+                name = printable_name(r.file)
+                log.warning("rejected", file=name, id=r.id, reason=r.error, message=r.message)
+        log.info(
+            "batch",
+            batch=batch.id,
+            files=len(results),
+            ok=sum(r.status == "ok" for r in results),
+            low_confidence=sum(r.status == "low_confidence" for r in results),
+            rejected=sum(r.status == "rejected" for r in results),
+            **{k: round(v, 2) for k, v in timings.items()},
+        )
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep in slices, pinging the watchdog; False if a stop was asked for meanwhile."""
+        end = time.monotonic() + seconds
+        while not self.stopping:
+            now = time.monotonic()
+            if now >= end:
+                return True
+            self._housekeeping(now)
+            time.sleep(min(MAX_WAIT_SLICE_S, end - now))
+        return False
+
+
+def _read_regular_file(path: Path, max_pixels: int) -> bytes:
+    """The bytes of a regular file; anything else is rejected without being opened.
+
+    lstat first (a FIFO, socket, folder or symlink is never opened), then open without
+    following links and non-blocking, in case the entry was swapped since.
+    """
+    from digitd.preprocess import Rejected
+
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise Rejected("unreadable", f"cannot be examined: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Rejected("not_regular", f"is a {_kind(st.st_mode)}, not a regular file: not read")
+    if st.st_size > max(64 << 20, max_pixels * 8):
+        raise Rejected("too_large", f"{st.st_size} bytes is larger than any PNG allowed here")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Rejected("unreadable", f"cannot be opened: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Rejected("not_regular", "was replaced by something not a regular file: not read")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise Rejected("unreadable", f"cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`digitd run`: load the configuration (exit 2 if it is wrong) and run until stopped."""
+    try:
+        config = load_config(args.config, inbox=args.inbox, outbox=args.outbox)
+    except ConfigError as exc:
+        print(f"digitd: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log.format, config.log.level)
+    return Daemon(config).run()

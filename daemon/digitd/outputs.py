@@ -1,0 +1,266 @@
+"""The outbox: results.csv (the commit record), one JSON document per batch, previews, and
+the filing of inputs into processed/ or failed/.
+
+Order per batch, so that a crash at any point loses nothing and counts nothing twice:
+previews and the batch JSON first (idempotent: named by id), then the CSV rows in one
+fsynced write (the commit), then the inputs are filed. A restart refiles a batch whose ids
+are in the CSV and redoes one whose ids are not.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import io
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from digitd.config import OutputConfig
+from digitd.fsutil import move_noreplace, rename_noreplace, write_atomic
+
+CSV_COLUMNS = (
+    "id", "file", "status", "digit", "confidence", "sha256", "batch",
+    "received_at", "processed_at", "model", "preview", "error",
+)  # fmt: skip
+CSV_HEADER = ",".join(CSV_COLUMNS) + "\r\n"
+FOLDERS = ("results", "previews", "review", "processed", "failed")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass
+class Result:
+    """The outcome for one input: one CSV row, and its entry in the batch JSON."""
+
+    id: str
+    file: str  # the input's original name
+    status: str  # "ok", "low_confidence" or "rejected"
+    digit: int | None
+    confidence: float | None
+    sha256: str
+    batch: str
+    received_at: datetime
+    processed_at: datetime
+    model: str
+    preview: str  # path relative to the outbox, "" when none
+    error: str  # reason code, "" unless rejected
+    message: str
+    probabilities: list[float] | None
+    source: Path  # the claimed input in the work folder
+
+    def row(self) -> list[str]:
+        return [
+            self.id,
+            spreadsheet_safe(printable_name(self.file)),
+            self.status,
+            "" if self.digit is None else str(self.digit),
+            "" if self.confidence is None else f"{self.confidence:.4f}",
+            self.sha256,
+            self.batch,
+            iso_time(self.received_at),
+            iso_time(self.processed_at),
+            self.model,
+            self.preview,
+            self.error,
+        ]
+
+
+def iso_time(t: datetime) -> str:
+    """ISO-8601 UTC with milliseconds, e.g. 2026-11-25T02:31:05.123Z."""
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def printable_name(name: str) -> str:
+    """A file name as valid UTF-8 text (bytes that are not UTF-8 become U+FFFD)."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
+def spreadsheet_safe(value: str) -> str:
+    """Prefix a value a spreadsheet would run as a formula with an apostrophe (OWASP)."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+class OutboxError(Exception):
+    """The outbox cannot be used as it is (e.g. results.csv has another header)."""
+
+
+class Outbox:
+    """Writes one batch's outputs in the crash-safe order described above."""
+
+    def __init__(self, root: Path, config: OutputConfig) -> None:
+        self.root = root
+        self.config = config
+        self.csv_path = root / "results.csv"
+
+    def prepare(self) -> None:
+        """Create the folders; repair a torn last line; refuse a CSV with another header."""
+        for name in FOLDERS:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.csv_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size:
+                _truncate_torn_tail(fd, size)
+            head = os.pread(fd, len(CSV_HEADER), 0).decode("utf-8", "replace")
+            if head and head != CSV_HEADER:
+                raise OutboxError(
+                    f"{self.csv_path}: its header is not digitd's ({CSV_HEADER.strip()}); "
+                    "move it away or choose another outbox"
+                )
+        finally:
+            os.close(fd)
+
+    def committed_rows(self) -> dict[str, dict[str, str]]:
+        """Rows already in results.csv by id: their batches need filing, not recognising."""
+        try:
+            with open(self.csv_path, encoding="utf-8", newline="") as f:
+                return {row["id"]: row for row in csv.DictReader(f)}
+        except FileNotFoundError:
+            return {}
+
+    def write_preview(self, result: Result, png: bytes) -> None:
+        """outbox/previews/<id>.png, and a copy in review/ for low-confidence results."""
+        write_atomic(self.root / result.preview, png)
+        if self.config.review and result.status == "low_confidence":
+            write_atomic(self.root / "review" / f"{result.id}.png", png)
+
+    def write_batch_json(self, batch_id: str, document: dict) -> None:
+        """outbox/results/<batch>.json, replaced whole if the batch is redone after a crash."""
+        data = json.dumps(document, ensure_ascii=False, indent=1).encode("utf-8")
+        write_atomic(self.root / "results" / f"{batch_id}.json", data)
+
+    def append_csv(self, results: list[Result]) -> None:
+        """Append the batch's rows in one write and fsync: the batch's commit.
+
+        Under an exclusive flock (several daemons may share the outbox); the header is written
+        with the first rows. A write that fails part-way is cut back off, and free space is
+        checked first, so a reader never sees a partial line.
+        """
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerows(r.row() for r in results)
+        data = buffer.getvalue().encode("utf-8")
+        fd = os.open(self.csv_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size == 0:
+                data = CSV_HEADER.encode() + data
+            room = os.statvfs(self.csv_path)
+            if room.f_bavail * room.f_frsize < len(data) + 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.csv_path))
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+
+    def file_input(self, result: Result) -> None:
+        """Move the input to processed/ (or delete it), or to failed/ beside <name>.error.json.
+
+        Never overwrites: a taken name gets the input's id as a suffix. Idempotent, so a
+        restart can redo it after a crash.
+        """
+        if not os.path.lexists(result.source):
+            return  # filed before a crash
+        if result.status == "rejected":
+            name = self._free_name("failed", result)
+            error = {
+                "id": result.id,
+                "file": printable_name(result.file),
+                "error": result.error,
+                "message": result.message,
+                "batch": result.batch,
+                "sha256": result.sha256,
+                "received_at": iso_time(result.received_at),
+                "processed_at": iso_time(result.processed_at),
+            }
+            data = json.dumps(error, ensure_ascii=False, indent=1).encode("utf-8")
+            write_atomic(self.root / "failed" / f"{name}.error.json", data)
+            _move_entry(result.source, self.root / "failed" / name)
+        elif self.config.inputs == "delete":
+            os.unlink(result.source)
+        else:
+            name = self._free_name("processed", result)
+            move_noreplace(result.source, self.root / "processed" / name)
+
+    def _free_name(self, folder: str, result: Result) -> str:
+        """The input's name if free in `folder`, else <stem>.<id><suffix>. In failed/, a
+        name whose error.json already carries this id is this input's own (a redo)."""
+        name = result.file
+        for candidate in (name, _with_id(name, result.id)):
+            path = self.root / folder / candidate
+            if folder == "failed":
+                error_json = path.with_name(candidate + ".error.json")
+                if os.path.lexists(error_json):
+                    if _error_json_id(error_json) == result.id and not os.path.lexists(path):
+                        return candidate
+                    continue
+            if not os.path.lexists(path):
+                return candidate
+        return _with_id(name, result.id + "-" + os.urandom(3).hex())
+
+
+def _with_id(name: str, suffix: str) -> str:
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = name, ""
+    # Keep the result within NAME_MAX (255 bytes) by shortening the stem.
+    room = 255 - len(os.fsencode(f".{suffix}.{ext}.error.json"))
+    stem = os.fsencode(stem)[: max(room, 1)].decode("utf-8", "ignore") or "input"
+    return f"{stem}.{suffix}.{ext}" if ext else f"{stem}.{suffix}"
+
+
+def _error_json_id(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_bytes()).get("id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _move_entry(source: Path, target: Path) -> None:
+    """File a rejected entry, whatever it is: a regular file is moved (copied across
+    filesystems); a link, FIFO, socket or folder is renamed and never opened."""
+    try:
+        rename_noreplace(source, target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    if os.path.isfile(source) and not os.path.islink(source):
+        move_noreplace(source, target)
+    elif os.path.islink(source):
+        os.symlink(os.readlink(source), target)  # the link, never its target's content
+        os.unlink(source)
+    elif os.path.isdir(source):  # a folder is not copied across: set aside in the inbox
+        aside = source.parents[3] / "rejected"  # <inbox>/.digitd/rejected/
+        aside.mkdir(exist_ok=True)
+        rename_noreplace(source, aside / target.name)
+    else:  # a FIFO or socket holds no data to keep
+        os.unlink(source)
+
+
+def _truncate_torn_tail(fd: int, size: int) -> None:
+    """Cut a last line without its line end (a crash mid-write) back to the previous one."""
+    if os.pread(fd, 1, size - 1) == b"\n":
+        return
+    block = 1 << 16
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        chunk = os.pread(fd, end - start, start)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            os.ftruncate(fd, start + cut + 1)
+            return
+        end = start
+    os.ftruncate(fd, 0)
