@@ -228,4 +228,3 @@ def _has_png_trailer(path: str, size: int) -> bool | None:
         return os.pread(fd, len(PNG_TRAILER), size - len(PNG_TRAILER)) == PNG_TRAILER
     finally:
         os.close(fd)
-
