@@ -1,0 +1,71 @@
+"""A small pure-Python PNG encoder for test data: every colour type, 8/16-bit, palette with or
+without tRNS, and Adam7 interlacing (which OpenCV cannot write). Not used by digitd itself.
+
+Arrays are in PNG channel order (grey, grey+alpha, RGB, RGBA), not OpenCV's BGR.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC over type and data."""
+    return (struct.pack(">I", len(payload)) + kind + payload
+            + struct.pack(">I", zlib.crc32(kind + payload)))
+
+
+def _scanlines(pixels: np.ndarray) -> bytes:
+    """Filter type 0 (None) before every row."""
+    rows = pixels.reshape(pixels.shape[0], -1)
+    return np.hstack([np.zeros((rows.shape[0], 1), np.uint8), rows]).tobytes()
+
+
+def encode_png(pixels: np.ndarray, colour_type: int | None = None, *, bit_depth: int = 8,
+               palette: np.ndarray | None = None, transparency: bytes | None = None,
+               interlace: bool = False, level: int = 6) -> bytes:
+    """Encode `pixels` (H, W) or (H, W, C) as PNG bytes.
+
+    colour_type: 0 grey, 2 RGB, 3 palette (pixels are indices, `palette` an (N, 3) uint8 RGB
+    table, `transparency` the raw tRNS bytes: one alpha per palette entry), 4 grey+alpha,
+    6 RGBA; by default guessed from the channel count. bit_depth 8 or 16 (16 wants uint16).
+    """
+    pixels = np.asarray(pixels)
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    if colour_type is None:
+        colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    if _CHANNELS[colour_type] != channels:
+        raise ValueError(f"colour type {colour_type} wants {_CHANNELS[colour_type]} channels")
+    if bit_depth == 16:
+        raw = pixels.astype(">u2").view(np.uint8).reshape(pixels.shape[0], -1)
+    elif bit_depth == 8:
+        raw = pixels.astype(np.uint8).reshape(pixels.shape[0], -1)
+    else:
+        raise ValueError("bit_depth must be 8 or 16")
+    height, width = pixels.shape[:2]
+    bpp = raw.shape[1] // width  # bytes per pixel
+    px = raw.reshape(height, width, bpp)
+    if interlace:
+        parts = [_scanlines(px[y0::dy, x0::dx]) for x0, y0, dx, dy in _ADAM7
+                 if px[y0::dy, x0::dx].size]
+        data = b"".join(parts)
+    else:
+        data = _scanlines(px)
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, int(interlace))
+    out = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", ihdr)]
+    if colour_type == 3:
+        if palette is None:
+            raise ValueError("a palette image needs a palette")
+        out.append(chunk(b"PLTE", np.asarray(palette, np.uint8).tobytes()))
+        if transparency is not None:
+            out.append(chunk(b"tRNS", bytes(transparency)))
+    out.append(chunk(b"IDAT", zlib.compress(data, level)))
+    out.append(chunk(b"IEND", b""))
+    return b"".join(out)

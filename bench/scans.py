@@ -1,0 +1,279 @@
+"""Realistic test scans of MNIST digits (and of digits in handwriting-like fonts) as PNG bytes.
+
+Seeded and deterministic: `render_scan(digit28, i, seed)` always gives the same bytes for the
+same inputs. Flavours cover what users drop into the inbox: dark or blue ink on noisy paper
+under uneven light (gradient, vignetting, a soft shadow), rotated up to +-12 degrees, the digit
+36-320 px tall somewhere off-centre on a larger canvas, blur and JPEG artefacts, transparent
+RGBA and grey+alpha exports (ink on alpha, background fully transparent), 16-bit grey, palette
+with and without transparency, Adam7-interlaced, white-on-black, specks and a scanner border.
+
+Used by bench/accuracy.py (full MNIST test set) and tests/ (the committed sample).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from pngwrite import encode_png
+
+FLAVOURS = (
+    "mnist_png",  # the 28x28 MNIST digit itself, white on black: the control
+    "paper_grey",  # dark ink on noisy paper, uneven light, 8-bit grey PNG
+    "blue_ink",  # blue ink on tinted paper, RGB
+    "photo_jpeg",  # a phone photo: shadow, blur, JPEG artefacts, saved as RGB PNG
+    "rgba_transparent",  # paint-program export: ink on alpha, background fully transparent
+    "la_transparent",  # the same as grey+alpha
+    "grey16",  # a 16-bit grey scan
+    "palette",  # a scan quantised to a 16-colour palette
+    "palette_trns",  # a palette drawing whose background entry is transparent
+    "interlaced",  # an Adam7-interlaced RGB scan
+    "white_on_black",  # chalk on a dark board, left inverted
+    "specks_border",  # dust specks and a scanner's dark border line at one edge
+)
+
+# OpenCV 5 draws text with its own outline fonts ("sans" and "italic" are variable-weight; the
+# FONT_HERSHEY_* constants, SCRIPT ones included, now map onto them): (face, weight range).
+FONTS = (("italic", (300, 650)), ("sans", (300, 650)), ("uni", (0, 0)))
+
+
+def _rng(seed: int, index: int, salt: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, salt, index])
+
+
+# --------------------------------------------------------------------------------------------
+# The digit as an ink map (float32, 1 = full ink), at its final size and angle
+
+
+def _ink_from_mnist(digit28: np.ndarray, height: int) -> np.ndarray:
+    """Enlarge an MNIST digit so that its ink is `height` px tall, with pen-like edges."""
+    rows = np.flatnonzero(digit28.max(1))
+    cols = np.flatnonzero(digit28.max(0))
+    crop = digit28[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32) / 255
+    crop = np.pad(crop, 1)
+    scale = height / (rows[-1] - rows[0] + 1)
+    size = (max(2, round(crop.shape[1] * scale)), max(2, round(crop.shape[0] * scale)))
+    big = cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC)
+    return np.clip((big - 0.25) / 0.35, 0, 1)  # sharper edges than a plain enlargement
+
+
+def _ink_from_font(digit: int, height: int, font: int, rng: np.random.Generator) -> np.ndarray:
+    """A digit drawn in font number `font` of FONTS, its ink about `height` px tall."""
+    name, (lo, hi) = FONTS[font]
+    weight = int(rng.uniform(lo, hi)) if hi else 0
+    size = int(height * 1.45)  # the font size is the line height, digits are ~70% of it
+    canvas = np.zeros((size * 2, size * 2), np.uint8)
+    cv2.putText(canvas, str(digit), (size // 2, size * 3 // 2), 255, cv2.FontFace(name), size,
+                weight)
+    rows, cols = np.flatnonzero(canvas.max(1)), np.flatnonzero(canvas.max(0))
+    return canvas[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32) / 255
+
+
+def _rotate(ink: np.ndarray, degrees: float) -> np.ndarray:
+    h, w = ink.shape
+    rad = math.radians(abs(degrees))
+    nw = int(math.ceil(w * math.cos(rad) + h * math.sin(rad))) + 2
+    nh = int(math.ceil(h * math.cos(rad) + w * math.sin(rad))) + 2
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    m[0, 2] += (nw - w) / 2
+    m[1, 2] += (nh - h) / 2
+    return cv2.warpAffine(ink, m, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
+def _on_canvas(ink: np.ndarray, rng: np.random.Generator, spread=(1.3, 2.6)) -> np.ndarray:
+    """Put the ink somewhere off-centre on a larger canvas."""
+    h, w = ink.shape
+    side = max(h, w)
+    ch = int(side * rng.uniform(*spread)) + 8
+    cw = int(ch * rng.uniform(0.75, 1.35))
+    ch, cw = max(ch, h + 8), max(cw, w + 8)
+    y = int(rng.integers(4, ch - h - 3))
+    x = int(rng.integers(4, cw - w - 3))
+    canvas = np.zeros((ch, cw), np.float32)
+    canvas[y : y + h, x : x + w] = ink
+    return canvas
+
+
+# --------------------------------------------------------------------------------------------
+# Paper, light and the camera
+
+
+def _lighting(shape, rng: np.random.Generator, shadow: bool) -> np.ndarray:
+    """Multiplicative light: a gradient, vignetting and maybe a soft shadow."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    u, v = xx / max(1, w - 1) - 0.5, yy / max(1, h - 1) - 0.5
+    theta = rng.uniform(0, 2 * np.pi)
+    light = 1 - rng.uniform(0, 0.35) * (0.5 + u * np.cos(theta) + v * np.sin(theta))
+    light *= 1 - rng.uniform(0, 0.45) * (u * u + v * v) * 2  # vignetting
+    if shadow:
+        phi = rng.uniform(0, 2 * np.pi)
+        d = u * np.cos(phi) + v * np.sin(phi) - rng.uniform(0.1, 0.4)
+        edge = rng.uniform(0.04, 0.12)
+        light *= 1 - rng.uniform(0.2, 0.4) / (1 + np.exp(-d / edge))
+    return light
+
+
+def _paper_scan(ink: np.ndarray, rng: np.random.Generator, *, colour: bool, blue: bool = False,
+                inverted: bool = False, shadow: bool | None = None, blur: float | None = None,
+                noise: float | None = None) -> np.ndarray:
+    """Render an ink map as a scan or photo: uint8 BGR (colour) or grey."""
+    h, w = ink.shape
+    if inverted:
+        paper = np.full(3, rng.uniform(15, 70), np.float32)
+        pen = np.full(3, rng.uniform(185, 250), np.float32)
+    else:
+        paper = np.full(3, rng.uniform(190, 250), np.float32)
+        if colour:
+            paper = paper - np.array([rng.uniform(0, 35), rng.uniform(0, 15), 0], np.float32)
+        if blue:
+            pen = np.array([rng.uniform(120, 200), rng.uniform(30, 90), rng.uniform(0, 50)],
+                           np.float32)
+        else:
+            pen = np.full(3, rng.uniform(10, 80), np.float32)
+    opacity = rng.uniform(0.8, 1.0)
+    a = (ink * opacity)[:, :, None]
+    img = paper * (1 - a) + pen * a
+    if shadow is None:
+        shadow = rng.random() < 0.3
+    img *= _lighting((h, w), rng, shadow)[:, :, None]
+    texture = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 3) * 6
+    sigma = rng.uniform(2, 8) if noise is None else noise
+    img += (texture + rng.normal(0, sigma, (h, w)).astype(np.float32))[:, :, None]
+    if blur is None:
+        blur = rng.uniform(0, 1.2) * max(1.0, min(h, w) / 300)
+    if blur > 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), blur)
+    img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    return img if colour else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+
+
+def _specks_and_border(img: np.ndarray, rng: np.random.Generator, digit_h: int) -> np.ndarray:
+    img = img.copy()
+    h, w = img.shape[:2]
+    for _ in range(int(rng.integers(5, 30))):
+        r = max(1, int(rng.uniform(0.5, 0.025 * digit_h + 1)))
+        cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h))), r,
+                   int(rng.uniform(20, 110)), -1, cv2.LINE_AA)
+    t = int(rng.integers(3, max(4, min(h, w) // 40) + 3))
+    level = int(rng.uniform(10, 70))
+    edge = int(rng.integers(4))
+    if edge == 0:
+        img[:t, :] = level
+    elif edge == 1:
+        img[h - t :, :] = level
+    elif edge == 2:
+        img[:, :t] = level
+    else:
+        img[:, w - t :] = level
+    return img
+
+
+def _jpeg(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    quality = int(rng.integers(35, 85))
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+
+
+def _rgb(bgr: np.ndarray) -> np.ndarray:
+    return bgr[:, :, ::-1]
+
+
+def _png(img: np.ndarray) -> bytes:
+    """OpenCV's encoder for the plain flavours (BGR or grey in, PNG out)."""
+    ok, buf = cv2.imencode(".png", img)
+    return buf.tobytes()
+
+
+# --------------------------------------------------------------------------------------------
+# Public
+
+
+def render_ink(ink: np.ndarray, flavour: str, rng: np.random.Generator) -> bytes:
+    """An ink map (already at its size and angle) rendered as `flavour`, as PNG bytes."""
+    digit_h = ink.shape[0]
+    if flavour in ("rgba_transparent", "la_transparent", "palette_trns"):
+        canvas = _on_canvas(ink, rng)
+        alpha = np.clip(canvas * 255 + 0.5, 0, 255).astype(np.uint8)
+        if flavour == "la_transparent":
+            return encode_png(np.dstack([np.zeros_like(alpha), alpha]))
+        if flavour == "rgba_transparent":
+            pen = [(20, 20, 20), (30, 60, 180), (200, 30, 30)][int(rng.integers(3))]  # RGB
+            rgb = np.empty(alpha.shape + (3,), np.uint8)
+            rgb[:] = pen
+            rgb[alpha == 0] = 0  # exporters often store black under transparent pixels
+            return encode_png(np.dstack([rgb, alpha]))
+        levels = np.round(canvas * 15).astype(np.uint8)  # 0 = transparent background
+        pen = np.array([30, 50, 160], np.float32)
+        palette = np.array([pen for _ in range(16)], np.uint8)
+        trns = bytes(round(255 * i / 15) for i in range(16))
+        return encode_png(levels, 3, palette=palette, transparency=trns)
+
+    canvas = _on_canvas(ink, rng)
+    if flavour == "paper_grey":
+        return _png(_paper_scan(canvas, rng, colour=False))
+    if flavour == "blue_ink":
+        return _png(_paper_scan(canvas, rng, colour=True, blue=True))
+    if flavour == "photo_jpeg":
+        img = _paper_scan(canvas, rng, colour=True, blue=rng.random() < 0.5, shadow=True,
+                          blur=rng.uniform(0.6, 1.6) * max(1.0, digit_h / 150))
+        return _png(_jpeg(img, rng))
+    if flavour == "grey16":
+        img = _paper_scan(canvas, rng, colour=False).astype(np.uint16) * 257
+        img += rng.integers(0, 257, img.shape, dtype=np.uint16)  # use the low byte too
+        return encode_png(img, bit_depth=16)
+    if flavour == "palette":
+        img = _paper_scan(canvas, rng, colour=True, blue=rng.random() < 0.5)
+        centres = np.linspace(0, 255, 16)
+        grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        index = np.clip(np.round(grey / 17), 0, 15).astype(np.uint8)
+        # A palette along the line between the page's ink and paper colours.
+        lo = img[grey <= np.percentile(grey, 2)].mean(0)[::-1]
+        hi = img[grey >= np.percentile(grey, 50)].mean(0)[::-1]
+        t = (centres / 255)[:, None]
+        palette = np.clip(lo * (1 - t) + hi * t, 0, 255).astype(np.uint8)
+        return encode_png(index, 3, palette=palette)
+    if flavour == "interlaced":
+        img = _paper_scan(canvas, rng, colour=True, blue=rng.random() < 0.5)
+        return encode_png(_rgb(img), interlace=True, level=1)
+    if flavour == "white_on_black":
+        return _png(_paper_scan(canvas, rng, colour=False, inverted=True))
+    if flavour == "specks_border":
+        return _png(_specks_and_border(_paper_scan(canvas, rng, colour=False), rng, digit_h))
+    raise ValueError(f"unknown flavour {flavour!r}")
+
+
+def flavour_of(index: int) -> str:
+    return FLAVOURS[index % len(FLAVOURS)]
+
+
+def render_scan(digit28: np.ndarray, index: int, seed: int = 0,
+                flavour: str | None = None) -> tuple[bytes, str]:
+    """MNIST digit number `index` as a realistic PNG: (bytes, flavour)."""
+    flavour = flavour or flavour_of(index)
+    if flavour == "mnist_png":
+        return encode_png(np.asarray(digit28, np.uint8)), flavour
+    rng = _rng(seed, index)
+    height = int(round(math.exp(rng.uniform(math.log(36), math.log(320)))))
+    ink = _rotate(_ink_from_mnist(digit28, height), rng.uniform(-12, 12))
+    return render_ink(ink, flavour, rng), flavour
+
+
+def render_font_digit(digit: int, index: int, seed: int = 0) -> tuple[bytes, str]:
+    """`digit` in one of the FONTS on paper (the flavours' paper treatments)."""
+    rng = _rng(seed, index, salt=1)
+    font = index % len(FONTS)
+    height = int(round(math.exp(rng.uniform(math.log(36), math.log(240)))))
+    ink = _rotate(_ink_from_font(digit, height, font, rng), rng.uniform(-12, 12))
+    flavour = ("paper_grey", "blue_ink", "photo_jpeg", "rgba_transparent", "white_on_black",
+               "specks_border")[int(rng.integers(6))]
+    return render_ink(ink, flavour, rng), flavour
+
+
+def blank_page(index: int, seed: int = 0) -> bytes:
+    """Noisy, unevenly lit paper with no ink: must be rejected as no_ink."""
+    rng = _rng(seed, index, salt=2)
+    h, w = int(rng.integers(60, 600)), int(rng.integers(60, 600))
+    return _png(_paper_scan(np.zeros((h, w), np.float32), rng, colour=bool(rng.random() < 0.5)))
