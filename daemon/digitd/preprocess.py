@@ -56,6 +56,7 @@ REASONS: dict[str, str] = {
     "too_large": "the PNG declares more pixels than the configured limit; it was not decoded",
     "no_ink": "the image is blank, uniform or fully transparent: no digit to recognise",
     "unreadable": "the file could not be read (permission denied or an I/O error)",
+    "missing": "the file does not exist (or vanished before it could be read)",
     "not_regular": "not a regular file (a symlink, directory, FIFO, socket or device)",
 }
 
