@@ -82,12 +82,16 @@ def _rotate(ink: np.ndarray, degrees: float) -> np.ndarray:
     return cv2.warpAffine(ink, m, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=0)
 
 
-def _on_canvas(ink: np.ndarray, rng: np.random.Generator, spread=(1.3, 2.6)) -> np.ndarray:
-    """Put the ink somewhere off-centre on a larger canvas."""
+def _on_canvas(ink: np.ndarray, rng: np.random.Generator, spread=(1.3, 2.6),
+               size: tuple[int, int] | None = None) -> np.ndarray:
+    """Put the ink somewhere off-centre on a larger canvas ((height, width) `size` if given)."""
     h, w = ink.shape
     side = max(h, w)
-    ch = int(side * rng.uniform(*spread)) + 8
-    cw = int(ch * rng.uniform(0.75, 1.35))
+    if size is None:
+        ch = int(side * rng.uniform(*spread)) + 8
+        cw = int(ch * rng.uniform(0.75, 1.35))
+    else:
+        ch, cw = size
     ch, cw = max(ch, h + 8), max(cw, w + 8)
     y = int(rng.integers(4, ch - h - 3))
     x = int(rng.integers(4, cw - w - 3))
@@ -191,11 +195,13 @@ def _png(img: np.ndarray) -> bytes:
 # Public
 
 
-def render_ink(ink: np.ndarray, flavour: str, rng: np.random.Generator) -> bytes:
-    """An ink map (already at its size and angle) rendered as `flavour`, as PNG bytes."""
+def render_ink(ink: np.ndarray, flavour: str, rng: np.random.Generator,
+               canvas_size: tuple[int, int] | None = None) -> bytes:
+    """An ink map (already at its size and angle) rendered as `flavour`, as PNG bytes, on a
+    canvas of (height, width) `canvas_size` (default: 1.3-2.6 times the digit, random)."""
     digit_h = ink.shape[0]
     if flavour in ("rgba_transparent", "la_transparent", "palette_trns"):
-        canvas = _on_canvas(ink, rng)
+        canvas = _on_canvas(ink, rng, size=canvas_size)
         alpha = np.clip(canvas * 255 + 0.5, 0, 255).astype(np.uint8)
         if flavour == "la_transparent":
             return encode_png(np.dstack([np.zeros_like(alpha), alpha]))
@@ -211,7 +217,7 @@ def render_ink(ink: np.ndarray, flavour: str, rng: np.random.Generator) -> bytes
         trns = bytes(round(255 * i / 15) for i in range(16))
         return encode_png(levels, 3, palette=palette, transparency=trns)
 
-    canvas = _on_canvas(ink, rng)
+    canvas = _on_canvas(ink, rng, size=canvas_size)
     if flavour == "paper_grey":
         return _png(_paper_scan(canvas, rng, colour=False))
     if flavour == "blue_ink":
@@ -249,16 +255,18 @@ def flavour_of(index: int) -> str:
     return FLAVOURS[index % len(FLAVOURS)]
 
 
-def render_scan(digit28: np.ndarray, index: int, seed: int = 0,
-                flavour: str | None = None) -> tuple[bytes, str]:
-    """MNIST digit number `index` as a realistic PNG: (bytes, flavour)."""
+def render_scan(digit28: np.ndarray, index: int, seed: int = 0, flavour: str | None = None,
+                canvas_size: tuple[int, int] | None = None,
+                height: int | None = None) -> tuple[bytes, str]:
+    """MNIST digit number `index` as a realistic PNG: (bytes, flavour). The digit's height
+    (default: 36-320 px, log-uniform) and the canvas's size can be forced (for benchmarks)."""
     flavour = flavour or flavour_of(index)
     if flavour == "mnist_png":
         return encode_png(np.asarray(digit28, np.uint8)), flavour
     rng = _rng(seed, index)
-    height = int(round(math.exp(rng.uniform(math.log(36), math.log(320)))))
-    ink = _rotate(_ink_from_mnist(digit28, height), rng.uniform(-12, 12))
-    return render_ink(ink, flavour, rng), flavour
+    drawn = int(round(math.exp(rng.uniform(math.log(36), math.log(320)))))
+    ink = _rotate(_ink_from_mnist(digit28, height or drawn), rng.uniform(-12, 12))
+    return render_ink(ink, flavour, rng, canvas_size), flavour
 
 
 def render_font_digit(digit: int, index: int, seed: int = 0) -> tuple[bytes, str]:

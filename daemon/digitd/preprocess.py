@@ -163,11 +163,25 @@ def normalise(image: np.ndarray) -> np.ndarray:
     else:
         small = img
     grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
-    if _light_ink(grey):
-        img, small = cv2.bitwise_not(img), cv2.bitwise_not(small)  # now dark ink on light
-    background = _background(small)
+    hist = _hist(grey)
+    mode = int(hist.argmax())
+    if hist[mode] >= 0.5 * grey.size:
+        # A digital drawing (MNIST itself, a paint program's export): the paper is one flat
+        # value, the ink is whatever differs from it. No lighting or noise to estimate.
+        if cv2.mean(grey)[0] > mode:
+            img, small = cv2.bitwise_not(img), cv2.bitwise_not(small)  # now dark ink on light
+        if small.ndim == 3:
+            paper = cv2.mean(small, cv2.compare(grey, mode, cv2.CMP_EQ))[:3]
+        else:
+            paper = small[grey == mode][0]
+        background = np.full_like(small, np.round(paper))
+        floor = MIN_FLOOR
+    else:
+        if _light_ink(grey):
+            img, small = cv2.bitwise_not(img), cv2.bitwise_not(small)  # now dark ink on light
+        background = _background(small)
+        floor = _noise_floor(_residual(background, small), grey)
     ink = _residual(background, small)
-    floor = _noise_floor(ink, grey)
     mask, box = _digit_mask(ink, floor)  # raises no_ink
 
     # 2. Extract the digit at a useful resolution.
@@ -246,6 +260,7 @@ def _percentile(hist: np.ndarray, q: float) -> int:
 
 
 MIN_CONTRAST = 28  # ink must be at least this much darker than the paper (of 255)
+MIN_FLOOR = 8  # residuals up to this are paper, even on a noiseless page
 
 
 def _noise_floor(ink: np.ndarray, grey: np.ndarray) -> int:
@@ -257,7 +272,7 @@ def _noise_floor(ink: np.ndarray, grey: np.ndarray) -> int:
     """
     step = cv2.absdiff(grey[:, 1:], grey[:, :-1]) if grey.shape[1] > 1 else grey[:, :0]
     sigma = _percentile(_hist(step), 0.5) if step.size else 0
-    return max(8, _percentile(_hist(ink), 0.5) + 4 * sigma)
+    return max(MIN_FLOOR, _percentile(_hist(ink), 0.5) + 4 * sigma)
 
 
 def _digit_mask(ink: np.ndarray, floor: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -274,9 +289,12 @@ def _digit_mask(ink: np.ndarray, floor: int) -> tuple[np.ndarray, tuple[int, int
         raise Rejected("no_ink", "no ink found: the image is blank or uniform")
     # Hysteresis: a part of the digit reaches well above the paper somewhere; faint blobs
     # (quantised gradients, paper texture, the edge of a shadow) do not.
-    high = max(level, floor + (top - floor) * 2 // 5)
-    strong = np.unique(labels[ink > high])
-    strong = strong[strong > 0] - 1
+    if n == 2:
+        strong = np.zeros(1, np.int64)  # the one component holds the maximum
+    else:
+        high = max(level, floor + (top - floor) * 2 // 5)
+        strong = np.unique(labels[ink > high])
+        strong = strong[strong > 0] - 1
     keep = _select_components(stats[1:], labels, ink, strong)
     if not keep:
         raise Rejected("no_ink", "no ink found: only specks or lines along the edges")
@@ -369,21 +387,19 @@ def _extract(img, background, mask, box, f, floor):
     paper_hist = _hist(ink, cv2.bitwise_not(near))
     if paper_hist.sum() >= 50:
         p50, p98 = _percentile(paper_hist, 0.5), _percentile(paper_hist, 0.98)
-        floor = max(8, p98 + (p98 - p50) // 2)
+        floor = max(MIN_FLOOR, p98 + (p98 - p50) // 2)
     return ink, near, floor
 
 
 def _ink_profile(ink: np.ndarray, mask: np.ndarray, floor: int) -> np.ndarray:
     """Residual -> float32 ink strength: 0 at the noise floor, 1 at the strokes' typical level,
     so stroke cores saturate like MNIST's; zero outside the digit's components."""
-    strong = cv2.compare(ink, floor, cv2.CMP_GT)
-    strong = cv2.bitwise_and(strong, mask)
-    hist = _hist(ink, strong)
+    ink = cv2.bitwise_and(ink, mask)
+    hist = _hist(ink)
+    hist[: floor + 1] = 0
     full = max(_percentile(hist, 0.6), floor + 8)
-    out = (ink.astype(np.float32) - floor) * (1.0 / (full - floor))
-    np.clip(out, 0.0, 1.0, out=out)
-    out[mask == 0] = 0.0
-    return out
+    levels = (np.arange(256, dtype=np.float32) - floor) * (1.0 / (full - floor))
+    return cv2.LUT(ink, np.clip(levels, 0.0, 1.0))
 
 
 def _place(digit: np.ndarray) -> np.ndarray:
