@@ -217,7 +217,7 @@ def _kind(value: typing.Any) -> str:
 
 def _resolve_paths(config: Config, base: Path) -> Config:
     def resolve(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else base / p
+        return p if p is None or p.is_absolute() else base / p
 
     return dataclasses.replace(
         config,

@@ -1,9 +1,11 @@
 """`digitd run`: inbox -> batches -> recognition -> outbox, as a systemd notify service.
 
 One loop in the main thread moves data one way: the watcher finds complete files, the batcher
-cuts batches, the work folder claims them, a thread pool reads and normalises them, the model
-runs once per batch, and the outbox writes the results and files the inputs. An outbox error
-(disk full, read-only, permissions) keeps the batch in hand and retries with back-off.
+cuts batches, the work folder claims them, a thread pool reads and normalises them, and the
+model runs once per batch. A writer thread then writes the outbox and files the inputs, batch
+after batch in order, so its fsyncs overlap the next batch's decoding. An outbox error (disk
+full, read-only, permissions) keeps the batch in hand and retries with back-off; meanwhile the
+main loop stops claiming, so new inputs stay in the inbox.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import queue
 import signal
 import stat
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ log = structlog.get_logger("digitd")
 
 STATUS_EVERY_S = 1.0
 MAX_WAIT_SLICE_S = 0.25  # the longest the loop sleeps, so signals are seen promptly
+WRITER_QUEUE = 2  # batches recognised ahead of the writer
 
 
 @dataclass
@@ -75,7 +80,10 @@ class Daemon:
         self.batcher: Batcher[Arrival] = Batcher(
             config.batch.max_size, config.batch.max_wait_ms / 1000
         )
-        self.pool = ThreadPoolExecutor(config.batch.workers or os.cpu_count() or 1)
+        self.workers = config.batch.workers or os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(self.workers)
+        self._to_writer: queue.Queue = queue.Queue(maxsize=WRITER_QUEUE)
+        self._writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
         self.counts = _Counts()
         self.stopping = False
         self.classifier = None
@@ -108,6 +116,8 @@ class Daemon:
         finally:
             self.notifier.send(STOPPING=1, STATUS="Stopping")
             self.watcher.stop()
+            self._to_writer.put(None)
+            self._writer.join()
             self.work.close()
             self.pool.shutdown()
             log.info("stopped", processed=self.counts.total)
@@ -130,6 +140,7 @@ class Daemon:
         self.work.open()
         self.classifier = load_classifier(self.config.model)
         self.classifier.warm_up(self.config.batch.max_size)
+        self._writer.start()
         self._recover()
         self.watcher.start()
 
@@ -199,7 +210,7 @@ class Daemon:
     def _process(self, batch: Batch, waited_s: float) -> None:
         """Recognise a claimed batch and deliver its outputs."""
         t0 = time.monotonic()
-        reads = list(self.pool.map(self._read, batch.items))
+        reads = self._map(self._read, batch.items)
         t1 = time.monotonic()
         good = [i for i, r in enumerate(reads) if r.model_input is not None]
         probabilities = np.zeros((len(reads), 10), np.float32)
@@ -215,7 +226,39 @@ class Daemon:
         previews = self._render_previews(results, reads)
         timings = {"wait_ms": waited_s * 1000, "decode_ms": (t1 - t0) * 1000}
         timings["infer_ms"] = (t2 - t1) * 1000
-        self._deliver(batch, results, previews, timings, time.monotonic())
+        self._hand_to_writer((batch, results, previews, timings, time.monotonic()))
+
+    def _map(self, function, items) -> list:
+        """`function` over `items` on the pool, one task per worker (not one per item)."""
+        items = list(items)
+        if len(items) <= 1:
+            return [function(i) for i in items]
+        size = -(-len(items) // self.workers)
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        done = self.pool.map(lambda chunk: [function(i) for i in chunk], chunks)
+        return [value for chunk in done for value in chunk]
+
+    def _hand_to_writer(self, job: tuple) -> None:
+        """Queue a recognised batch for the writer, keeping the watchdog fed while it is busy
+        (it may be backing off from a full disk). Stopping meanwhile leaves the batch claimed
+        in the work folder, where the next start finishes it."""
+        while True:
+            try:
+                self._to_writer.put(job, timeout=MAX_WAIT_SLICE_S)
+                return
+            except queue.Full:
+                self._housekeeping(time.monotonic())
+                if self.stopping:
+                    log.warning("batch_left_for_restart", batch=job[0].id)
+                    return
+
+    def _write_loop(self) -> None:
+        """The writer thread: deliver batches in the order they were recognised."""
+        while (job := self._to_writer.get()) is not None:
+            try:
+                self._deliver(*job)
+            except Exception:  # never lose the thread: the batch stays claimed for a restart
+                log.exception("deliver_failed", batch=job[0].id)
 
     def _read(self, item) -> _Read:
         """Read one claimed entry and normalise it; every failure becomes a reason code."""
@@ -273,7 +316,7 @@ class Daemon:
                 return None
             return render_preview(read.image, read.model_input, result.digit, result.confidence)
 
-        return list(self.pool.map(render, zip(results, reads, strict=True)))
+        return self._map(render, zip(results, reads, strict=True))
 
     def _deliver(self, batch, results, previews, timings, started: float) -> None:
         """Write the outputs in crash-safe order; on an outbox error, back off and retry."""

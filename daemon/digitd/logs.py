@@ -1,4 +1,8 @@
-"""Logging: structlog with JSON lines for journald, readable console lines on a terminal."""
+"""Logging: structlog with JSON lines for journald, readable console lines on a terminal.
+
+Libraries that use the standard `logging` module (watchdog, TensorFlow) are rendered the
+same way, so the journal holds one format only.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +21,35 @@ def configure_logging(format: str = "auto", level: str = "info") -> None:
         if format == "console"
         else structlog.processors.JSONRenderer()
     )
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric_level, logging.WARNING))  # libraries: warnings and worse
+    logging.getLogger("watchdog.observers.inotify").addFilter(_drop_benign_stop_race)
+
+
+def _drop_benign_stop_race(record: logging.LogRecord) -> bool:
+    """watchdog logs an error when its emitter sees events while being stopped; harmless."""
+    return "called when the thread is inactive" not in record.getMessage()

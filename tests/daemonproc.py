@@ -1,0 +1,175 @@
+"""Drive the real daemon as a subprocess: temp folders, a real notify socket, real signals.
+
+Shared by the daemon tests and the long fault benches (bench/faults.py imports it too).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "tests" / "data" / "mnist_sample.npz"
+
+
+def sample_digits(n: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`n` MNIST test digits from the committed sample (cycled), white ink on black."""
+    data = np.load(SAMPLE)
+    index = (np.arange(n) + offset) % len(data["y_test"])
+    return data["x_test"][index], data["y_test"][index]
+
+
+def png_bytes(digit: np.ndarray, dark_on_light: bool = True) -> bytes:
+    """A 28x28 MNIST digit as a PNG a scanner might write (dark ink on white by default)."""
+    image = 255 - digit if dark_on_light else digit
+    ok, buffer = cv2.imencode(".png", image)
+    assert ok
+    return buffer.tobytes()
+
+
+def drop(inbox: Path, name: str, data: bytes, staging: Path | None = None) -> Path:
+    """Write `data` elsewhere on the same filesystem, then rename it into the inbox."""
+    staging = staging or inbox.parent / "staging"
+    staging.mkdir(exist_ok=True)
+    tmp = staging / f"{os.getpid()}-{time.monotonic_ns()}"
+    tmp.write_bytes(data)
+    target = inbox / name
+    os.rename(tmp, target)
+    return target
+
+
+def read_rows(outbox: Path) -> list[dict[str, str]]:
+    path = outbox / "results.csv"
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class DaemonProcess:
+    """One `digitd run` subprocess with its own notify socket."""
+
+    def __init__(self, root: Path, model: Path | None = None, **config) -> None:
+        self.root = root
+        self.inbox = Path(config.pop("inbox", root / "inbox"))
+        self.outbox = Path(config.pop("outbox", root / "outbox"))
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "inbox": str(self.inbox),
+            "outbox": str(self.outbox),
+            "log": {"format": "json", "level": "debug"},
+            **config,
+        }
+        if model is not None:
+            settings["model"] = str(model)
+        self.config_path = root / f"config-{time.monotonic_ns()}.yaml"
+        self.config_path.write_text(yaml.safe_dump(settings))
+        # AF_UNIX paths are limited to 108 bytes: keep the socket in a short folder.
+        self._sockdir = tempfile.mkdtemp(prefix="dn-", dir="/tmp")
+        self.socket_path = os.path.join(self._sockdir, "notify")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.socket_path)
+        self.messages: list[str] = []
+        self.log_path = root / f"daemon-{time.monotonic_ns()}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, watchdog_usec: int = 2_000_000) -> DaemonProcess:
+        env = dict(os.environ, NOTIFY_SOCKET=self.socket_path, WATCHDOG_USEC=str(watchdog_usec))
+        env.pop("WATCHDOG_PID", None)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "digitd", "run", "--config", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.root,
+        )
+        return self
+
+    def collect(self, timeout: float = 0.0) -> list[str]:
+        """Read notify datagrams that have arrived (waiting up to `timeout` for the first)."""
+        if timeout > 0:
+            self._sock.settimeout(timeout)
+        else:
+            self._sock.setblocking(False)
+        got = []
+        while True:
+            try:
+                got.append(self._sock.recv(4096).decode())
+            except (BlockingIOError, TimeoutError, socket.timeout):
+                break
+            self._sock.setblocking(False)
+        self.messages.extend(got)
+        return got
+
+    def wait_for(self, field: str, timeout: float = 60.0) -> float:
+        """Wait until a notify message holds `field` (e.g. "READY=1"); returns seconds waited."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if any(field in m.split("\n") for m in self.messages):
+                return time.monotonic() - start
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            self.collect(timeout=0.2)
+        raise AssertionError(f"no {field} within {timeout}s:\n{self.log()}")
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        return self.wait_for("READY=1", timeout)
+
+    def wait_rows(self, n: int, timeout: float = 60.0) -> list[dict[str, str]]:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            rows = read_rows(self.outbox)
+            if len(rows) >= n:
+                return rows
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"only {len(read_rows(self.outbox))} of {n} rows:\n{self.log()}")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait for the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self.collect()
+        return code
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        self.kill()
+        self._sock.close()
+        try:
+            os.unlink(self.socket_path)
+            os.rmdir(self._sockdir)
+        except OSError:
+            pass
+        if getattr(self, "_log", None):
+            self._log.close()
