@@ -87,7 +87,7 @@ class DaemonProcess:
     def start(self, watchdog_usec: int = 2_000_000) -> DaemonProcess:
         env = dict(os.environ, NOTIFY_SOCKET=self.socket_path, WATCHDOG_USEC=str(watchdog_usec))
         env.pop("WATCHDOG_PID", None)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open for the process lifetime
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "digitd", "run", "--config", str(self.config_path)],
             stdout=self._log,
@@ -107,7 +107,7 @@ class DaemonProcess:
         while True:
             try:
                 got.append(self._sock.recv(4096).decode())
-            except (BlockingIOError, TimeoutError, socket.timeout):
+            except (BlockingIOError, TimeoutError):
                 break
             self._sock.setblocking(False)
         self.messages.extend(got)

@@ -1,0 +1,292 @@
+"""The daemon as a subprocess on temp folders: pickup, partial writes, claims by two daemons,
+kill -9 and restart, SIGTERM drain, and the CSV contract."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from daemonproc import DaemonProcess, drop, png_bytes, read_rows, sample_digits
+from digitd.outputs import CSV_COLUMNS
+
+pytestmark = pytest.mark.slow
+
+FAST = {"watch": {"settle_ms": 100, "incomplete_after_s": 1.0, "rescan_interval_s": 0.5}}
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    started: list[DaemonProcess] = []
+
+    def make(**config) -> DaemonProcess:
+        d = DaemonProcess(tmp_path, **{**FAST, **config})
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.close()
+
+
+def work_leftovers(inbox: Path) -> list[str]:
+    work = inbox / ".digitd" / "work"
+    return [str(p.relative_to(work)) for p in work.rglob("*") if p.name != ".lock"]
+
+
+def assert_exactly_once(rows, names):
+    counts = Counter(r["file"] for r in rows)
+    duplicated = [n for n, c in counts.items() if c > 1]
+    missing = set(names) - set(counts)
+    assert not duplicated, f"counted twice: {duplicated[:5]}"
+    assert not missing, f"missing: {sorted(missing)[:5]}"
+    assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_pickup_at_start_and_live_then_sigterm(daemons):
+    d = daemons()
+    digits, labels = sample_digits(20)
+    for i in range(10):
+        drop(d.inbox, f"early-{i}.png", png_bytes(digits[i]))
+    d.start()
+    ready_s = d.wait_ready()
+    for i in range(10, 20):
+        drop(d.inbox, f"live-{i}.png", png_bytes(digits[i]))
+    rows = d.wait_rows(20, timeout=30)
+    d.wait_for("WATCHDOG=1", timeout=5)
+    assert d.stop() == 0
+    assert "STOPPING=1" in "\n".join(d.messages)
+    assert any(m.startswith("STATUS=") for m in d.messages)
+    assert ready_s < 30
+
+    assert_exactly_once(
+        rows, [f"early-{i}.png" for i in range(10)] + [f"live-{i}.png" for i in range(10, 20)]
+    )
+    label = {f"{p}-{i}.png": int(labels[i]) for i in range(20) for p in ("early", "live")}
+    correct = sum(int(r["digit"]) == label[r["file"]] for r in rows if r["digit"])
+    assert correct >= 19
+    for r in rows:
+        assert r["status"] in ("ok", "low_confidence")
+        assert r["received_at"].endswith("Z") and len(r["received_at"]) == 24
+        assert (d.outbox / r["preview"]).is_file()
+        assert (d.outbox / "processed" / r["file"]).is_file()
+    batches = {r["batch"] for r in rows}
+    documents = [json.loads((d.outbox / "results" / f"{b}.json").read_text()) for b in batches]
+    items = [item for doc in documents for item in doc["items"]]
+    assert sorted(i["id"] for i in items) == sorted(r["id"] for r in rows)
+    assert all(abs(sum(i["probabilities"]) - 1) < 1e-3 for i in items)
+    assert all(
+        {"wait_ms", "decode_ms", "infer_ms", "write_ms"} <= set(doc["timings_ms"])
+        for doc in documents
+    )
+    assert [p.name for p in d.inbox.iterdir()] == [".digitd"]
+    assert work_leftovers(d.inbox) == []
+
+
+def test_partial_writes_are_not_read(daemons):
+    d = daemons().start()
+    d.wait_ready()
+    digits, _ = sample_digits(2)
+    data = png_bytes(digits[0])
+    # A slow writer: four chunks, 300 ms apart (longer than settle_ms), file kept open.
+    with open(d.inbox / "slow.png", "wb") as f:
+        for k in range(4):
+            f.write(data[k * len(data) // 4 : (k + 1) * len(data) // 4])
+            f.flush()
+            time.sleep(0.3)
+    # A copy written in place (like cp): open, write, close.
+    other = png_bytes(digits[1])
+    with open(d.inbox / "copied.png", "wb") as f:
+        f.write(other[:50])
+        f.flush()
+        time.sleep(0.3)
+        f.write(other[50:])
+    rows = d.wait_rows(2, timeout=20)
+    by_name = {r["file"]: r for r in rows}
+    import hashlib
+
+    assert by_name["slow.png"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert by_name["copied.png"]["sha256"] == hashlib.sha256(other).hexdigest()
+    assert {r["status"] for r in rows} <= {"ok", "low_confidence"}
+    assert d.stop() == 0
+
+
+def test_two_daemons_claim_each_file_once(daemons):
+    first, second = daemons(), daemons()
+    first.start()
+    second.start()
+    first.wait_ready()
+    second.wait_ready()
+    digits, _ = sample_digits(300)
+    names = [f"shared-{i}.png" for i in range(300)]
+    for name, digit in zip(names, digits, strict=True):
+        drop(first.inbox, name, png_bytes(digit))
+    rows = first.wait_rows(300, timeout=60)
+    assert first.stop() == 0 and second.stop() == 0
+    assert_exactly_once(read_rows(first.outbox), names)
+    assert len(rows) == 300
+    assert work_leftovers(first.inbox) == []
+
+
+def test_kill9_then_restart_loses_and_duplicates_nothing(daemons):
+    d = daemons()
+    digits, _ = sample_digits(600)
+    names = [f"k-{i}.png" for i in range(600)]
+    d.start()
+    d.wait_ready()
+    for name, digit in zip(names, digits, strict=True):
+        drop(d.inbox, name, png_bytes(digit))
+    d.wait_rows(1, timeout=30)
+    d.kill()
+    killed_at = len(read_rows(d.outbox))
+    again = daemons(inbox=d.inbox, outbox=d.outbox).start()
+    again.wait_ready()
+    rows = again.wait_rows(600, timeout=60)
+    time.sleep(0.5)
+    assert again.stop() == 0
+    rows = read_rows(d.outbox)
+    assert killed_at < 600, "the kill came too late to test anything"
+    assert_exactly_once(rows, names)
+    assert len(rows) == 600
+    assert sorted(p.name for p in (d.outbox / "processed").iterdir()) == sorted(names)
+    assert work_leftovers(d.inbox) == []
+
+
+def test_sigterm_finishes_the_batch_in_hand_and_restart_takes_the_rest(daemons):
+    d = daemons()
+    d.start()
+    d.wait_ready()
+    digits, _ = sample_digits(600)
+    names = [f"t-{i}.png" for i in range(600)]
+    stager = threading.Thread(
+        target=lambda: [drop(d.inbox, n, png_bytes(x)) for n, x in zip(names, digits, strict=True)]
+    )
+    stager.start()
+    d.wait_rows(1, timeout=30)
+    t0 = time.monotonic()
+    d.signal(signal.SIGTERM)
+    code = d.proc.wait(timeout=15)
+    stop_s = time.monotonic() - t0
+    stager.join()
+    assert code == 0 and stop_s < 10
+    rows = read_rows(d.outbox)
+    processed = {p.name for p in (d.outbox / "processed").iterdir()}
+    assert {r["file"] for r in rows} == processed  # every row's input was filed
+    assert work_leftovers(d.inbox) == []
+    again = daemons(inbox=d.inbox, outbox=d.outbox).start()
+    again.wait_rows(600, timeout=60)
+    assert again.stop() == 0
+    assert_exactly_once(read_rows(d.outbox), names)
+
+
+def test_csv_contract_quoting_and_rejections(daemons, tmp_path):
+    d = daemons()
+    digits, _ = sample_digits(8)
+    good = {
+        "a,b.png": digits[0],
+        'say "hi".png': digits[1],
+        "new\nline.png": digits[2],
+        "=cmd|' -C calc'!A0.png": digits[3],
+        "ünïcødé 数字.png": digits[4],
+        "with space.PNG": digits[5],
+        ("x" * 246) + ".png": digits[6],
+        "-minus.png": digits[7],
+    }
+    for name, digit in good.items():
+        drop(d.inbox, name, png_bytes(digit))
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"TOP-SECRET-CONTENT")
+    bad = {
+        "empty.png": b"",
+        "text.png": b"hello, I am not a PNG\n" * 10,
+        "photo.png": b"\xff\xd8\xff\xe0" + b"\x00" * 200,
+        "truncated.png": png_bytes(digits[0])[:60],
+    }
+    for name, data in bad.items():
+        drop(d.inbox, name, data)
+    os.symlink(secret, d.inbox / "link.png")
+    os.mkfifo(d.inbox / "pipe.png")
+    (d.inbox / "folder.png").mkdir()
+    (d.inbox / "ignored.txt").write_text("not a png name")
+    (d.inbox / ".hidden.png").write_bytes(png_bytes(digits[0]))
+    (d.inbox / "partial.png.part").write_bytes(png_bytes(digits[0]))
+    d.start()
+    d.wait_ready()
+    expected = len(good) + len(bad) + 3
+    rows = d.wait_rows(expected, timeout=30)
+    time.sleep(1.0)
+    assert d.stop() == 0
+    rows = read_rows(d.outbox)
+    assert len(rows) == expected
+
+    raw = (d.outbox / "results.csv").read_bytes()
+    raw.decode("utf-8")  # valid UTF-8
+    assert raw.startswith(",".join(CSV_COLUMNS).encode() + b"\r\n")
+    with open(d.outbox / "results.csv", encoding="utf-8", newline="") as f:
+        table = list(csv.reader(f))
+    assert all(len(row) == len(CSV_COLUMNS) for row in table)
+
+    by_name = {r["file"]: r for r in rows}
+    assert "'=cmd|' -C calc'!A0.png" in by_name  # neutralised for spreadsheets
+    assert "'-minus.png" in by_name
+    for name in good:
+        shown = "'" + name if name[0] in "=-" else name
+        assert by_name[shown]["status"] in ("ok", "low_confidence"), by_name[shown]
+    reasons = {
+        name: by_name[name]["error"] for name in [*bad, "link.png", "pipe.png", "folder.png"]
+    }
+    assert reasons == {
+        "empty.png": "empty",
+        "text.png": "not_png",
+        "photo.png": "not_png",
+        "truncated.png": "truncated",
+        "link.png": "not_regular",
+        "pipe.png": "not_regular",
+        "folder.png": "not_regular",
+    }
+    for name in reasons:
+        assert by_name[name]["status"] == "rejected" and by_name[name]["digit"] == ""
+        error = json.loads((d.outbox / "failed" / f"{name}.error.json").read_text())
+        assert error["error"] == reasons[name] and error["message"]
+        assert os.path.lexists(d.outbox / "failed" / name)
+    assert os.path.islink(d.outbox / "failed" / "link.png")
+    for path in d.outbox.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert b"TOP-SECRET-CONTENT" not in path.read_bytes(), path
+    assert sorted(p.name for p in d.inbox.iterdir()) == sorted(
+        [".digitd", "ignored.txt", ".hidden.png", "partial.png.part"]
+    )
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "digitd", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_bad_configuration_is_refused_with_file_key_and_reason(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("inbox: in\nbatch:\n  max_sise: 8\n")
+    for command in ("check-config", "run"):
+        result = run_cli(command, "--config", str(config), cwd=tmp_path)
+        assert result.returncode == 2
+        assert f"{config}: batch.max_sise: unknown key" in result.stderr
+        assert "Traceback" not in result.stderr
+    config.write_text("min_confidence: 1.5\n")
+    result = run_cli("check-config", "--config", str(config), cwd=tmp_path)
+    assert (
+        result.returncode == 2 and "min_confidence: must be a number from 0 to 1" in result.stderr
+    )
+    config.write_text("inbox: /srv/in\noutbox: out\n")
+    result = run_cli("check-config", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"outbox {tmp_path / 'out'}" in result.stdout
