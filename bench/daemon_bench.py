@@ -1,0 +1,185 @@
+"""Daemon speed: burst throughput, trickle latency, start-up, and the original approach.
+
+    .venv/bin/python bench/daemon_bench.py                 # all checks, default sizes
+    .venv/bin/python bench/daemon_bench.py --burst 100000  # the big burst (memory bounded?)
+
+Runs the real daemon as a subprocess on temp folders (tests/daemonproc.py). Prints one line per
+check with its figure; the figures go into docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from daemonproc import DaemonProcess, png_bytes, read_rows, sample_digits  # noqa: E402
+
+
+def stage_files(folder: Path, n: int, prefix: str) -> list[Path]:
+    """Write `n` 28x28 digit PNGs into a staging folder on the inbox's filesystem."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digits, _ = sample_digits(n)
+    blobs = [png_bytes(d) for d in digits[: min(n, 1000)]]
+    paths = []
+    for i in range(n):
+        path = folder / f"{prefix}{i:06d}.png"
+        path.write_bytes(blobs[i % len(blobs)])
+        paths.append(path)
+    return paths
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def bench_burst(root: Path, n: int, previews: bool) -> None:
+    d = DaemonProcess(root / "burst", outputs={"previews": previews}, log={"format": "json"})
+    staged = stage_files(d.root / "staging", n, "b")
+    d.start()
+    ready_s = d.wait_ready()
+    print(f"ready: READY=1 after {ready_s:.2f} s (model loaded and warmed)")
+    peak = [rss_kib(d.proc.pid)]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak.append(rss_kib(d.proc.pid))
+            time.sleep(0.2)
+
+    threading.Thread(target=sample, daemon=True).start()
+    t0 = time.monotonic()
+    for path in staged:
+        os.rename(path, d.inbox / path.name)
+    renamed = time.monotonic() - t0
+    rows = d.wait_rows(n, timeout=max(120, n / 50))
+    elapsed = time.monotonic() - t0
+    done.set()
+    assert d.stop() == 0
+    rows = read_rows(d.outbox)
+    names = [r["file"] for r in rows]
+    missing = n - len(set(names))
+    duplicated = len(names) - len(set(names))
+    print(
+        f"burst: {n} files renamed in {renamed:.2f} s, last CSV row after {elapsed:.2f} s: "
+        f"{n / elapsed:,.0f} files/s (previews {'on' if previews else 'off'}), "
+        f"missing {missing}, duplicated {duplicated}, peak RSS {max(peak) / 1024:.0f} MiB"
+    )
+    d.close()
+    return n / elapsed
+
+
+def bench_latency(root: Path, n: int, interval_s: float) -> None:
+    d = DaemonProcess(root / "latency", log={"format": "json"})
+    staged = stage_files(d.root / "staging", n, "l")
+    d.start()
+    d.wait_ready()
+    dropped: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    csv_path = d.outbox / "results.csv"
+    offset = 0
+
+    def poll_rows() -> None:
+        nonlocal offset
+        try:
+            with open(csv_path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        now = time.monotonic()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        offset += len(complete)
+        for line in complete.decode().splitlines():
+            name = line.split(",")[1]
+            seen.setdefault(name, now)
+
+    for path in staged:
+        t = time.monotonic()
+        os.rename(path, d.inbox / path.name)
+        dropped[path.name] = t
+        while time.monotonic() < t + interval_s:
+            poll_rows()
+            time.sleep(0.0005)
+    deadline = time.monotonic() + 10
+    while len(seen) < n + 0 and time.monotonic() < deadline:
+        poll_rows()
+        time.sleep(0.0005)
+    assert d.stop() == 0
+    d.close()
+    latencies = sorted((seen[k] - dropped[k]) * 1000 for k in dropped if k in seen)
+    p50 = statistics.median(latencies)
+    p90 = latencies[int(0.9 * (len(latencies) - 1))]
+    print(
+        f"latency: one file every {interval_s * 1000:.0f} ms, {len(latencies)}/{n} seen: "
+        f"rename-to-CSV-row p50 {p50:.1f} ms, p90 {p90:.1f} ms, max {latencies[-1]:.1f} ms"
+    )
+
+
+def bench_baseline(root: Path, n: int) -> float:
+    """The classroom script's approach as a watcher: one model.predict per file."""
+    from digitd.model import default_model_path, import_keras
+
+    keras = import_keras()
+    model = keras.models.load_model(default_model_path(), compile=False)
+    folder = root / "baseline"
+    stage_files(folder, n, "o")
+    files = sorted(folder.glob("*.png"))
+    model.predict(np.zeros((1, 28, 28), np.float32), verbose=0)  # warm, as the daemon is
+    t0 = time.monotonic()
+    for f in files:
+        img = cv2.imread(str(f))[:, :, 0]
+        img = cv2.resize(img, (28, 28))
+        img = np.invert(np.array([img])).astype(np.float32) / 255
+        model.predict(img, verbose=0)
+    rate = n / (time.monotonic() - t0)
+    print(f"baseline: original approach (one model.predict per file): {rate:.1f} files/s")
+    return rate
+
+
+def bench_help() -> None:
+    digitd = Path(sys.executable).with_name("digitd")
+    times = []
+    for _ in range(5):
+        t0 = time.monotonic()
+        subprocess.run([str(digitd), "--help"], check=True, capture_output=True)
+        times.append(time.monotonic() - t0)
+    print(f"help: digitd --help in {statistics.median(times) * 1000:.0f} ms (median of 5)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--burst", type=int, default=10_000)
+    parser.add_argument("--latency-files", type=int, default=200)
+    parser.add_argument("--baseline-files", type=int, default=200)
+    parser.add_argument("--no-previews", action="store_true")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    with tempfile.TemporaryDirectory(prefix="digitd-bench-") as tmp:
+        root = Path(tmp)
+        bench_help()
+        ours = bench_burst(root, args.burst, previews=not args.no_previews)
+        bench_latency(root, args.latency_files, 0.1)
+        base = bench_baseline(root, args.baseline_files)
+        print(f"ratio: burst throughput / original approach = {ours / base:,.0f}x")
+
+
+if __name__ == "__main__":
+    main()
