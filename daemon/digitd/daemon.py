@@ -394,10 +394,13 @@ class Daemon:
 
     def _batch_document(self, batch: Batch, results: list[Result], timings: dict) -> dict:
         card = self.classifier.card
-        summary = {"id": self.classifier.model_id}
-        for key in ("arch", "architecture", "params", "test_accuracy", "created_at", "seed"):
-            if key in card:
-                summary[key] = card[key]
+        summary = {
+            "id": self.classifier.model_id,
+            "arch": card.get("arch"),
+            "parameters": card.get("parameters"),
+            "test_accuracy": card.get("test", {}).get("accuracy"),
+            "created_at": card.get("created_at"),
+        }
         return {
             "batch": batch.id,
             "instance": self.work.instance,
