@@ -317,6 +317,8 @@ check private "stranger and dropper cannot read the outbox; dropper cannot enter
 status_ok() { in_c systemctl show -P StatusText digitd.service | grep -q "^$FILES processed"; }
 wait_for 3 status_ok || true
 check status "StatusText=\"$(show StatusText)\"" status_ok
+mem="$(in_c awk '$1 == "VmHWM:" || $1 == "VmRSS:" { printf "%s %d MB ", $1, $2 / 1024 }' "/proc/$MAINPID/status")"
+note "memory of the main process: ${mem}(MemoryMax=$(show MemoryMax)); threads: $(in_c ls "/proc/$MAINPID/task" | wc -l)"
 
 # ---------------------------------------------------------------------------------------
 # 7. the watchdog: idle for longer than WatchdogSec, pings keep arriving, no restart
