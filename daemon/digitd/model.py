@@ -15,9 +15,11 @@ stays instant.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,21 +51,47 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ and Python start-up chatter, unless the user chose a level."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++: errors only
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")  # absl: the pre-InitializeLog messages
+def quiet_tensorflow() -> bool:
+    """Ask TensorFlow for errors only, unless the user chose a level; True if we chose it."""
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        return False
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # C++: warnings and errors only
+    return True
+
+
+@contextlib.contextmanager
+def _stderr_muted(enabled: bool):
+    """Silence file descriptor 2 for the block (C++ code writes there directly).
+
+    TensorFlow's absl logging prints INFO lines ("oneDNN custom operations are on", "failed
+    call to cuInit") before absl is initialised, ignoring TF_CPP_MIN_LOG_LEVEL; the only way
+    to hide them is to point fd 2 at /dev/null while TensorFlow loads.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def import_keras():
     """Import Keras (and TensorFlow) quietly; returns the keras module."""
-    quiet_tensorflow()
-    import tensorflow as tf
+    chose_level = quiet_tensorflow()
+    with _stderr_muted(chose_level and "tensorflow" not in sys.modules):
+        import tensorflow as tf
 
+        tf.config.list_physical_devices()  # device probing logs the cuInit failure: do it here
+        import keras
     tf.get_logger().setLevel("ERROR")
-    import keras
-
     return keras
 
 

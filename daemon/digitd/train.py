@@ -229,9 +229,15 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def save_model(model, target: Path) -> str:
-    """Save without optimiser state (smaller, and loads anywhere); return the file's SHA-256."""
-    write_atomically(target, lambda tmp: model.save(tmp, include_optimizer=False))
+def save_model(keras, model, target: Path) -> str:
+    """Save without optimiser state (a third of the size); return the file's SHA-256.
+
+    Keras 3 ignores include_optimizer=False for .keras files, so an uncompiled copy is saved
+    (rebuilt from the config: keras.models.clone_model would copy the compiled optimiser too).
+    """
+    export = type(model).from_config(model.get_config())
+    export.set_weights(model.get_weights())
+    write_atomically(target, lambda tmp: export.save(tmp))
     return file_sha256(target)
 
 
@@ -242,6 +248,7 @@ def save_report(target: Path, history: dict, matrix: np.ndarray, x_test: np.ndar
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(15, 10), layout="constrained")
     fig.suptitle(title)
@@ -253,6 +260,7 @@ def save_report(target: Path, history: dict, matrix: np.ndarray, x_test: np.ndar
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], "o-", label="test")
         ax.set(xlabel="epoch", ylabel=key, title=key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     left, right = bottom.subfigures(1, 2, width_ratios=[1, 1.1])
@@ -290,6 +298,10 @@ def _plot_wrong(subfig, x_test: np.ndarray, y_test: np.ndarray, probs: np.ndarra
 
 def train_command(args) -> int:
     """`digitd train`: train --arch on MNIST and write model, card and report into --out."""
+    for name in ("epochs", "limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            print(f"digitd train: --{name} must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
     try:
         data = load_mnist(args.data, verify=not getattr(args, "no_verify", False))
     except DatasetError as exc:
@@ -323,7 +335,7 @@ def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
     started = time.monotonic()
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                         validation_data=(x_test, data.y_test), validation_batch_size=500,
-                        verbose=1 if interactive else 0,
+                        verbose=1 if interactive else 0, shuffle=False,  # ds is shuffled
                         callbacks=[] if interactive else [epoch_logger(keras, epochs)])
     seconds = time.monotonic() - started
     probs = model.predict(x_test, batch_size=500, verbose=0)
@@ -331,7 +343,7 @@ def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
     model_path = out / f"digitd-{arch}.keras"
     card = {
         "name": model_path.name,
-        "model_id": save_model(model, model_path),
+        "model_id": save_model(keras, model, model_path),
         "arch": arch,
         "architecture": describe_layers(model),
         "parameters": int(model.count_params()),
@@ -339,6 +351,7 @@ def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
         "output": "(N, 10) float32 softmax probabilities for digits 0-9",
         "dataset": {"source": data.source, "sha256": data.sha256,
                     "train": len(data.x_train), "test": len(data.x_test), "limit": limit},
+        "validation": "the test set, monitored per epoch only (no early stopping, no selection)",
         "training": {"seed": seed, "epochs": epochs, "batch_size": batch,
                      "augmentation": arch == "cnn", "optimizer": "adam",
                      "peak_learning_rate": PEAK_LR if arch == "cnn" else 1e-3,
@@ -370,8 +383,9 @@ def evaluate_command(args) -> int:
         return EXIT_USAGE
     try:
         classifier = load_classifier(args.model)
-    except (OSError, ValueError) as exc:
-        print(f"digitd evaluate: {args.model or 'shipped model'}: cannot load ({exc})",
+    except Exception as exc:  # missing, truncated or not a Keras model: one line, exit 2
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"digitd evaluate: {args.model or 'shipped model'}: cannot load ({reason})",
               file=sys.stderr)
         return EXIT_USAGE
     probs = classifier.predict(to_input(data.x_test))

@@ -1,0 +1,120 @@
+"""`digitd train` and `digitd evaluate` on the committed 4,000-digit sample (never the full set).
+
+One short CNN run (3 epochs on 3,000 digits, about 15 s on 2 cores) is shared by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digitd.cli import main
+from digitd.model import file_sha256, import_keras, load_classifier
+
+SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Train the CNN briefly on the sample through the real CLI; return the output directory."""
+    out = tmp_path_factory.mktemp("models")
+    assert main(["train", "--data", str(SAMPLE), "--epochs", "3", "--out", str(out)]) == 0
+    return out
+
+
+def test_short_cnn_run_beats_chance_by_far(trained):
+    card = json.loads((trained / "digitd-cnn.card.json").read_text())
+    assert card["test"]["n"] == 1000
+    assert card["test"]["accuracy"] >= 0.85, card["test"]["accuracy"]  # chance is 0.10
+
+
+def test_outputs_and_card(trained):
+    names = sorted(p.name for p in trained.iterdir())
+    assert names == ["digitd-cnn.card.json", "digitd-cnn.keras", "digitd-cnn.report.png"]
+    card = json.loads((trained / "digitd-cnn.card.json").read_text())
+    assert card["model_id"] == file_sha256(trained / "digitd-cnn.keras")
+    assert card["parameters"] > 100_000 and card["architecture"][0] == "Reshape"
+    assert card["training"]["epochs"] == 3 and card["training"]["seed"] == 1
+    assert len(card["training"]["history"]["val_accuracy"]) == 3
+    assert np.array(card["test"]["confusion_matrix"]).sum() == 1000
+    assert set(card["test"]["per_class_accuracy"]) == {str(d) for d in range(10)}
+    assert {"tensorflow", "keras", "numpy", "python"} <= set(card["library_versions"])
+    assert card["created_at"].endswith("+00:00")
+    assert (trained / "digitd-cnn.report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_model_is_plain_keras(trained):
+    """Standard layers, string activations, no optimiser state: loads in any Keras 3."""
+    with zipfile.ZipFile(trained / "digitd-cnn.keras") as archive:
+        config = json.loads(archive.read("config.json"))
+        weights = archive.read("model.weights.h5")
+    layers = config["config"]["layers"]
+    assert {layer["class_name"] for layer in layers} <= {
+        "InputLayer", "Reshape", "Conv2D", "BatchNormalization", "Activation", "Dropout",
+        "Flatten", "Dense"}
+    activations = [layer["config"].get("activation") for layer in layers]
+    assert all(a is None or isinstance(a, str) for a in activations)
+    assert "softmax" in activations
+    assert b"optimizer" not in weights
+
+
+def test_save_load_round_trip_gives_identical_predictions(trained, tmp_path):
+    keras = import_keras()
+    with np.load(SAMPLE) as npz:
+        x = npz["x_test"][:200].astype(np.float32) / 255.0
+    original = keras.saving.load_model(trained / "digitd-cnn.keras", compile=False)
+    before = np.asarray(original(x, training=False))
+    original.save(tmp_path / "copy.keras")
+    copy = keras.saving.load_model(tmp_path / "copy.keras", compile=False)
+    assert np.array_equal(before, np.asarray(copy(x, training=False)))
+    fast = load_classifier(tmp_path / "copy.keras").predict(x)
+    assert np.allclose(fast, before, atol=1e-6)
+
+
+def test_evaluate_json(trained, capsys):
+    model = trained / "digitd-cnn.keras"
+    assert main(["evaluate", "--model", str(model), "--data", str(SAMPLE), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["model_id"] == file_sha256(model) and result["n"] == 1000
+    matrix = np.array(result["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 1000
+    assert result["accuracy"] == pytest.approx(np.trace(matrix) / 1000)
+    card = json.loads((trained / "digitd-cnn.card.json").read_text())
+    assert result["accuracy"] == pytest.approx(card["test"]["accuracy"], abs=0.002)
+
+
+def test_evaluate_human_readable(trained, capsys):
+    model = trained / "digitd-cnn.keras"
+    assert main(["evaluate", "--model", str(model), "--data", str(SAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "confusion" in out
+
+
+def test_evaluate_missing_model_is_exit_2(tmp_path, capsys):
+    code = main(["evaluate", "--model", str(tmp_path / "none.keras"), "--data", str(SAMPLE)])
+    assert code == 2
+    assert "none.keras" in capsys.readouterr().err
+
+
+def test_mlp_reproduces_the_classroom_network(tmp_path):
+    assert main(["train", "--data", str(SAMPLE), "--arch", "mlp", "--out", str(tmp_path)]) == 0
+    card = json.loads((tmp_path / "digitd-mlp.card.json").read_text())
+    assert card["training"]["epochs"] == 3 and card["parameters"] == 784 * 128 + 128 + 128 * 128 \
+        + 128 + 128 * 10 + 10
+    assert card["test"]["accuracy"] >= 0.80
+
+
+def test_limit_and_seed_make_runs_repeatable(tmp_path):
+    args = ["train", "--data", str(SAMPLE), "--arch", "mlp", "--epochs", "1", "--limit", "500"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    a = json.loads((tmp_path / "a" / "digitd-mlp.card.json").read_text())
+    b = json.loads((tmp_path / "b" / "digitd-mlp.card.json").read_text())
+    assert a["dataset"]["train"] == 500
+    assert a["training"]["history"]["loss"] == b["training"]["history"]["loss"]
