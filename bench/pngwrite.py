@@ -28,6 +28,16 @@ def _scanlines(pixels: np.ndarray) -> bytes:
     return np.hstack([np.zeros((rows.shape[0], 1), np.uint8), rows]).tobytes()
 
 
+def _pack(px: np.ndarray, depth: int) -> np.ndarray:
+    """Rows of 1/2/4-bit samples packed into bytes, most significant bits first."""
+    per = 8 // depth
+    h, w = px.shape
+    padded = np.zeros((h, -(-w // per) * per), np.uint16)
+    padded[:, :w] = px
+    shifts = (8 - depth * (np.arange(per) + 1)).astype(np.uint16)
+    return (padded.reshape(h, -1, per) << shifts).sum(axis=2).astype(np.uint8)
+
+
 def encode_png(pixels: np.ndarray, colour_type: int | None = None, *, bit_depth: int = 8,
                palette: np.ndarray | None = None, transparency: bytes | None = None,
                interlace: bool = False, level: int = 6) -> bytes:
@@ -35,7 +45,8 @@ def encode_png(pixels: np.ndarray, colour_type: int | None = None, *, bit_depth:
 
     colour_type: 0 grey, 2 RGB, 3 palette (pixels are indices, `palette` an (N, 3) uint8 RGB
     table, `transparency` the raw tRNS bytes: one alpha per palette entry), 4 grey+alpha,
-    6 RGBA; by default guessed from the channel count. bit_depth 8 or 16 (16 wants uint16).
+    6 RGBA; by default guessed from the channel count. bit_depth 8 or 16 (16 wants uint16),
+    or 1, 2, 4 for grey and palette (pixels are then the small integer samples).
     """
     pixels = np.asarray(pixels)
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
@@ -43,21 +54,26 @@ def encode_png(pixels: np.ndarray, colour_type: int | None = None, *, bit_depth:
         colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
     if _CHANNELS[colour_type] != channels:
         raise ValueError(f"colour type {colour_type} wants {_CHANNELS[colour_type]} channels")
-    if bit_depth == 16:
-        raw = pixels.astype(">u2").view(np.uint8).reshape(pixels.shape[0], -1)
-    elif bit_depth == 8:
-        raw = pixels.astype(np.uint8).reshape(pixels.shape[0], -1)
-    else:
-        raise ValueError("bit_depth must be 8 or 16")
     height, width = pixels.shape[:2]
-    bpp = raw.shape[1] // width  # bytes per pixel
-    px = raw.reshape(height, width, bpp)
-    if interlace:
-        parts = [_scanlines(px[y0::dy, x0::dx]) for x0, y0, dx, dy in _ADAM7
-                 if px[y0::dy, x0::dx].size]
-        data = b"".join(parts)
+    if bit_depth == 16:
+        raw = pixels.astype(">u2").view(np.uint8).reshape(height, width, -1)
+    elif bit_depth == 8:
+        raw = pixels.astype(np.uint8).reshape(height, width, -1)
+    elif bit_depth in (1, 2, 4) and colour_type in (0, 3):
+        raw = pixels.astype(np.uint8).reshape(height, width, 1)
     else:
-        data = _scanlines(px)
+        raise ValueError(f"bit depth {bit_depth} is not supported for colour type {colour_type}")
+
+    def rows(px: np.ndarray) -> bytes:
+        if bit_depth < 8:
+            px = _pack(px[:, :, 0], bit_depth)
+        return _scanlines(px)
+
+    if interlace:
+        data = b"".join(rows(raw[y0::dy, x0::dx]) for x0, y0, dx, dy in _ADAM7
+                        if raw[y0::dy, x0::dx].size)
+    else:
+        data = rows(raw)
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, int(interlace))
     out = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", ihdr)]
     if colour_type == 3:

@@ -232,14 +232,13 @@ def render_ink(ink: np.ndarray, flavour: str, rng: np.random.Generator,
         return encode_png(img, bit_depth=16)
     if flavour == "palette":
         img = _paper_scan(canvas, rng, colour=True, blue=rng.random() < 0.5)
-        centres = np.linspace(0, 255, 16)
         grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-        index = np.clip(np.round(grey / 17), 0, 15).astype(np.uint8)
-        # A palette along the line between the page's ink and paper colours.
-        lo = img[grey <= np.percentile(grey, 2)].mean(0)[::-1]
-        hi = img[grey >= np.percentile(grey, 50)].mean(0)[::-1]
-        t = (centres / 255)[:, None]
-        palette = np.clip(lo * (1 - t) + hi * t, 0, 255).astype(np.uint8)
+        index = np.clip(np.round(grey / 17), 0, 15).astype(np.uint8)  # 16 grey bins
+        # Each entry the mean colour of its bin's pixels, as a quantiser would choose.
+        palette = np.zeros((16, 3), np.uint8)
+        for i in range(16):
+            members = img[index == i]
+            palette[i] = members.mean(0)[::-1] if len(members) else (17 * i,) * 3
         return encode_png(index, 3, palette=palette)
     if flavour == "interlaced":
         img = _paper_scan(canvas, rng, colour=True, blue=rng.random() < 0.5)

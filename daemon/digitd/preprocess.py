@@ -165,7 +165,8 @@ def normalise(image: np.ndarray) -> np.ndarray:
     grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
     hist = _hist(grey)
     mode = int(hist.argmax())
-    if hist[mode] >= 0.5 * grey.size:
+    flat = hist[mode] >= 0.5 * grey.size
+    if flat:
         # A digital drawing (MNIST itself, a paint program's export): the paper is one flat
         # value, the ink is whatever differs from it. No lighting or noise to estimate.
         if cv2.mean(grey)[0] > mode:
@@ -182,7 +183,7 @@ def normalise(image: np.ndarray) -> np.ndarray:
         background = _background(small)
         floor = _noise_floor(_residual(background, small), grey)
     ink = _residual(background, small)
-    mask, box = _digit_mask(ink, floor)  # raises no_ink
+    mask, box = _digit_mask(ink, floor, MIN_CONTRAST if flat else MIN_CONTRAST_PAPER)
 
     # 2. Extract the digit at a useful resolution.
     x, y, w, h = box
@@ -213,21 +214,38 @@ def _light_ink(grey: np.ndarray) -> bool:
 
 
 def _background(small: np.ndarray) -> np.ndarray:
-    """The paper without its (dark) ink: a closing on a coarse copy, smoothed and enlarged."""
+    """The paper without its (dark) ink: a closing on a coarse copy, smoothed and enlarged.
+
+    The coarse copy is first extended beyond its edges by continuing its slope (point
+    reflection, after a small closing so that a thin border line does not steer it): a closing
+    against a replicated border would carry the bright middle of a vignetted page out to its
+    darker edges and make them look like ink.
+    """
     h, w = small.shape[:2]
     c = max(1, -(-max(h, w) // COARSE_SIZE))
     coarse = small if c == 1 else cv2.resize(small, None, fx=1 / c, fy=1 / c,
                                              interpolation=cv2.INTER_AREA)
     ch, cw = coarse.shape[:2]
-    # Wider than any stroke: a stroke is at most ~1/6 of a digit, a digit at most the canvas.
-    k = max(3, round(0.3 * max(ch, cw))) | 1
-    paper = _closing(coarse, k)
+    # Wider than any stroke: a stroke is at most ~1/6 of a digit, a digit at most the canvas
+    # (per axis: on a long strip of paper the light still varies across the short side).
+    k = (_odd(0.3 * cw), _odd(0.3 * ch))
+    k_wide = (_odd(0.7 * cw), _odd(0.7 * ch))
+    s = (_odd(k[0] / 2), _odd(k[1] / 2))
+    rx, ry = k_wide[0] // 2 + s[0] // 2 + 1, k_wide[1] // 2 + s[1] // 2 + 1
+    # Thin dark lines and dots (a scanner's border, dust) must not steer the extrapolation.
+    page = _closing(coarse, (3, 3), cv2.BORDER_REFLECT_101).astype(np.float32)
+    if min(ch, cw) >= 3:
+        page = (2 * cv2.copyMakeBorder(page, ry, ry, rx, rx, cv2.BORDER_REPLICATE)
+                - cv2.copyMakeBorder(page, ry, ry, rx, rx, cv2.BORDER_REFLECT_101))
+    else:
+        page = cv2.copyMakeBorder(page, ry, ry, rx, rx, cv2.BORDER_REPLICATE)
+    paper = _closing(page, k)
     # A bold digit's solid parts can be wider than that: where a closing twice as wide finds
     # paper much brighter (ink is dark, a shadow only dims the page), it is ink, not paper.
-    wide = _closing(coarse, max(3, round(0.7 * max(ch, cw))) | 1)
+    wide = _closing(page, k_wide)
     paper = np.where(paper < wide * 0.55, wide, paper)
-    s = max(3, k // 2) | 1
-    paper = cv2.blur(paper, (s, s), borderType=cv2.BORDER_REPLICATE)
+    paper = cv2.blur(paper, s)[ry : ry + ch, rx : rx + cw]
+    paper = np.clip(paper + 0.5, 0, 255).astype(np.uint8)
     # The closing keeps paper brighter than its neighbours; never let blur darken it below ink.
     paper = cv2.max(paper, coarse)
     if c > 1:
@@ -235,9 +253,14 @@ def _background(small: np.ndarray) -> np.ndarray:
     return paper
 
 
-def _closing(image: np.ndarray, k: int) -> np.ndarray:
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
-    return cv2.morphologyEx(image, cv2.MORPH_CLOSE, kernel, borderType=cv2.BORDER_REPLICATE)
+def _odd(x: float) -> int:
+    return max(3, round(x)) | 1
+
+
+def _closing(image: np.ndarray, k: tuple[int, int],
+             border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, k)
+    return cv2.morphologyEx(image, cv2.MORPH_CLOSE, kernel, borderType=border)
 
 
 def _residual(paper: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -259,11 +282,15 @@ def _percentile(hist: np.ndarray, q: float) -> int:
     return int(np.searchsorted(cum, q * cum[-1]))
 
 
-MIN_CONTRAST = 28  # ink must be at least this much darker than the paper (of 255)
+# Ink must be at least this much darker than the paper (of 255): on a flat digital page any
+# clear difference is ink; on paper, uneven light leaves residuals of up to ~60 on blank pages
+# (measured on 200 generated blank pages), while the faintest realistic scan's ink reaches ~86.
+MIN_CONTRAST = 28
+MIN_CONTRAST_PAPER = 64
 MIN_FLOOR = 8  # residuals up to this are paper, even on a noiseless page
 
 
-def _noise_floor(ink: np.ndarray, grey: np.ndarray) -> int:
+def _noise_floor(ink: np.ndarray, grey: np.ndarray, base: float = 0.5) -> int:
     """The level below which the residual is paper noise.
 
     The paper is the majority of the pixels: its median residual is the background estimate's
@@ -272,13 +299,14 @@ def _noise_floor(ink: np.ndarray, grey: np.ndarray) -> int:
     """
     step = cv2.absdiff(grey[:, 1:], grey[:, :-1]) if grey.shape[1] > 1 else grey[:, :0]
     sigma = _percentile(_hist(step), 0.5) if step.size else 0
-    return max(MIN_FLOOR, _percentile(_hist(ink), 0.5) + 4 * sigma)
+    return max(MIN_FLOOR, _percentile(_hist(ink), base) + 4 * sigma)
 
 
-def _digit_mask(ink: np.ndarray, floor: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _digit_mask(ink: np.ndarray, floor: int,
+                min_contrast: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """The digit's pixels (specks and border lines dropped) and their bounding box."""
     top = int(cv2.minMaxLoc(ink)[1])
-    if top < max(MIN_CONTRAST, floor + 8):
+    if top < max(min_contrast, floor + 8):
         raise Rejected("no_ink", "no ink found: the image is blank or uniform")
     # Otsu between paper and ink, but never below the noise floor.
     otsu, _ = cv2.threshold(ink, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
@@ -367,7 +395,7 @@ def _extract(img, background, mask, box, f, floor):
     """Cut the digit's box (plus a margin) from the full-resolution image, reduced so that the
     digit's longest side is about WORK_SIZE; return its ink residual, mask and noise floor."""
     x, y, w, h = box
-    pad = 1
+    pad = 2  # small pixels: one for the mask's dilation, one of paper to measure the noise on
     sh, sw = mask.shape
     x0, y0 = max(0, x - pad), max(0, y - pad)
     x1, y1 = min(sw, x + w + pad), min(sh, y + h + pad)
@@ -383,11 +411,22 @@ def _extract(img, background, mask, box, f, floor):
     ink = _residual(paper, crop)
     near = cv2.dilate(mask[y0:y1, x0:x1], np.ones((3, 3), np.uint8))
     near = cv2.resize(near, size, interpolation=cv2.INTER_NEAREST)
-    # The paper in the margin tells the noise at this resolution.
+    # The noise at this resolution (more than on the reduced copy): from the paper in the
+    # margin, and from neighbouring pixels' differences.
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
+    floor = max(floor, _noise_floor(ink, grey, base=0.25))
     paper_hist = _hist(ink, cv2.bitwise_not(near))
     if paper_hist.sum() >= 50:
         p50, p98 = _percentile(paper_hist, 0.5), _percentile(paper_hist, 0.98)
-        floor = max(MIN_FLOOR, p98 + (p98 - p50) // 2)
+        floor = max(floor, p98 + (p98 - p50) // 2)
+    # Only the digit's own parts at this resolution: no stray noise at the mask's edges.
+    binary = cv2.bitwise_and(cv2.compare(ink, floor, cv2.CMP_GT), near)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n > 2:
+        areas = stats[1:, 4]
+        keep = np.zeros(n, np.uint8)
+        keep[1:][areas >= max(3, 0.02 * areas.max())] = 255
+        near = cv2.dilate(keep[labels], np.ones((3, 3), np.uint8))
     return ink, near, floor
 
 
