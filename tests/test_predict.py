@@ -1,0 +1,185 @@
+"""`digitd predict` as users run it: a subprocess on real files, the shipped model, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import scans
+from digitd.model import default_model_path
+from digitd.predict import read_png_file
+from digitd.preprocess import REASONS, Rejected
+from pngwrite import chunk, encode_png
+
+SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
+MODEL = default_model_path()
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "digitd", "predict", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    data = np.load(SAMPLE)
+    return data["x_test"], data["y_test"]
+
+
+def bad_files(folder: Path) -> dict[str, str]:
+    """name -> expected reason code; each a real file (or non-file) in `folder`."""
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image\n")
+    jpeg = cv2.imencode(".jpg", np.full((20, 20), 200, np.uint8))[1].tobytes()
+    (folder / "photo.png").write_bytes(jpeg)
+    good = encode_png(np.full((40, 40), 255, np.uint8))
+    (folder / "cut.png").write_bytes(good[: len(good) // 2])
+    (folder / "blank.png").write_bytes(good)
+    os.mkfifo(folder / "fifo.png")
+    (folder / "dir.png").mkdir()
+    (folder / "link.png").symlink_to(folder / "blank.png")
+    return {"empty.png": "empty", "notes.png": "not_png", "photo.png": "not_png",
+            "cut.png": "truncated", "blank.png": "no_ink", "fifo.png": "not_regular",
+            "dir.png": "not_regular", "link.png": "not_regular", "missing.png": "missing"}
+
+
+def test_only_bad_files_exit_1_with_a_reason_each(tmp_path):
+    expected = bad_files(tmp_path)
+    start = time.monotonic()
+    proc = run(*expected, cwd=tmp_path)  # the FIFO must not block
+    assert time.monotonic() - start < 60
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(expected)
+    for line, (name, code) in zip(lines, expected.items(), strict=True):
+        assert line.startswith(f"{name} rejected {code}: "), line
+
+
+@pytest.fixture(scope="module")
+def answered(tmp_path_factory, sample):
+    """One real `digitd predict --json --preview` run over realistic scans of every flavour,
+    font digits, files with awkward names and every kind of bad file."""
+    if not MODEL.is_file():
+        pytest.skip(f"the shipped model {MODEL.name} is not there yet (issue 2)")
+    x, y = sample
+    folder = tmp_path_factory.mktemp("predict")
+    expected = bad_files(folder)
+    labels = {}
+    for i in range(36):  # three of each flavour
+        data, flavour = scans.render_scan(x[i + 100], i)
+        name = f"{i:02d} {flavour}.png" if i % 5 else f"{i:02d}_{flavour}.PNG"
+        (folder / name).write_bytes(data)
+        labels[name] = int(y[i + 100])
+    for i in range(12):  # digits in outline fonts
+        name = f"font{i:02d}.png"
+        (folder / name).write_bytes(scans.render_font_digit(i % 10, i)[0])
+        labels[name] = i % 10
+    names = list(labels) + list(expected)
+    proc = run("--json", "--preview", "previews", *names, cwd=folder)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    return proc, rows, names, labels, expected, folder
+
+
+def test_json_answers_every_file_in_order(answered):
+    proc, rows, names, labels, expected, _ = answered
+    assert proc.returncode == 1, proc.stderr  # some files were rejected
+    assert [r["file"] for r in rows] == names
+    for row in rows:
+        assert set(row) == {"file", "digit", "confidence", "probabilities", "status", "error",
+                            "message"}
+        if row["file"] in labels:
+            assert row["status"] == "ok" and row["error"] is None and row["message"] is None
+            assert len(row["probabilities"]) == 10
+            assert abs(sum(row["probabilities"]) - 1) < 1e-3
+            assert row["confidence"] == max(row["probabilities"])
+            assert row["digit"] == row["probabilities"].index(row["confidence"])
+        else:
+            assert row["status"] == "rejected" and row["digit"] is None
+            assert row["error"] == expected[row["file"]] and row["error"] in REASONS
+            assert row["message"]
+
+
+def test_realistic_scans_are_recognised(answered):
+    _, rows, _, labels, _, _ = answered
+    right = sum(r["digit"] == labels[r["file"]] for r in rows if r["file"] in labels)
+    assert right >= len(labels) - 2, f"{right}/{len(labels)}"
+
+
+def test_previews_are_written_for_every_file(answered):
+    _, _, names, _, _, folder = answered
+    previews = sorted(p.name for p in (folder / "previews").iterdir())
+    assert len(previews) == len(names)
+    assert "00_mnist_png.preview.png" in previews  # .PNG upper case: the same stem rule
+    image = cv2.imread(str(folder / "previews" / "01 paper_grey.preview.png"))
+    assert image is not None and image.shape[0] > 100
+
+
+def test_text_output_and_exit_0_when_all_are_good(tmp_path, sample, capsys):
+    if not MODEL.is_file():
+        pytest.skip(f"the shipped model {MODEL.name} is not there yet (issue 2)")
+    from argparse import Namespace
+
+    from digitd.predict import predict_command
+
+    x, y = sample
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"{i}.png"))
+        Path(files[-1]).write_bytes(encode_png(x[i]))
+    code = predict_command(Namespace(files=files, model=None, json=False, preview=None))
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for line, f, label in zip(lines, files, y[:3], strict=True):
+        name, digit, confidence = line.split(" ")
+        assert name == f and int(digit) == label and 0.5 < float(confidence) <= 1
+
+
+# --------------------------------------------------------------------------------------------
+# Reading files safely (in-process)
+
+
+def test_fifo_directory_and_symlink_are_not_read(tmp_path):
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "real.png").write_bytes(encode_png(np.zeros((5, 5), np.uint8)))
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
+    for name, words in (("fifo.png", "FIFO"), ("dir.png", "directory"),
+                        ("link.png", "symbolic link")):
+        with pytest.raises(Rejected) as info:
+            read_png_file(tmp_path / name)
+        assert info.value.code == "not_regular" and words in info.value.message
+    assert read_png_file(tmp_path / "real.png").startswith(b"\x89PNG")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable(tmp_path):
+    path = tmp_path / "secret.png"
+    path.write_bytes(b"\x89PNG")
+    path.chmod(0)
+    with pytest.raises(Rejected) as info:
+        read_png_file(path)
+    assert info.value.code == "unreadable"
+
+
+def test_a_huge_file_is_refused_from_its_header_alone(tmp_path):
+    ihdr = (60000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    path = tmp_path / "bomb.png"
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr))
+        f.truncate(200 * 1024 * 1024)  # sparse: 200 MB that must not be read
+    start = time.perf_counter()
+    with pytest.raises(Rejected) as info:
+        read_png_file(path)
+    assert info.value.code == "too_large"
+    assert time.perf_counter() - start < 0.1
+    with pytest.raises(Rejected) as info:
+        read_png_file(path, max_pixels=1000)  # and by its size, before any read
+    assert info.value.code == "too_large"
