@@ -135,7 +135,7 @@ class DaemonProcess:
                 return rows
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
+            self.collect(timeout=0.05)
         raise AssertionError(f"only {len(read_rows(self.outbox))} of {n} rows:\n{self.log()}")
 
     def signal(self, signum: int = signal.SIGTERM) -> None:

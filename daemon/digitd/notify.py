@@ -35,9 +35,10 @@ class Notifier:
             return
         message = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
         try:
-            self._socket.sendto(message, self._address)
+            # Non-blocking: a manager that is slow to read must never stall the daemon.
+            self._socket.sendto(message, socket.MSG_DONTWAIT, self._address)
         except OSError:
-            pass  # the manager went away; nothing useful to do about it here
+            pass  # gone or congested: the next STATUS or WATCHDOG carries on
 
     def close(self) -> None:
         if self._socket is not None:
