@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end check of systemd/digitd.service under a real systemd, booted in systemd-nspawn.
 #
-#   sudo bench/systemd_e2e.sh [--files N] [--model PATH.keras] [--keep-running]
+#   sudo bench/systemd_e2e.sh [--files N] [--throughput N] [--model PATH.keras] [--keep-running]
 #
 # Root only, a few minutes the first time (debootstrap + pip), about a minute afterwards.
 # What it does, following systemd/README.md step by step:
@@ -13,16 +13,20 @@
 #      systemd/digitd.service byte for byte, and checks: verify, security, READY, STATUS=,
 #      results for dropped PNGs, consumer access, the watchdog over more than WatchdogSec,
 #      seccomp and MemoryDenyWriteExecute in force, SIGTERM drain with files in flight,
-#      restart completing the rest, no duplicates, and a strict-seccomp (kill) run.
+#      restart completing the rest, no duplicates, a strict-seccomp (kill) run, and the
+#      throughput of a burst under the unit as shipped, without MemoryDenyWriteExecute (so
+#      with oneDNN's JIT kernels) and with no sandbox at all; --throughput 0 skips that.
 # Prints one line per check ("PASS name: detail" / "FAIL name: detail"), exit 1 if any failed.
 set -euo pipefail
 
 FILES=300
+TPUT=2000
 MODEL=""
 KEEP=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --files) FILES="$2"; shift 2 ;;
+        --throughput) TPUT="$2"; shift 2 ;;
         --model) MODEL="$(readlink -f "$2")"; shift 2 ;;
         --keep-running) KEEP=1; shift ;;
         -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
@@ -162,6 +166,11 @@ PY
 make_pngs "$ROOT$WORK/burst1" "e2e_" "$FILES" 0
 make_pngs "$ROOT$WORK/burst2" "e2e_" "$FILES" "$FILES"
 make_pngs "$ROOT$WORK/burst3" "strict_" 64 0
+if [[ $TPUT -gt 0 ]]; then
+    make_pngs "$ROOT$WORK/tput-hardened" "tput_hardened_" "$TPUT" 0
+    make_pngs "$ROOT$WORK/tput-relaxed" "tput_relaxed_" "$TPUT" 0
+    make_pngs "$ROOT$WORK/tput-plain" "tput_plain_" "$TPUT" 0
+fi
 chmod -R a+rX "$ROOT$WORK"
 
 # ---------------------------------------------------------------------------------------
@@ -415,6 +424,82 @@ else
     fail strict-seccomp "no clean run after allowing ${denied[*]:-nothing}: Result=$(show Result) ExecMainStatus=$(show ExecMainStatus) rows=$(csv_rows)"
 fi
 if s="$(summary $((base + 64)) 2>&1)"; then pass final-outbox "$s"; else fail final-outbox "$s"; fi
+
+# ---------------------------------------------------------------------------------------
+# 10. throughput of a burst under three set-ups: the unit as shipped (oneDNN off, Eigen
+#     kernels); a drop-in with MemoryDenyWriteExecute=no and oneDNN on; a transient unit with
+#     no sandbox at all (same user, oneDNN off), which separates the cost of the sandbox from
+#     the cost of the kernels. Staged by the dropper on the same file system, renamed into the
+#     inbox at once; files/s from the first rename to the newest processed_at in results.csv.
+#     Two cores shared with whatever else runs: compare the variants of one run, not runs.
+# ---------------------------------------------------------------------------------------
+burst_rate() { # burst_rate DIR: prints "files/s seconds"
+    in_c runuser -u dropper -- sh -c "umask 027; rm -rf /srv/digitd/inbox/.stage-$1; cp -r $WORK/$1 /srv/digitd/inbox/.stage-$1"
+    in_c runuser -u dropper -- /opt/digitd/bin/python - "$1" "$2" <<'PY'
+import csv, os, sys, time
+from datetime import datetime
+name, base = sys.argv[1], int(sys.argv[2])
+stage, inbox = f"/srv/digitd/inbox/.stage-{name}", "/srv/digitd/inbox"
+files = sorted(os.listdir(stage))
+t0 = time.time()
+for f in files:
+    os.rename(f"{stage}/{f}", f"{inbox}/{f}")
+os.rmdir(stage)
+deadline = time.time() + 300
+while time.time() < deadline:
+    time.sleep(0.2)
+    try:
+        with open("/srv/digitd/outbox/results.csv", newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if r["file"].startswith(f"tput_{name.split('-')[1]}_")]
+    except PermissionError:
+        sys.exit("dropper cannot read results.csv")
+    if len(rows) >= len(files):
+        last = max(datetime.fromisoformat(r["processed_at"].replace("Z", "+00:00")).timestamp() for r in rows)
+        print(f"{len(files) / (last - t0):.0f} {last - t0:.2f}")
+        sys.exit(0)
+sys.exit(f"only {len(rows)} of {len(files)} rows after 300 s")
+PY
+}
+MEDIANS='
+import json, statistics, sys
+b = [json.loads(l) for l in sys.stdin if l.startswith("{") and "\"event\": \"batch\"" in l]
+n = max((x["files"] for x in b), default=0)
+b = [x for x in b if x["files"] == n]
+m = {k: statistics.median(x[k] for x in b) if b else float("nan") for k in ("infer_ms", "decode_ms", "write_ms", "wait_ms")}
+print("%d full batches of %d, median ms: infer %.1f, decode %.1f, write %.1f, wait %.1f"
+      % (len(b), n, m["infer_ms"], m["decode_ms"], m["write_ms"], m["wait_ms"]))
+'
+if [[ $TPUT -gt 0 ]]; then
+    # The dropper may not read the outbox (by design); for this measurement only, let it.
+    in_c setfacl -m u:dropper:rx /srv/digitd/outbox
+    in_c setfacl -m u:dropper:r /srv/digitd/outbox/results.csv
+    for variant in hardened relaxed plain; do
+        unit=digitd.service
+        case $variant in
+            hardened) what="the unit as shipped (oneDNN off)" ;;
+            relaxed) what="drop-in MemoryDenyWriteExecute=no + oneDNN on"
+                in_c sh -c 'mkdir -p /run/systemd/system/digitd.service.d && printf "[Service]\nMemoryDenyWriteExecute=no\nEnvironment=TF_ENABLE_ONEDNN_OPTS=1\n" > /run/systemd/system/digitd.service.d/relaxed.conf && systemctl daemon-reload' ;;
+            plain) what="no sandbox at all (transient unit, same user, oneDNN off)"; unit=digitd-plain.service ;;
+        esac
+        if [[ $variant == plain ]]; then
+            in_c systemd-run -q --unit=digitd-plain -p Type=notify -p NotifyAccess=main -p User=digitd -p Group=digitd \
+                -p UMask=0077 -p Environment=TF_ENABLE_ONEDNN_OPTS=0 /opt/digitd/bin/digitd run --config /etc/digitd/config.yaml
+        else
+            in_c systemctl start digitd.service
+        fi
+        INV="$(in_c systemctl show -P InvocationID "$unit")"
+        r="$(burst_rate "tput-$variant" 0 2>&1)" && ok=1 || ok=0
+        in_c systemctl stop "$unit"
+        medians="$(journal | "$HOSTPY" -c "$MEDIANS" 2>&1)"
+        if [[ $ok -eq 1 ]]; then
+            pass "throughput-$variant" "$what: $TPUT PNGs renamed in at once, last row after $(cut -d' ' -f2 <<<"$r") s = ${r%% *} files/s; $medians"
+        else
+            fail "throughput-$variant" "$what: $r"
+        fi
+    done
+    in_c sh -c 'rm -rf /run/systemd/system/digitd.service.d && systemctl daemon-reload'
+    in_c setfacl -x u:dropper /srv/digitd/outbox
+fi
 
 errs="$(in_c journalctl -b -u digitd.service --no-pager -o cat | "$HOSTPY" -c '
 import collections, json, sys
