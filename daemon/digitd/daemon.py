@@ -223,10 +223,10 @@ class Daemon:
             self._result(batch, item, read, probs, processed_at)
             for item, read, probs in zip(batch.items, reads, probabilities, strict=True)
         ]
-        previews = self._render_previews(results, reads)
+        unwritten = self._write_previews(results, reads)
         timings = {"wait_ms": waited_s * 1000, "decode_ms": (t1 - t0) * 1000}
         timings["infer_ms"] = (t2 - t1) * 1000
-        self._hand_to_writer((batch, results, previews, timings, time.monotonic()))
+        self._hand_to_writer((batch, results, unwritten, timings, t2))
 
     def _map(self, function, items) -> list:
         """`function` over `items` on the pool, one task per worker (not one per item)."""
@@ -307,26 +307,35 @@ class Daemon:
             source=item.path,
         )
 
-    def _render_previews(self, results: list[Result], reads: list[_Read]) -> list[bytes | None]:
+    def _write_previews(self, results: list[Result], reads: list[_Read]) -> list[bytes | None]:
+        """Render and write the previews on the pool: creating a file is costly on some
+        filesystems, so it is spread over the workers. Returns the PNGs that could not be
+        written (outbox errors), for the writer to retry before the commit."""
         from digitd.preview import render_preview
 
-        def render(pair: tuple[Result, _Read]) -> bytes | None:
+        def render_and_write(pair: tuple[Result, _Read]) -> bytes | None:
             result, read = pair
             if not result.preview:
                 return None
-            return render_preview(read.image, read.model_input, result.digit, result.confidence)
+            png = render_preview(read.image, read.model_input, result.digit, result.confidence)
+            try:
+                self.outbox.write_preview(result, png)
+            except OSError:
+                return png  # the writer retries it with back-off, and logs why
+            return None
 
-        return self._map(render, zip(results, reads, strict=True))
+        return self._map(render_and_write, zip(results, reads, strict=True))
 
-    def _deliver(self, batch, results, previews, timings, started: float) -> None:
+    def _deliver(self, batch, results, unwritten, timings, started: float) -> None:
         """Write the outputs in crash-safe order; on an outbox error, back off and retry."""
         delay = self.config.retry.initial_s
         committed = False
         while True:
             try:
-                for result, png in zip(results, previews, strict=True):
+                for i, (result, png) in enumerate(zip(results, unwritten, strict=True)):
                     if png is not None:
                         self.outbox.write_preview(result, png)
+                        unwritten[i] = None
                 timings["write_ms"] = (time.monotonic() - started) * 1000
                 document = self._batch_document(batch, results, timings)
                 self.outbox.write_batch_json(batch.id, document)
