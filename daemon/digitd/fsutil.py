@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def move_noreplace(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    tmp = dst.with_name(f".{dst.name}.partial")
+    tmp = dst.with_name(temporary_name())
     with open(src, "rb") as fin, open(tmp, "wb") as fout:
         shutil.copyfileobj(fin, fout, 1 << 20)
         fout.flush()
@@ -60,7 +61,7 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
     With `durable`, the data is fsynced before the rename (and survives a power cut).
     Replaces an existing file of the same name.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(temporary_name())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
@@ -78,6 +79,12 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def temporary_name() -> str:
+    """A short hidden name for a file being written: short, so that the final name may
+    use all of NAME_MAX (255 bytes); hidden, so that the watcher never takes it."""
+    return f".digitd-{secrets.token_hex(6)}.tmp"
 
 
 def fsync_dir(path: Path) -> None:

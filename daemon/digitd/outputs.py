@@ -184,9 +184,14 @@ class Outbox:
                 "received_at": iso_time(result.received_at),
                 "processed_at": iso_time(result.processed_at),
             }
+            error_json = self.root / "failed" / f"{name}.error.json"
             data = json.dumps(error, ensure_ascii=False, indent=1).encode("utf-8")
-            write_atomic(self.root / "failed" / f"{name}.error.json", data)
-            _move_entry(result.source, self.root / "failed" / name)
+            write_atomic(error_json, data)
+            kept_at = _move_entry(result.source, self.root / "failed" / name)
+            if kept_at != str(self.root / "failed" / name):
+                error["kept_at"] = kept_at  # set aside in the inbox, or nothing to keep
+                data = json.dumps(error, ensure_ascii=False, indent=1).encode("utf-8")
+                write_atomic(error_json, data)
         elif self.config.inputs == "delete":
             os.unlink(result.source)
         else:
@@ -229,26 +234,38 @@ def _error_json_id(path: Path) -> str | None:
         return None
 
 
-def _move_entry(source: Path, target: Path) -> None:
-    """File a rejected entry, whatever it is: a regular file is moved (copied across
-    filesystems); a link, FIFO, socket or folder is renamed and never opened."""
+def _move_entry(source: Path, target: Path) -> str:
+    """File a rejected entry, whatever it is, and say where it went.
+
+    On one filesystem everything is renamed, never opened. Across filesystems a regular file
+    is copied; a link is recreated (never followed); a FIFO or socket, which holds no data,
+    is removed; what cannot be copied (a folder, a file the service may not read) is set
+    aside in <inbox>/.digitd/rejected/ rather than retried forever.
+    """
     try:
         rename_noreplace(source, target)
-        return
+        return str(target)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    if os.path.isfile(source) and not os.path.islink(source):
-        move_noreplace(source, target)
-    elif os.path.islink(source):
-        os.symlink(os.readlink(source), target)  # the link, never its target's content
+    if os.path.islink(source):
+        os.symlink(os.readlink(source), target)
         os.unlink(source)
-    elif os.path.isdir(source):  # a folder is not copied across: set aside in the inbox
-        aside = source.parents[3] / "rejected"  # <inbox>/.digitd/rejected/
-        aside.mkdir(exist_ok=True)
-        rename_noreplace(source, aside / target.name)
-    else:  # a FIFO or socket holds no data to keep
+        return str(target)
+    if os.path.isfile(source):
+        try:
+            move_noreplace(source, target)
+            return str(target)
+        except PermissionError as exc:
+            if os.fspath(exc.filename or "") != os.fspath(source):
+                raise  # the outbox refused: an outbox error, retried
+    elif not os.path.isdir(source):
         os.unlink(source)
+        return ""
+    aside = source.parents[3] / "rejected"  # <inbox>/.digitd/rejected/
+    aside.mkdir(exist_ok=True)
+    rename_noreplace(source, aside / target.name)
+    return str(aside / target.name)
 
 
 def _truncate_torn_tail(fd: int, size: int) -> None:
