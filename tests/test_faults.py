@@ -1,0 +1,110 @@
+"""Faults and hostile inputs against the real daemon, at sizes that fit `make test`.
+
+The scenarios live in bench/faults.py and bench/hostile.py, which run them at full size
+(`.venv/bin/python bench/faults.py`); here each one runs small and must report no problem.
+tests/test_daemon.py has the single kill -9, the single SIGTERM and two daemons; these go
+further: repeated random kills, four daemons, slow and `cp` writers, a full and a read-only
+outbox (tmpfs), an inotify queue overflow and the hostile-input list, all in one batch.
+
+Root is needed for the tmpfs and inotify cases (mount, /proc/sys/fs/inotify); they are
+skipped otherwise. pandas is not a dependency: set DIGITD_PANDAS_PYTHON to an interpreter
+that has it (e.g. a throwaway venv) to add the pandas parse to the hostile-input check.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from faults import (
+    inotify_flood,
+    kill9_storm,
+    outbox_full,
+    outbox_readonly,
+    shared_inbox,
+    slow_writers,
+)
+from hostile import hostile_inputs
+
+pytestmark = pytest.mark.slow
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount, /proc/sys)")
+
+
+def check(outcome):
+    print(outcome.line())
+    if outcome.skipped:
+        pytest.skip(outcome.skipped)
+    assert outcome.ok, outcome.line()
+    return outcome
+
+
+def test_kill9_at_random_moments_three_times_then_restart(tmp_path):
+    outcome = check(kill9_storm(tmp_path, files=1200, kills=3, seed=11))
+    assert outcome.figures["kills_mid_burst"] >= 2, "the kills came too late to test much"
+
+
+def test_four_daemons_on_one_inbox_count_every_file_once(tmp_path):
+    outcome = check(shared_inbox(tmp_path, files=400, daemons=4))
+    assert len(outcome.figures["share"]) >= 2, "only one daemon did any work"
+
+
+def test_slow_writers_and_cp_are_never_read_half_written(tmp_path):
+    check(slow_writers(tmp_path, slow=4, copies=3, seconds=3.2, chunks=16))
+
+
+@root_only
+def test_full_outbox_keeps_inputs_backs_off_and_finishes_when_space_returns(tmp_path):
+    outcome = check(outbox_full(tmp_path, files=150, size="2m", leave_kb=320))
+    assert outcome.figures["outbox_errors"] >= 1
+    assert "No space left on device" in outcome.figures["errors"]
+
+
+@root_only
+def test_read_only_outbox_then_writable_and_sigterm_while_backing_off(tmp_path):
+    outcome = check(outbox_readonly(tmp_path, files=180))
+    assert outcome.figures["sigterm_exit"] == 0
+
+
+@root_only
+def test_more_files_than_the_inotify_queue_holds(tmp_path):
+    outcome = check(inotify_flood(tmp_path, files=3000, queue_limit=64))
+    assert outcome.figures["overflow_logged"], "the queue did not overflow: nothing tested"
+
+
+def test_hostile_inputs_mixed_with_good_files_in_one_batch(tmp_path):
+    outcome = check(hostile_inputs(tmp_path, long_bad_name=False))
+    assert outcome.figures["batches"] == 1
+    if "pandas-absent" in outcome.figures["csv"]:
+        print("pandas not installed: parsed with csv only (set DIGITD_PANDAS_PYTHON)")
+
+
+@pytest.mark.xfail(
+    reason="bug: failed/<name>.error.json is written through .<name>.error.json.<pid>.tmp, "
+    "longer than NAME_MAX for a 250-byte name: ENAMETOOLONG, which the daemon retries forever "
+    "as an outbox error (bench/faults.py --only hostile_inputs shows the stall)",
+    raises=OSError,
+    strict=False,
+)
+def test_a_rejected_input_with_a_250_byte_name_can_be_filed(tmp_path):
+    """The filing step alone (no daemon): what the daemon's writer does for such an input."""
+    from datetime import datetime, timezone
+
+    from digitd.config import OutputConfig
+    from digitd.outputs import Outbox, Result
+
+    name = "b" * 246 + ".png"
+    source = tmp_path / name
+    source.write_bytes(b"\x89PNG\r\n\x1a\n" + b"cut short")
+    outbox = Outbox(tmp_path / "outbox", OutputConfig())
+    outbox.prepare()
+    now = datetime.now(timezone.utc)
+    result = Result(
+        id="20261125T000000000Z-0123456789ab", file=name, status="rejected", digit=None,
+        confidence=None, sha256="", batch="b", received_at=now, processed_at=now, model="m",
+        preview="", error="truncated", message="cut short", probabilities=None, source=source,
+    )  # fmt: skip
+    outbox.file_input(result)
+    assert not source.exists()
+    errors = list((tmp_path / "outbox" / "failed").glob("*.error.json"))
+    assert len(errors) == 1
