@@ -9,9 +9,10 @@ test accuracy and against the original script's preprocessing.
    folder (or --keep DIR).
 2. Runs `python -m digitd predict --json --model M FILE...` as a subprocess over all of them
    (chunks of 2,000 files per process for the argument list).
-3. Prints, per flavour: accuracy through digitd, and through the original script's
+3. Prints, per flavour: accuracy through digitd, through the original script's
    preprocessing (`cv2.imread(f)[:, :, 0]`, resize to 28x28, `np.invert`, / 255) with the same
-   model; and the model's own accuracy on the same N MNIST test digits.
+   model, and the model's own accuracy on the very MNIST digits that flavour was made from;
+   and overall against the model's accuracy on the same N MNIST test digits.
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ def main() -> int:
     mnist_acc = float((mnist_pred == y[:n]).mean())
     orig_pred = classifier.predict(original_inputs(files)).argmax(1)
 
-    table = collections.defaultdict(lambda: [0, 0, 0, 0])  # n, digitd ok, original ok, rejected
+    # n, digitd right, original right, rejected, the model right on the same MNIST digits
+    table = collections.defaultdict(lambda: [0, 0, 0, 0, 0])
     for i, f in enumerate(files):
         group = (kinds[i], flavours[i])
         row = answers[f]
@@ -155,11 +157,12 @@ def main() -> int:
             cell[1] += ok
             cell[2] += int(orig_pred[i] == labels[i])
             cell[3] += row["status"] != "ok"
+            cell[4] += int(mnist_pred[i] == labels[i]) if kinds[i] == "scan" else 0
 
     model_name = args.model or "shipped model"
     print(f"\nmodel: {model_name}; MNIST test accuracy on the same {n} digits: {mnist_acc:.2%}")
     print(f"{'set':6s} {'flavour':18s} {'files':>6s} {'digitd':>8s} {'original':>9s}"
-          f" {'rejected':>9s}")
+          f" {'rejected':>9s} {'same digits as MNIST':>21s}")
     summary = {"model": model_name, "n": n, "fonts": args.fonts, "seed": args.seed,
                "mnist_accuracy": mnist_acc, "predict_seconds": round(predict_s, 1), "rows": []}
     order = list(scans.FLAVOURS) + ["overall"]
@@ -167,12 +170,14 @@ def main() -> int:
         keys = sorted((k for k in table if k[0] == kind),
                       key=lambda k: (order.index(k[1]) if k[1] in order else -1, k[1]))
         for key in keys:
-            total, good, orig, rej = table[key]
+            total, good, orig, rej, raw = table[key]
+            same = f"{raw / total:21.2%}" if kind == "scan" else ""
             print(f"{key[0]:6s} {key[1]:18s} {total:6d} {good / total:8.2%} {orig / total:9.2%}"
-                  f" {rej:9d}")
+                  f" {rej:9d} {same}")
             summary["rows"].append({"set": key[0], "flavour": key[1], "files": total,
                                     "digitd": good / total, "original": orig / total,
-                                    "rejected": rej})
+                                    "rejected": rej,
+                                    "mnist_same_digits": raw / total if kind == "scan" else None})
     scan_total, scan_good = table[("scan", "overall")][:2]
     if scan_total:
         gap = mnist_acc - scan_good / scan_total

@@ -165,11 +165,12 @@ def normalise(image: np.ndarray) -> np.ndarray:
     grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
     hist = _hist(grey)
     mode = int(hist.argmax())
-    flat = hist[mode] >= 0.5 * grey.size
+    near_mode = hist[max(0, mode - 24) : mode + 25].sum()
+    flat = hist[mode] >= 0.5 * grey.size and near_mode - hist[mode] < 0.1 * grey.size
     if flat:
         # A digital drawing (MNIST itself, a paint program's export): the paper is one flat
         # value, the ink is whatever differs from it. No lighting or noise to estimate.
-        if cv2.mean(grey)[0] > mode:
+        if hist[mode + 25 :].sum() > hist[: max(0, mode - 24)].sum():
             img, small = cv2.bitwise_not(img), cv2.bitwise_not(small)  # now dark ink on light
         if small.ndim == 3:
             paper = cv2.mean(small, cv2.compare(grey, mode, cv2.CMP_EQ))[:3]
@@ -413,12 +414,15 @@ def _extract(img, background, mask, box, f, floor):
     near = cv2.resize(near, size, interpolation=cv2.INTER_NEAREST)
     # The noise at this resolution (more than on the reduced copy): from the paper in the
     # margin, and from neighbouring pixels' differences.
-    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
-    floor = max(floor, _noise_floor(ink, grey, base=0.25))
     paper_hist = _hist(ink, cv2.bitwise_not(near))
     if paper_hist.sum() >= 50:
         p50, p98 = _percentile(paper_hist, 0.5), _percentile(paper_hist, 0.98)
-        floor = max(floor, p98 + (p98 - p50) // 2)
+        local = p98 + (p98 - p50) // 2
+    else:  # no margin (the digit fills the page): the lowest residuals are paper
+        grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
+        local = _noise_floor(ink, grey, base=0.1)
+    # Never so high that it wipes out the ink itself.
+    floor = min(max(floor, local), int(cv2.minMaxLoc(ink)[1]) // 2)
     # Only the digit's own parts at this resolution: no stray noise at the mask's edges.
     binary = cv2.bitwise_and(cv2.compare(ink, floor, cv2.CMP_GT), near)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
@@ -457,7 +461,7 @@ def _place(digit: np.ndarray) -> np.ndarray:
     if top <= 0:
         raise Rejected("no_ink", "no ink found: the image is blank or uniform")
     if top < 1.0:
-        digit = digit * (1.0 / top)
+        digit = digit / top  # exactly 1.0 at the maximum, as in MNIST
     m = cv2.moments(digit)
     cx, cy = m["m10"] / m["m00"], m["m01"] / m["m00"]
     ox = min(max(round(CENTRE - cx), 0), SIZE - nw)
