@@ -4,6 +4,7 @@
     .venv/bin/python bench/faults.py            # the full run (about 25 min on 2 busy cores)
     .venv/bin/python bench/faults.py --quick    # smaller sizes, a few minutes
     .venv/bin/python bench/faults.py --only kill9_storm,soak --soak-minutes 10
+    .venv/bin/python bench/faults.py --pandas /tmp/pandas-venv/bin/python   # + pandas parse
 
 Checks: kill -9 at random moments during a burst (restarting each time), two and four daemons
 on one inbox, slow and `cp` writers, the outbox on a full tmpfs, the outbox made read-only (and
@@ -847,7 +848,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-minutes", type=float, default=None)
     parser.add_argument("--model", type=Path, default=None, help="default: the shipped model")
     parser.add_argument("--keep", action="store_true", help="keep the temp folders")
+    parser.add_argument("--pandas", metavar="PYTHON", help="an interpreter with pandas, for "
+                        "the CSV check (pandas is not a digitd dependency)")
     args = parser.parse_args(argv)
+    if args.pandas:
+        os.environ["DIGITD_PANDAS_PYTHON"] = args.pandas
     quick = args.quick
     soak_minutes = args.soak_minutes if args.soak_minutes is not None else (1 if quick else 10)
     model = args.model

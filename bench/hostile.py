@@ -228,10 +228,13 @@ def hostile_inputs(root: Path, model: Path | None = None, outbox_tmpfs: bool = F
         if wrong:
             out.problems.append("rows: " + "; ".join(wrong))
         # failed/: each rejected input beside an .error.json naming it and its reason.
-        errors = {}
+        errors, kept_at = {}, set()
         for path in (s.outbox / "failed").glob("*.error.json"):
             doc = json.loads(path.read_bytes())
-            errors[doc["file"]] = (doc["error"], path.name[: -len(".error.json")])
+            errors[doc["file"]] = (doc["error"], path.name[: -len(".error.json")],
+                                   doc.get("kept_at"))
+            if doc.get("kept_at"):
+                kept_at.add(os.path.basename(doc["kept_at"]))
         not_filed = []
         for name, (_, reason) in bad.items():
             if reason is None and by_name.get(name, [{}])[0].get("status") != "rejected":
@@ -239,6 +242,12 @@ def hostile_inputs(root: Path, model: Path | None = None, outbox_tmpfs: bool = F
             entry = errors.get(printable_name(name))
             if entry is None or (reason and entry[0] != reason):
                 not_filed.append(f"{name[:20]!r}: error.json {entry}")
+            elif entry[2] is not None:
+                # Set aside in the inbox (cannot be copied across filesystems), or nothing
+                # to keep (a FIFO): the error.json says where, and it must be true.
+                if entry[2] and not os.path.lexists(entry[2]):
+                    not_filed.append(f"{name[:20]!r}: kept_at {entry[2]} does not exist")
+                out.figures.setdefault("set_aside", []).append(name[:12])
             elif not os.path.lexists(s.outbox / "failed" / entry[1]):
                 not_filed.append(f"{name[:20]!r} not in failed/")
         processed = os.listdir(s.outbox / "processed") if (s.outbox / "processed").exists() else []
@@ -267,8 +276,9 @@ def hostile_inputs(root: Path, model: Path | None = None, outbox_tmpfs: bool = F
         set_aside = sorted(os.listdir(aside)) if aside.exists() else []
         if left_in_inbox:
             out.problems.append(f"left in the inbox: {left_in_inbox}")
-        if set_aside:
-            out.problems.append(f"set aside in .digitd/rejected, not failed/: {set_aside}")
+        unexplained = sorted(set(set_aside) - kept_at)
+        if unexplained:
+            out.problems.append(f"in .digitd/rejected without an error.json: {unexplained}")
         if not alive or code != 0:
             out.problems.append(f"daemon alive={alive} exit={code}")
         out.figures.update(

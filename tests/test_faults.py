@@ -73,21 +73,16 @@ def test_more_files_than_the_inotify_queue_holds(tmp_path):
 
 
 def test_hostile_inputs_mixed_with_good_files_in_one_batch(tmp_path):
-    outcome = check(hostile_inputs(tmp_path, long_bad_name=False))
+    outcome = check(hostile_inputs(tmp_path))
     assert outcome.figures["batches"] == 1
     if "pandas-absent" in outcome.figures["csv"]:
         print("pandas not installed: parsed with csv only (set DIGITD_PANDAS_PYTHON)")
 
 
-@pytest.mark.xfail(
-    reason="bug: failed/<name>.error.json is written through .<name>.error.json.<pid>.tmp, "
-    "longer than NAME_MAX for a 250-byte name: ENAMETOOLONG, which the daemon retries forever "
-    "as an outbox error (bench/faults.py --only hostile_inputs shows the stall)",
-    raises=OSError,
-    strict=False,
-)
 def test_a_rejected_input_with_a_250_byte_name_can_be_filed(tmp_path):
-    """The filing step alone (no daemon): what the daemon's writer does for such an input."""
+    """The filing step alone (no daemon). It used to raise ENAMETOOLONG (the temp name of the
+    .error.json was longer than NAME_MAX), which the daemon retried forever as an outbox error:
+    one such input stalled everything (fixed in bc340f9)."""
     from datetime import datetime, timezone
 
     from digitd.config import OutputConfig
