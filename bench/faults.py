@@ -400,6 +400,49 @@ def kill9_storm(root: Path, files: int = 10_000, kills: int = 10, seed: int = 5,
     return out
 
 
+def crash_after_filing(root: Path, files: int = 12, model: Path | None = None,
+                       **config) -> Outcome:
+    """A deterministic crash point: kill -9 after a batch's last input was filed but before
+    its work folder was removed (WorkFolder.finish). Simulated by leaving, for a batch that
+    completed, its manifest in the work folder of a dead instance (lock free), as the crash
+    would. The next start adopts it; its results must stay as they were."""
+    out = Outcome("crash_after_filing")
+    inputs = make_inputs(files, "caf")
+    staged = stage(root, inputs)
+    with Session(root, model, {**FAST, "batch": {"max_size": 64, "max_wait_ms": 500},
+                               **config}) as s:
+        d = s.daemon().start()
+        d.wait_ready(300)
+        drop_staged(s.inbox, staged)
+        _guard(out, wait_count, RowCounter(s.outbox), files, 60, [d])
+        d.stop()
+        rows = read_rows(s.outbox)
+        batch = rows[0]["batch"]
+        path = s.outbox / "results" / f"{batch}.json"
+        before = json.loads(path.read_bytes())
+        dead = s.inbox / ".digitd" / "work" / "deadhost-1-000000"
+        (dead / batch).mkdir(parents=True)
+        (dead / ".lock").touch()
+        manifest = {"batch": batch, "items": [
+            {"id": i["id"], "name": i["file"], "received_at": i["received_at"].replace("Z",
+                                                                                   "+00:00")}
+            for i in before["items"]]}
+        (dead / batch / "manifest.json").write_text(json.dumps(manifest))
+        again = s.daemon().start()
+        again.wait_ready(300)
+        time.sleep(1.0)
+        code = again.stop()
+        after = json.loads(path.read_bytes())
+        account(out, s.inbox, s.outbox, inputs)
+        out.figures.update(batch_items_before=len(before["items"]),
+                           batch_items_after=len(after["items"]), exit=code)
+        if len(after["items"]) != len(before["items"]):
+            out.problems.append(
+                f"results/{batch}.json rewritten with {len(after['items'])} of "
+                f"{len(before['items'])} items by the recovery")
+    return out
+
+
 # -- several daemons on one inbox ---------------------------------------------------------------
 
 
@@ -860,6 +903,7 @@ def main(argv: list[str] | None = None) -> int:
 
     checks = {
         "kill9_storm": lambda r: kill9_storm(r, 2000 if quick else 10_000, 10, model=model),
+        "crash_after_filing": lambda r: crash_after_filing(r, model=model),
         "shared_inbox_x2": lambda r: shared_inbox(r, 1000 if quick else 5000, 2, model=model),
         "shared_inbox_x4": lambda r: shared_inbox(r, 1000 if quick else 5000, 4, model=model),
         "slow_writers": lambda r: slow_writers(r, model=model),

@@ -18,6 +18,7 @@ import os
 import pytest
 
 from faults import (
+    crash_after_filing,
     inotify_flood,
     kill9_storm,
     outbox_full,
@@ -103,3 +104,9 @@ def test_a_rejected_input_with_a_250_byte_name_can_be_filed(tmp_path):
     assert not source.exists()
     errors = list((tmp_path / "outbox" / "failed").glob("*.error.json"))
     assert len(errors) == 1
+
+
+def test_crash_after_the_last_input_was_filed_keeps_the_batch_json(tmp_path):
+    """kill -9 between filing a batch's last input and removing its work folder: the restart
+    used to redo the (now empty) batch and replace results/<batch>.json with no items."""
+    check(crash_after_filing(tmp_path, files=12))

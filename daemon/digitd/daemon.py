@@ -153,6 +153,9 @@ class Daemon:
         committed = self.outbox.committed_rows()
         log.info("recovering", batches=len(leftovers), adopted=adopted)
         for batch in leftovers:
+            if not batch.items:  # all filed before the crash: redoing it would blank its JSON
+                self.work.finish(batch)
+                continue
             rows = [committed.get(item.id) for item in batch.items]
             if batch.items and all(rows):
                 self._refile(batch, rows)
