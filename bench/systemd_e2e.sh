@@ -425,6 +425,17 @@ else
 fi
 if s="$(summary $((base + 64)) 2>&1)"; then pass final-outbox "$s"; else fail final-outbox "$s"; fi
 
+# Inputs are filed by rename, not copied: the file in outbox/processed/ is the dropped inode.
+# (Two ReadWritePaths= bind mounts for inbox and outbox would force copy + fsync + delete.)
+in_c systemctl start digitd.service
+INV="$(show InvocationID)"
+probe="probe_$(date +%s)_label7.png"
+ino_in="$(in_c runuser -u dropper -- sh -c "umask 027; cd /srv/digitd/inbox && cp $WORK/burst3/\$(ls $WORK/burst3 | head -1) .$probe && stat -c %i .$probe && mv .$probe $probe")"
+wait_for 30 in_c test -e "/srv/digitd/outbox/processed/$probe" || true
+ino_out="$(in_c stat -c %i "/srv/digitd/outbox/processed/$probe" 2>/dev/null || echo missing)"
+in_c systemctl stop digitd.service
+check rename "processed/$probe is inode $ino_out, dropped as inode $ino_in: moved by rename(2), not copied" test "$ino_in" = "$ino_out"
+
 # ---------------------------------------------------------------------------------------
 # 10. throughput of a burst under three set-ups: the unit as shipped (oneDNN off, Eigen
 #     kernels); a drop-in with MemoryDenyWriteExecute=no and oneDNN on; a transient unit with
