@@ -8,8 +8,9 @@ Layout, inside the inbox so that every claim is a rename on one filesystem:
     <inbox>/.digitd/work/<instance>/<batch>/manifest.json   batch id and each input's id
 
 A rename succeeds for exactly one claimant, so several daemons (on one machine, or on several
-sharing the folder) can serve one inbox. The manifest is written after the claims and before
-any result: a batch folder without one has no results anywhere and is simply redone.
+sharing the folder) can serve one inbox. The manifest is written after the claims and made
+durable before any result is committed: a batch folder without one has no results anywhere
+and is simply redone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from digitd.fsutil import rename_noreplace, write_atomic
+from digitd.fsutil import fsync_dir, rename_noreplace, write_atomic
 
 MANIFEST = "manifest.json"
 
@@ -103,8 +104,18 @@ class WorkFolder:
                 continue  # claimed by another daemon, or removed by its writer
             items.append(Claimed(new_id(), name, received[name], target))
         batch = Batch(batch_id, folder, tuple(items))
-        _write_manifest(batch)
+        _write_manifest(batch, durable=False)  # see make_durable
         return batch
+
+    def make_durable(self, batch: Batch) -> None:
+        """fsync the manifest and the claims: called before the batch's results are committed
+        (off the claiming thread, so the fsync overlaps the next batch's work)."""
+        fd = os.open(batch.path / MANIFEST, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(batch.path)
 
     def finish(self, batch: Batch) -> None:
         """The batch's results are durable and its inputs filed: drop its folder."""
@@ -151,7 +162,7 @@ class WorkFolder:
         return batches
 
 
-def _write_manifest(batch: Batch) -> None:
+def _write_manifest(batch: Batch, durable: bool = True) -> None:
     document = {
         "batch": batch.id,
         "items": [
@@ -159,7 +170,7 @@ def _write_manifest(batch: Batch) -> None:
             for c in batch.items
         ],
     }
-    write_atomic(batch.path / MANIFEST, json.dumps(document).encode(), durable=True)
+    write_atomic(batch.path / MANIFEST, json.dumps(document).encode(), durable=durable)
 
 
 def _read_manifest(folder: Path) -> Batch:

@@ -157,7 +157,7 @@ class Daemon:
                 self.work.finish(batch)
                 continue
             rows = [committed.get(item.id) for item in batch.items]
-            if batch.items and all(rows):
+            if all(rows):
                 self._refile(batch, rows)
             else:
                 self._process(batch, waited_s=0.0)
@@ -206,6 +206,9 @@ class Daemon:
         batch = self.work.claim(names, {a.name: a.received_at for a in arrivals})
         for name in names:
             self.watcher.release(name)
+        if not batch.items:  # another daemon sharing the inbox took them all first
+            self.work.finish(batch)
+            return
         self._process(batch, waited)
 
     # -- one batch ----------------------------------------------------------------------
@@ -343,6 +346,7 @@ class Daemon:
                 document = self._batch_document(batch, results, timings)
                 self.outbox.write_batch_json(batch.id, document)
                 if not committed:
+                    self.work.make_durable(batch)
                     self.outbox.append_csv(results)
                     committed = True
                 for result in results:
