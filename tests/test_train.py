@@ -117,4 +117,6 @@ def test_limit_and_seed_make_runs_repeatable(tmp_path):
     a = json.loads((tmp_path / "a" / "digitd-mlp.card.json").read_text())
     b = json.loads((tmp_path / "b" / "digitd-mlp.card.json").read_text())
     assert a["dataset"]["train"] == 500
-    assert a["training"]["history"]["loss"] == b["training"]["history"]["loss"]
+    # same seed, same data -> the same run (approx: multi-threaded float sums may reorder)
+    assert a["training"]["history"]["loss"] == pytest.approx(b["training"]["history"]["loss"],
+                                                             rel=1e-4)
