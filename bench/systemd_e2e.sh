@@ -3,7 +3,8 @@
 #
 #   sudo bench/systemd_e2e.sh [--files N] [--throughput N] [--model PATH.keras] [--keep-running]
 #
-# Root only, a few minutes the first time (debootstrap + pip), about a minute afterwards.
+# Root only. The first run builds the rootfs (debootstrap, pip: a few minutes); afterwards
+# about 4 minutes, 2 without the throughput comparison (--throughput 0).
 # What it does, following systemd/README.md step by step:
 #   1. a minimal Debian rootfs in $DIGITD_E2E_ROOT (default /var/lib/machines/digitd-e2e),
 #      made with debootstrap from the mirror this machine's apt uses (kept between runs);
@@ -29,7 +30,7 @@ while [[ $# -gt 0 ]]; do
         --throughput) TPUT="$2"; shift 2 ;;
         --model) MODEL="$(readlink -f "$2")"; shift 2 ;;
         --keep-running) KEEP=1; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -395,7 +396,7 @@ base="$(csv_rows)"
 denied=()
 dropped=0
 strict_ok=0
-for attempt in 1 2 3 4 5 6; do
+for _ in 1 2 3 4 5 6; do   # at most six rounds of "find a call, allow it"
     {
         printf '[Service]\nSystemCallErrorNumber=kill\n'
         [[ ${#denied[@]} -gt 0 ]] && printf 'SystemCallFilter=%s\n' "${denied[*]}"
