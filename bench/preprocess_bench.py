@@ -4,12 +4,14 @@ and of the annotated preview. Median of many runs; one line per case.
     .venv/bin/python bench/preprocess_bench.py [--runs 300] [--data tests/data/mnist_sample.npz]
 
 Timings on a shared machine are noisy: the median is reported with the 10th and 90th
-percentiles so a disturbed run shows.
+percentiles, and the load average is printed first, so a disturbed run shows. (The thread's
+CPU time was tried too: on this VM it is stretched by contention just like wall-clock time.)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -73,8 +75,10 @@ def main() -> int:
     cases.append(("4000x3000 scan, grey, digit 300 px", data))
     cases.append(("60000x60000 header (bomb), rejected", bomb_png()))
 
-    print(f"{'case (median ms, one core)':50s} {'bytes':>9s} {'decode':>8s} {'prepare':>8s}"
-          "   prepare p10..p90")
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average {load} on {os.cpu_count()} cores; OpenCV threads: 1")
+    title = "case (median wall-clock ms, one thread)"
+    print(f"{title:50s} {'bytes':>9s} {'decode':>8s} {'prepare':>8s}   prepare p10..p90")
     prepared = {}
     for name, data in cases:
         runs = args.runs if len(data) < 2_000_000 else max(20, args.runs // 10)

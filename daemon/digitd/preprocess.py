@@ -12,13 +12,18 @@ The normalisation is LeCun's for MNIST (crop the ink, scale it to fit 20x20 keep
 ratio with anti-aliasing, put its centre of mass at the centre of 28x28), made robust to paper:
 
 1. Locate, on a copy at most LOCATE_SIZE pixels wide (so the cost does not grow with the
-   scanner's resolution): polarity from the skew of a high-pass copy (ink is the minority, so
-   its tail is the long one); the paper's own brightness, colour and uneven lighting estimated
-   by a morphological closing on a coarser copy and subtracted, per channel (so any ink colour
-   on any paper colour counts by its strongest channel); the noise floor from the paper's
-   statistics; connected components, dropping specks (small relative to the largest part,
-   unless close to it: a 5's detached bar stays) and scanner border lines (long thin parts
-   along an edge).
+   scanner's resolution). A digital drawing whose paper is one exact value (MNIST itself, a
+   paint program's export on white) takes a short cut: ink is whatever differs from it. Paper
+   otherwise: polarity from the skew of a high-pass copy (ink is the minority, so its tail is
+   the long one); the paper's brightness, colour and uneven light estimated by a morphological
+   closing on a coarser copy (extended past its edges by point reflection so vignetting is
+   followed right to the corners) and subtracted per channel, so any ink colour on any paper
+   counts by its strongest channel; a noise floor from the paper's statistics; connected
+   components with hysteresis (some part must be clearly dark), dropping specks (small
+   relative to the largest part unless close to it: a 5's detached bar stays), scanner border
+   lines (thin, along an edge) and shadows (wide along an edge and faint). Paper needs
+   MIN_CONTRAST_PAPER of contrast to count as ink at all: a blank page is no_ink, never a
+   guess.
 2. Extract: the ink's box is cut from the full-resolution image and reduced only as far as
    needed (a small digit on a huge canvas keeps its detail); ink strength is mapped to MNIST's
    profile: paper 0, stroke cores saturated at 1.
