@@ -183,3 +183,43 @@ def test_a_huge_file_is_refused_from_its_header_alone(tmp_path):
     with pytest.raises(Rejected) as info:
         read_png_file(path, max_pixels=1000)  # and by its size, before any read
     assert info.value.code == "too_large"
+
+
+# --------------------------------------------------------------------------------------------
+# The preview (shared with the daemon)
+
+
+def test_preview_layout_and_cheapness(sample):
+    from digitd.preprocess import prepare
+    from digitd.preview import render_preview
+
+    prepared = prepare(encode_png(sample[0][0]))
+    png = render_preview(prepared.image, prepared.model_input, 7, 0.9987)
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image.ndim == 2  # a grey input gives a grey (cheaper) preview
+    banner, body = image[:22], image[22:]
+    assert banner.mean() < 80  # recognised: light text on a dark banner
+    # The 28x28 original enlarged 5x by nearest neighbour: blocks of 5x5 equal pixels.
+    original = body[:140, :140]
+    assert np.array_equal(original, np.kron(prepared.image, np.ones((5, 5), np.uint8)))
+    inset = body[2:58, 145:201]  # the model input, 2x
+    assert np.array_equal(inset[::2, ::2], np.round(prepared.model_input * 255).astype(np.uint8))
+    start = time.perf_counter()
+    for _ in range(200):
+        render_preview(prepared.image, prepared.model_input, 7, 0.9987)
+    assert (time.perf_counter() - start) / 200 < 0.002  # ~0.1 ms; generous for a busy machine
+
+
+def test_preview_of_colour_huge_and_rejected_inputs():
+    from digitd.preview import render_preview
+
+    for image, model_input, digit, note in (
+        (np.full((4000, 6000, 3), (200, 180, 160), np.uint8), np.zeros((28, 28), np.float32),
+         3, "low confidence"),
+        (np.full((1, 1), 255, np.uint8), None, None, "rejected: no_ink"),
+        (None, None, None, "rejected: not_png"),
+    ):
+        png = render_preview(image, model_input, digit, 0.5 if digit is not None else None, note)
+        decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert decoded is not None and max(decoded.shape[:2]) <= 240
+        assert decoded[:22].mean() > 150  # a note: dark text on a light banner
