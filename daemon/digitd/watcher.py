@@ -30,6 +30,11 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+try:  # watchdog >= 6
+    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+except ImportError:  # pragma: no cover - other platforms or older watchdog
+    InotifyMoveEventGrouper = None
+
 from digitd.config import WatchConfig
 
 PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # an IEND chunk: length 0, type, CRC
@@ -86,6 +91,12 @@ class InboxWatcher:
 
     def start(self) -> None:
         """Start the observer; the first `poll()` lists what is already there."""
+        if InotifyMoveEventGrouper is not None:
+            # watchdog holds each unpaired IN_MOVED_FROM for 0.5 s, hoping to pair it with an
+            # IN_MOVED_TO, in a first-in first-out queue. Every claim is a rename out of the
+            # inbox, so each would delay all later events (measured: 170-430 ms pickup).
+            # digitd needs no pairing: a rename within the inbox is a hint either way.
+            InotifyMoveEventGrouper.delay = 0
         if self._config.observer == "polling":
             observer = PollingObserver(timeout=self._config.poll_interval_s)
         else:
