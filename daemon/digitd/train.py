@@ -310,7 +310,11 @@ def train_command(args) -> int:
     if args.limit:
         data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"digitd train: {out}: cannot create ({exc.strerror})", file=sys.stderr)
+        return EXIT_USAGE
     result = train(data, arch=args.arch, epochs=args.epochs or DEFAULT_EPOCHS[args.arch],
                    seed=args.seed, out=out, limit=args.limit)
     print(f"test accuracy {result['test']['accuracy']:.4f} in {result['training_seconds']:.0f} s;"
@@ -322,28 +326,49 @@ def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
           limit: int | None = None) -> dict[str, Any]:
     """Train one model; write digitd-<arch>.keras, .card.json and .report.png; return the card."""
     keras = import_keras()
+    model, history, seconds = fit(keras, data, arch, epochs, seed)
+    x_test = to_input(data.x_test)
+    probs = model.predict(x_test, batch_size=500, verbose=0)
+    test = metrics(data.y_test, probs)
+    model_id = save_model(keras, model, out / f"digitd-{arch}.keras")
+    card = model_card(model, model_id, data, arch, epochs, seed, history, seconds, test, limit)
+    card_file = out / f"digitd-{arch}.card.json"
+    write_atomically(card_file, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+    save_report(out / f"digitd-{arch}.report.png", history, np.array(test["confusion_matrix"]),
+                data.x_test, data.y_test, probs,
+                title=f"digitd-{arch}: test accuracy {test['accuracy']:.2%} "
+                      f"({test['errors']} errors / {test['n']}), {seconds:.0f} s, seed {seed}")
+    _log().info("trained", arch=arch, accuracy=test["accuracy"], seconds=round(seconds, 1),
+                model_id=model_id)
+    return card
+
+
+def fit(keras, data: Mnist, arch: str, epochs: int, seed: int) -> tuple[Any, dict, float]:
+    """Build and train the model; return it, its per-epoch history and the training seconds."""
     keras.utils.set_random_seed(seed)
     batch = BATCH_SIZE[arch]
     steps_per_epoch = math.ceil(len(data.x_train) / batch)
     model = build_cnn(keras) if arch == "cnn" else build_mlp(keras)
     compile_model(keras, model, arch, steps_per_epoch * epochs)
     train_ds = make_train_dataset(data.x_train, data.y_train, batch, seed, augment=arch == "cnn")
-    x_test = to_input(data.x_test)
     interactive = sys.stdout.isatty()
     _log().info("training", arch=arch, epochs=epochs, seed=seed, train=len(data.x_train),
                 test=len(data.x_test), params=model.count_params())
     started = time.monotonic()
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=(x_test, data.y_test), validation_batch_size=500,
-                        verbose=1 if interactive else 0, shuffle=False,  # ds is shuffled
+                        validation_data=(to_input(data.x_test), data.y_test),
+                        validation_batch_size=500, shuffle=False,  # train_ds is shuffled
+                        verbose=1 if interactive else 0,
                         callbacks=[] if interactive else [epoch_logger(keras, epochs)])
-    seconds = time.monotonic() - started
-    probs = model.predict(x_test, batch_size=500, verbose=0)
-    test = metrics(data.y_test, probs)
-    model_path = out / f"digitd-{arch}.keras"
-    card = {
-        "name": model_path.name,
-        "model_id": save_model(keras, model, model_path),
+    return model, history.history, time.monotonic() - started
+
+
+def model_card(model, model_id: str, data: Mnist, arch: str, epochs: int, seed: int,
+               history: dict, seconds: float, test: dict, limit: int | None) -> dict[str, Any]:
+    """Everything needed to trust and reproduce the model, as one JSON-ready dict."""
+    return {
+        "name": f"digitd-{arch}.keras",
+        "model_id": model_id,  # SHA-256 of the .keras file
         "arch": arch,
         "architecture": describe_layers(model),
         "parameters": int(model.count_params()),
@@ -352,26 +377,16 @@ def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
         "dataset": {"source": data.source, "sha256": data.sha256,
                     "train": len(data.x_train), "test": len(data.x_test), "limit": limit},
         "validation": "the test set, monitored per epoch only (no early stopping, no selection)",
-        "training": {"seed": seed, "epochs": epochs, "batch_size": batch,
+        "training": {"seed": seed, "epochs": epochs, "batch_size": BATCH_SIZE[arch],
                      "augmentation": arch == "cnn", "optimizer": "adam",
                      "peak_learning_rate": PEAK_LR if arch == "cnn" else 1e-3,
                      "seconds": round(seconds, 1),
-                     "history": {k: [round(float(v), 5) for v in vs]
-                                 for k, vs in history.history.items()}},
+                     "history": {k: [round(float(v), 5) for v in vs] for k, vs in history.items()}},
         "training_seconds": round(seconds, 1),
         "test": test,
         "library_versions": library_versions(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    card_file = out / f"digitd-{arch}.card.json"
-    write_atomically(card_file, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
-    save_report(out / f"digitd-{arch}.report.png", history.history,
-                np.array(test["confusion_matrix"]), data.x_test, data.y_test, probs,
-                title=f"digitd-{arch}: test accuracy {test['accuracy']:.2%} "
-                      f"({test['errors']} errors / {test['n']}), {seconds:.0f} s, seed {seed}")
-    _log().info("trained", arch=arch, accuracy=test["accuracy"], seconds=round(seconds, 1),
-                model_id=card["model_id"])
-    return card
 
 
 def evaluate_command(args) -> int:
