@@ -165,10 +165,10 @@ def _check_pair(file: Path, x: np.ndarray, y: np.ndarray) -> None:
 
 def _load_keras_default() -> Mnist:
     """Keras' mnist.load_data() (downloads and caches on first use; needs internet)."""
-    from keras.datasets import mnist  # lazy: pulls in TensorFlow
+    from digitd.model import import_keras  # lazy: pulls in TensorFlow (quietly)
 
     try:
-        (x_train, y_train), (x_test, y_test) = mnist.load_data()
+        (x_train, y_train), (x_test, y_test) = import_keras().datasets.mnist.load_data()
     except Exception as exc:
         raise DatasetError(f"keras mnist.npz: cannot download or read ({exc}); "
                            "pass --data DIR") from None
