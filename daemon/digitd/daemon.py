@@ -1,11 +1,16 @@
 """`digitd run`: inbox -> batches -> recognition -> outbox, as a systemd notify service.
 
-One loop in the main thread moves data one way: the watcher finds complete files, the batcher
-cuts batches, the work folder claims them, a thread pool reads and normalises them, and the
-model runs once per batch. A writer thread then writes the outbox and files the inputs, batch
-after batch in order, so its fsyncs overlap the next batch's decoding. An outbox error (disk
-full, read-only, permissions) keeps the batch in hand and retries with back-off; meanwhile the
-main loop stops claiming, so new inputs stay in the inbox.
+Data moves one way through three stages, each a thread, with bounded queues between them:
+
+1. main: the watcher finds complete files, the batcher cuts batches, the work folder claims
+   them, and a thread pool starts reading and normalising them;
+2. recogniser: the model runs once per batch, previews are rendered and written on the pool;
+3. writer: the batch JSON, the CSV rows (the commit) and the filing of inputs, in order.
+
+So the model's work on one batch overlaps the claiming and decoding of the next and the disk
+waits of the previous. An outbox error (disk full, read-only, permissions) keeps the batch in
+hand and retries with back-off; the queues fill and the main loop stops claiming, so new
+inputs stay in the inbox.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ log = structlog.get_logger("digitd")
 
 STATUS_EVERY_S = 1.0
 MAX_WAIT_SLICE_S = 0.25  # the longest the loop sleeps, so signals are seen promptly
-WRITER_QUEUE = 2  # batches recognised ahead of the writer
+QUEUE_DEPTH = 2  # batches a stage may run ahead of the next
 
 
 @dataclass
@@ -82,8 +87,13 @@ class Daemon:
         )
         self.workers = config.batch.workers or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(self.workers)
-        self._to_writer: queue.Queue = queue.Queue(maxsize=WRITER_QUEUE)
+        self._to_recogniser: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._to_writer: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._recogniser = threading.Thread(
+            target=self._recognise_loop, name="recogniser", daemon=True
+        )
         self._writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
+        self._outbox_failing = False  # the writer is backing off from an outbox error
         self.counts = _Counts()
         self.stopping = False
         self.classifier = None
@@ -116,7 +126,8 @@ class Daemon:
         finally:
             self.notifier.send(STOPPING=1, STATUS="Stopping")
             self.watcher.stop()
-            self._to_writer.put(None)
+            self._to_recogniser.put(None)  # each stage drains its queue, then passes it on
+            self._recogniser.join()
             self._writer.join()
             self.work.close()
             self.pool.shutdown()
@@ -140,6 +151,7 @@ class Daemon:
         self.work.open()
         self.classifier = load_classifier(self.config.model)
         self.classifier.warm_up(self.config.batch.max_size)
+        self._recogniser.start()
         self._writer.start()
         self._recover()
         self.watcher.start()
@@ -160,7 +172,7 @@ class Daemon:
             if all(rows):
                 self._refile(batch, rows)
             else:
-                self._process(batch, waited_s=0.0)
+                self._submit(batch, waited_s=0.0)
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -209,14 +221,28 @@ class Daemon:
         if not batch.items:  # another daemon sharing the inbox took them all first
             self.work.finish(batch)
             return
-        self._process(batch, waited)
+        self._submit(batch, waited)
 
-    # -- one batch ----------------------------------------------------------------------
+    # -- one batch, stage by stage --------------------------------------------------------
 
-    def _process(self, batch: Batch, waited_s: float) -> None:
-        """Recognise a claimed batch and deliver its outputs."""
+    def _submit(self, batch: Batch, waited_s: float) -> None:
+        """Stage 1 (main thread): start reading and normalising on the pool."""
         t0 = time.monotonic()
-        reads = self._map(self._read, batch.items)
+        pending = self._map_async(self._read, batch.items)
+        self._put(self._to_recogniser, (batch, waited_s, t0, pending))
+
+    def _recognise_loop(self) -> None:
+        """Stage 2 thread: recognise batches in order, then tell the writer to finish."""
+        while (job := self._to_recogniser.get()) is not None:
+            try:
+                self._recognise(*job)
+            except Exception:  # never lose the thread: the batch stays claimed for a restart
+                log.exception("recognise_failed", batch=job[0].id)
+        self._to_writer.put(None)
+
+    def _recognise(self, batch: Batch, waited_s: float, t0: float, pending: list) -> None:
+        """Stage 2: run the model once on the batch, render and write the previews."""
+        reads = [value for future in pending for value in future.result()]
         t1 = time.monotonic()
         good = [i for i, r in enumerate(reads) if r.model_input is not None]
         probabilities = np.zeros((len(reads), 10), np.float32)
@@ -232,29 +258,31 @@ class Daemon:
         unwritten = self._write_previews(results, reads)
         timings = {"wait_ms": waited_s * 1000, "decode_ms": (t1 - t0) * 1000}
         timings["infer_ms"] = (t2 - t1) * 1000
-        self._hand_to_writer((batch, results, unwritten, timings, t2))
+        self._put(self._to_writer, (batch, results, unwritten, timings, t2))
+
+    def _map_async(self, function, items) -> list:
+        """Start `function` over `items` on the pool, one task per worker (not one per item);
+        returns the futures, each giving a list of results in order."""
+        items = list(items)
+        size = max(1, -(-len(items) // self.workers))
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        return [self.pool.submit(lambda chunk: [function(i) for i in chunk], c) for c in chunks]
 
     def _map(self, function, items) -> list:
-        """`function` over `items` on the pool, one task per worker (not one per item)."""
-        items = list(items)
-        if len(items) <= 1:
-            return [function(i) for i in items]
-        size = -(-len(items) // self.workers)
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        done = self.pool.map(lambda chunk: [function(i) for i in chunk], chunks)
-        return [value for chunk in done for value in chunk]
+        """`function` over `items` on the pool; the results in order."""
+        return [value for f in self._map_async(function, items) for value in f.result()]
 
-    def _hand_to_writer(self, job: tuple) -> None:
-        """Queue a recognised batch for the writer, keeping the watchdog fed while it is busy
-        (it may be backing off from a full disk). Stopping meanwhile leaves the batch claimed
-        in the work folder, where the next start finishes it."""
+    def _put(self, stage: queue.Queue, job: tuple) -> None:
+        """Queue a batch for the next stage, keeping the watchdog fed while it waits. If the
+        daemon is stopping while the outbox fails, the batch is left claimed in the work
+        folder, where the next start finishes it."""
         while True:
             try:
-                self._to_writer.put(job, timeout=MAX_WAIT_SLICE_S)
+                stage.put(job, timeout=MAX_WAIT_SLICE_S)
                 return
             except queue.Full:
                 self._housekeeping(time.monotonic())
-                if self.stopping:
+                if self.stopping and self._outbox_failing:
                     log.warning("batch_left_for_restart", batch=job[0].id)
                     return
 
@@ -333,41 +361,54 @@ class Daemon:
         return self._map(render_and_write, zip(results, reads, strict=True))
 
     def _deliver(self, batch, results, unwritten, timings, started: float) -> None:
-        """Write the outputs in crash-safe order; on an outbox error, back off and retry."""
-        delay = self.config.retry.initial_s
+        """Stage 3 (writer thread): write the outputs in crash-safe order."""
         committed = False
+
+        def write() -> None:
+            nonlocal committed
+            for i, (result, png) in enumerate(zip(results, unwritten, strict=True)):
+                if png is not None:
+                    self.outbox.write_preview(result, png)
+                    unwritten[i] = None
+            timings["write_ms"] = (time.monotonic() - started) * 1000
+            self.outbox.write_batch_json(batch.id, self._batch_document(batch, results, timings))
+            if not committed:
+                self.work.make_durable(batch)
+                self.outbox.append_csv(results)
+                committed = True
+            for result in results:
+                self.outbox.file_input(result)
+            self.work.finish(batch)
+
+        if self._retrying(batch.id, write):
+            self._report(batch, results, timings)
+
+    def _retrying(self, batch_id: str, action) -> bool:
+        """Run `action` until it succeeds; on an outbox error, log it, back off, retry.
+
+        Returns False if the daemon is stopped meanwhile: the batch then stays claimed in
+        the work folder and the next start finishes it.
+        """
+        delay = self.config.retry.initial_s
         while True:
             try:
-                for i, (result, png) in enumerate(zip(results, unwritten, strict=True)):
-                    if png is not None:
-                        self.outbox.write_preview(result, png)
-                        unwritten[i] = None
-                timings["write_ms"] = (time.monotonic() - started) * 1000
-                document = self._batch_document(batch, results, timings)
-                self.outbox.write_batch_json(batch.id, document)
-                if not committed:
-                    self.work.make_durable(batch)
-                    self.outbox.append_csv(results)
-                    committed = True
-                for result in results:
-                    self.outbox.file_input(result)
-                self.work.finish(batch)
-                break
+                action()
+                self._outbox_failing = False
+                return True
             except OSError as exc:
+                self._outbox_failing = True
                 log.error(
                     "outbox_error",
-                    batch=batch.id,
+                    batch=batch_id,
                     error=exc.strerror or str(exc),
                     path=exc.filename,
                     retry_in_s=delay,
-                    committed=committed,
                 )
                 self.notifier.send(STATUS=f"Outbox error: {exc.strerror}; retrying in {delay:g}s")
                 if not self._sleep(delay):
-                    log.warning("batch_left_for_restart", batch=batch.id)
-                    return
+                    log.warning("batch_left_for_restart", batch=batch_id)
+                    return False
                 delay = min(delay * 2, self.config.retry.max_s)
-        self._report(batch, results, timings)
 
     def _refile(self, batch: Batch, rows: list[dict]) -> None:
         """A batch whose rows were committed before a crash: file its inputs only."""
@@ -394,19 +435,14 @@ class Daemon:
                     source=item.path,
                 )
             )
-        delay = self.config.retry.initial_s
-        while True:
-            try:
-                for result in results:
-                    self.outbox.file_input(result)
-                self.work.finish(batch)
-                log.info("refiled", batch=batch.id, files=len(results))
-                return
-            except OSError as exc:
-                log.error("outbox_error", batch=batch.id, error=exc.strerror, path=exc.filename)
-                if not self._sleep(delay):
-                    return
-                delay = min(delay * 2, self.config.retry.max_s)
+
+        def refile() -> None:
+            for result in results:
+                self.outbox.file_input(result)
+            self.work.finish(batch)
+
+        if self._retrying(batch.id, refile):
+            log.info("refiled", batch=batch.id, files=len(results))
 
     def _batch_document(self, batch: Batch, results: list[Result], timings: dict) -> dict:
         card = self.classifier.card
