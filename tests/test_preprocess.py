@@ -294,12 +294,15 @@ def test_fits_twenty_pixels_and_keeps_mnists_intensity_profile(sample):
     assert 0.8 < inputs.sum((1, 2)).mean() / mnist.sum((1, 2)).mean() < 1.25
 
 
-def test_small_digit_on_a_huge_canvas_is_found(digit):
-    small = page(digit, scale=2, pad=0)  # a ~40 px digit
-    canvas = np.full((2000, 3000), 235, np.uint8)
-    canvas[1500 : 1500 + small.shape[0], 300 : 300 + small.shape[1]] = np.minimum(small, 235)
-    noise = np.random.default_rng(1).normal(0, 3, canvas.shape)
-    canvas = np.clip(canvas + noise, 0, 255).astype(np.uint8)
+@pytest.mark.parametrize("shape", [(800, 1000), (2000, 3000), (4000, 6000)])
+def test_small_digit_on_a_huge_canvas_is_found(digit, shape):
+    small = page(digit, scale=2, pad=0)  # a ~36 px digit, strokes ~4 px
+    canvas = np.full(shape, 235, np.uint8)
+    y, x = shape[0] * 3 // 4, shape[1] // 7
+    canvas[y : y + small.shape[0], x : x + small.shape[1]] = np.minimum(small, 235)
+    noise = np.random.default_rng(1).normal(0, 3, (512, 512))
+    canvas = np.clip(canvas + np.tile(noise, (shape[0] // 512 + 1, shape[1] // 512 + 1))
+                     [: shape[0], : shape[1]], 0, 255).astype(np.uint8)
     assert similar(normalise(canvas), normalise(page(digit))) > 0.9
 
 

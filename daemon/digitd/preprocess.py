@@ -70,6 +70,8 @@ BOX = 20  # MNIST's digits are scaled to fit this box...
 CENTRE = 14.0  # ...and shifted so that their centre of mass is here (pixel-index coordinates)
 
 LOCATE_SIZE = 192  # longest side of the copy the ink is located on
+POOL, POOL_FROM = 4, 8  # pages reduced 8x or more: the last 4x keeps each block's darkest
+
 COARSE_SIZE = 48  # longest side of the copy the paper's background is estimated on
 WORK_SIZE = 96  # the digit's longest side when it is cut out for the final scaling
 
@@ -160,32 +162,43 @@ def normalise(image: np.ndarray) -> np.ndarray:
     img = _to_uint8(image)
     height, width = img.shape[:2]
 
-    # 1. Locate the ink on a small copy.
+    # 1. Locate the ink on a small copy, f full-resolution pixels to one small pixel. On huge
+    # pages the last step down takes each block's darkest pixel (lightest for light ink), not
+    # its mean: the thin strokes of a small digit keep their full contrast.
     f = max(1, -(-max(height, width) // LOCATE_SIZE))
+    pool = POOL if f >= POOL_FROM else 1
+    area = -(-f // pool)
+    f = area * pool
     if f > 1:
-        small = cv2.resize(img[: height // f * f, : width // f * f], None, fx=1 / f, fy=1 / f,
-                           interpolation=cv2.INTER_AREA)
+        base = img[: height // f * f, : width // f * f]
+        inter = cv2.resize(base, None, fx=1 / area, fy=1 / area, interpolation=cv2.INTER_AREA)
     else:
-        small = img
-    grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+        inter = img
+    look = inter if pool == 1 else cv2.resize(inter, None, fx=1 / pool, fy=1 / pool,
+                                              interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(look, cv2.COLOR_BGR2GRAY) if look.ndim == 3 else look
     hist = _hist(grey)
     mode = int(hist.argmax())
     near_mode = hist[max(0, mode - 24) : mode + 25].sum()
     flat = hist[mode] >= 0.5 * grey.size and near_mode - hist[mode] < 0.1 * grey.size
+    # A digital drawing (MNIST itself, a paint program's export) has paper of one flat value,
+    # the ink is whatever differs from it: no lighting or noise to estimate (`flat` below).
+    darker, lighter = hist[: max(0, mode - 24)].sum(), hist[mode + 25 :].sum()
+    light = lighter > darker if flat else _light_ink(grey)
+    if light:  # make it dark ink on light paper
+        img = cv2.bitwise_not(img)
+        inter = cv2.bitwise_not(inter) if f > 1 else img
+    small = _min_pool(inter, pool) if pool > 1 else inter
+    grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
     if flat:
-        # A digital drawing (MNIST itself, a paint program's export): the paper is one flat
-        # value, the ink is whatever differs from it. No lighting or noise to estimate.
-        if hist[mode + 25 :].sum() > hist[: max(0, mode - 24)].sum():
-            img, small = cv2.bitwise_not(img), cv2.bitwise_not(small)  # now dark ink on light
+        mode = int(_hist(grey).argmax())
         if small.ndim == 3:
             paper = cv2.mean(small, cv2.compare(grey, mode, cv2.CMP_EQ))[:3]
         else:
-            paper = small[grey == mode][0]
+            paper = mode
         background = np.full_like(small, np.round(paper))
         floor = MIN_FLOOR
     else:
-        if _light_ink(grey):
-            img, small = cv2.bitwise_not(img), cv2.bitwise_not(small)  # now dark ink on light
         background = _background(small)
         floor = _noise_floor(_residual(background, small), grey)
     ink = _residual(background, small)
@@ -204,6 +217,13 @@ def normalise(image: np.ndarray) -> np.ndarray:
 
     # 3. MNIST: fit 20x20, centre of mass at (14, 14).
     return _place(digit)
+
+
+def _min_pool(image: np.ndarray, k: int) -> np.ndarray:
+    """Each k x k block's minimum (per channel); the sides are multiples of k."""
+    h, w = image.shape[:2]
+    blocks = image.reshape(h // k, k, w // k, k, *image.shape[2:])
+    return blocks.min(axis=(1, 3))
 
 
 def _light_ink(grey: np.ndarray) -> bool:
