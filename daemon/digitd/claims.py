@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from digitd.fsutil import fsync_dir, rename_noreplace, write_atomic
+from digitd.fsutil import fsync_dir, is_temporary_name, rename_noreplace, write_atomic
 
 MANIFEST = "manifest.json"
 
@@ -179,8 +179,10 @@ def _read_manifest(folder: Path) -> Batch:
         document = json.loads((folder / MANIFEST).read_bytes())
     except FileNotFoundError:
         now = datetime.now(timezone.utc)
-        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".manifest"))
-        items = tuple(Claimed(new_id(), n, now, folder / n) for n in names if n != MANIFEST)
+        names = sorted(
+            p.name for p in folder.iterdir() if p.name != MANIFEST and not is_temporary_name(p.name)
+        )
+        items = tuple(Claimed(new_id(), n, now, folder / n) for n in names)
         batch = Batch(folder.name, folder, items, recovered=True)
         _write_manifest(batch)
         return batch

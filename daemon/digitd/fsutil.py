@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -81,10 +82,18 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
         raise
 
 
+_TEMPORARY = re.compile(r"\.digitd-[0-9a-f]{12}\.tmp")
+
+
 def temporary_name() -> str:
     """A short hidden name for a file being written: short, so that the final name may
     use all of NAME_MAX (255 bytes); hidden, so that the watcher never takes it."""
     return f".digitd-{secrets.token_hex(6)}.tmp"
+
+
+def is_temporary_name(name: str) -> bool:
+    """Is this one of `temporary_name()`'s names (left behind if a crash came mid-write)?"""
+    return _TEMPORARY.fullmatch(name) is not None
 
 
 def fsync_dir(path: Path) -> None:
