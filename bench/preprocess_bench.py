@@ -100,6 +100,13 @@ def main() -> int:
         prepared[name] = full()
         print(f"{name:50s} {len(data):9,d} {dec:8.3f} {p50:8.3f}   {p10:.3f}..{p90:.3f}")
 
+    many = [encode_png(d) for d in digits[:1000]]
+    start = time.perf_counter()
+    for data in many:
+        prepare(data)
+    each = (time.perf_counter() - start) / len(many) * 1e3
+    print(f"{'28x28 MNIST digits: mean over ' + str(len(many)) + ' different':50s} {'':9s} "
+          f"{'':8s} {each:8.3f}")
     image = decode_png(cases[1][1])
     _, norm, _ = timeit(lambda: normalise(image), args.runs)
     print(f"{'normalise only, 1000x800 grey (no decode)':50s} {'':9s} {'':8s} {norm:8.3f}")
