@@ -356,3 +356,23 @@ def test_fonts_and_every_scan_flavour_give_an_input(sample):
                         .model_input)
     for i in range(6):
         assert_contract(prepare(scans.render_font_digit(i, i)[0]).model_input)
+
+
+@pytest.mark.parametrize("shape", [(1, 400), (5, 3000), (3000, 2), (200, 1), (2, 2), (10, 10)])
+def test_strips_and_one_pixel_strokes_never_crash(shape):
+    for width in (0, 1, 2):
+        image = np.full(shape, 255, np.uint8)
+        image[:, shape[1] // 3 : shape[1] // 3 + width] = 0
+        try:
+            assert_contract(normalise(image))
+        except Rejected as exc:
+            assert exc.code == "no_ink"
+
+
+def test_one_pixel_wide_stroke_is_centred():
+    image = np.full((10, 10), 255, np.uint8)
+    image[:, 3] = 0  # N x 2 after scaling: cv2.moments would read it as a contour
+    x = normalise(image)
+    assert_contract(x)
+    cy, cx = centre_of_mass(x)
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1

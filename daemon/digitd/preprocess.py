@@ -165,9 +165,12 @@ def normalise(image: np.ndarray) -> np.ndarray:
     # 1. Locate the ink on a small copy, f full-resolution pixels to one small pixel. On huge
     # pages the last step down takes each block's darkest pixel (lightest for light ink), not
     # its mean: the thin strokes of a small digit keep their full contrast.
-    f = max(1, -(-max(height, width) // LOCATE_SIZE))
+    # (On a strip of paper, never reduce the short side to nothing.)
+    f = max(1, min(-(-max(height, width) // LOCATE_SIZE), height, width))
     pool = POOL if f >= POOL_FROM else 1
     area = -(-f // pool)
+    if area * pool > min(height, width):
+        pool, area = 1, f
     f = area * pool
     if f > 1:
         base = img[: height // f * f, : width // f * f]
@@ -248,7 +251,7 @@ def _background(small: np.ndarray) -> np.ndarray:
     darker edges and make them look like ink.
     """
     h, w = small.shape[:2]
-    c = max(1, -(-max(h, w) // COARSE_SIZE))
+    c = max(1, min(-(-max(h, w) // COARSE_SIZE), h, w))
     coarse = small if c == 1 else cv2.resize(small, None, fx=1 / c, fy=1 / c,
                                              interpolation=cv2.INTER_AREA)
     ch, cw = coarse.shape[:2]
@@ -487,8 +490,10 @@ def _place(digit: np.ndarray) -> np.ndarray:
         raise Rejected("no_ink", "no ink found: the image is blank or uniform")
     if top < 1.0:
         digit = digit / top  # exactly 1.0 at the maximum, as in MNIST
-    m = cv2.moments(digit)
-    cx, cy = m["m10"] / m["m00"], m["m01"] / m["m00"]
+    # (Not cv2.moments: it reads an N x 2 array, a one-pixel-wide stroke, as a contour.)
+    total = float(digit.sum())
+    cy = float(np.arange(nh, dtype=np.float32) @ digit.sum(axis=1)) / total
+    cx = float(digit.sum(axis=0) @ np.arange(nw, dtype=np.float32)) / total
     ox = min(max(round(CENTRE - cx), 0), SIZE - nw)
     oy = min(max(round(CENTRE - cy), 0), SIZE - nh)
     out = np.zeros((SIZE, SIZE), np.float32)
