@@ -262,10 +262,10 @@ class Daemon:
             self._result(batch, item, read, probs, processed_at)
             for item, read, probs in zip(batch.items, reads, probabilities, strict=True)
         ]
-        unwritten = self._write_previews(results, reads)
+        previews = self._start_previews(results, reads)
         timings = {"wait_ms": waited_s * 1000, "decode_ms": (t1 - t0) * 1000}
         timings["infer_ms"] = (t2 - t1) * 1000
-        self._put(self._to_writer, (batch, results, unwritten, timings, t2))
+        self._put(self._to_writer, (batch, results, previews, timings, t2))
 
     def _map_async(self, function, items) -> list:
         """Start `function` over `items` on the pool, one task per worker (not one per item);
@@ -274,10 +274,6 @@ class Daemon:
         size = max(1, -(-len(items) // self.workers))
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
         return [self.pool.submit(lambda chunk: [function(i) for i in chunk], c) for c in chunks]
-
-    def _map(self, function, items) -> list:
-        """`function` over `items` on the pool; the results in order."""
-        return [value for f in self._map_async(function, items) for value in f.result()]
 
     def _put(self, stage: queue.Queue, job: tuple) -> None:
         """Queue a batch for the next stage, keeping the watchdog fed while it waits. If the
@@ -348,10 +344,10 @@ class Daemon:
             source=item.path,
         )
 
-    def _write_previews(self, results: list[Result], reads: list[_Read]) -> list[bytes | None]:
-        """Render and write the previews on the pool: creating a file is costly on some
-        filesystems, so it is spread over the workers. Returns the PNGs that could not be
-        written (outbox errors), for the writer to retry before the commit."""
+    def _start_previews(self, results: list[Result], reads: list[_Read]) -> list:
+        """Start rendering and writing the previews on the pool, so the recogniser can move
+        on to the next batch. Each future gives, per result, the PNG that could not be written
+        (an outbox error: the writer retries it before the commit), or None."""
         from digitd.preview import render_preview
 
         def render_and_write(pair: tuple[Result, _Read]) -> bytes | None:
@@ -365,10 +361,11 @@ class Daemon:
                 return png  # the writer retries it with back-off, and logs why
             return None
 
-        return self._map(render_and_write, zip(results, reads, strict=True))
+        return self._map_async(render_and_write, zip(results, reads, strict=True))
 
-    def _deliver(self, batch, results, unwritten, timings, started: float) -> None:
+    def _deliver(self, batch, results, previews, timings, started: float) -> None:
         """Stage 3 (writer thread): write the outputs in crash-safe order."""
+        unwritten = [png for future in previews for png in future.result()]
         committed = False
 
         def write() -> None:
