@@ -412,19 +412,22 @@ def crash_after_filing(root: Path, files: int = 12, model: Path | None = None,
     """A deterministic crash point: kill -9 after a batch's last input was filed but before
     its work folder was removed (WorkFolder.finish). Simulated by leaving, for a batch that
     completed, its manifest in the work folder of a dead instance (lock free), as the crash
-    would. The next start adopts it; its results must stay as they were."""
+    would. The next start adopts it; its results must stay as they were. When `root` already
+    holds a finished outbox (e.g. after kill9_storm), that is reused: one daemon start less."""
     out = Outcome("crash_after_filing")
-    inputs = make_inputs(files, "caf")
-    staged = stage(root, inputs)
-    with Session(root, model, {**FAST, "batch": {"max_size": 64, "max_wait_ms": 500},
-                               **config}) as s:
-        d = s.daemon().start()
-        d.wait_ready(300)
-        drop_staged(s.inbox, staged)
-        _guard(out, wait_count, RowCounter(s.outbox), files, 60, [d])
-        d.stop()
+    settings = {**FAST, "batch": {"max_size": 64, "max_wait_ms": 500}, **config}
+    reuse = (root / "outbox" / "results.csv").exists()
+    inputs = {} if reuse else make_inputs(files, "caf")
+    with Session(root, model, settings) as s:
+        if not reuse:
+            staged = stage(root, inputs)
+            d = s.daemon().start()
+            d.wait_ready(300)
+            drop_staged(s.inbox, staged)
+            _guard(out, wait_count, RowCounter(s.outbox), files, 60, [d])
+            d.stop()
         rows = read_rows(s.outbox)
-        batch = rows[0]["batch"]
+        batch = rows[-1]["batch"]
         path = s.outbox / "results" / f"{batch}.json"
         before = json.loads(path.read_bytes())
         dead = s.inbox / ".digitd" / "work" / "deadhost-1-000000"
@@ -440,13 +443,23 @@ def crash_after_filing(root: Path, files: int = 12, model: Path | None = None,
         time.sleep(1.0)
         code = again.stop()
         after = json.loads(path.read_bytes())
-        account(out, s.inbox, s.outbox, inputs)
+        if reuse:
+            rows_after = read_rows(s.outbox)
+            out.figures.update(rows=len(rows_after), work_left=len(work_leftovers(s.inbox)))
+            if [r["id"] for r in rows_after] != [r["id"] for r in rows]:
+                out.problems.append("results.csv changed")
+            if out.figures["work_left"]:
+                out.problems.append(f"work folder not empty: {work_leftovers(s.inbox)[:3]}")
+        else:
+            account(out, s.inbox, s.outbox, inputs)
         out.figures.update(batch_items_before=len(before["items"]),
                            batch_items_after=len(after["items"]), exit=code)
         if len(after["items"]) != len(before["items"]):
             out.problems.append(
                 f"results/{batch}.json rewritten with {len(after['items'])} of "
                 f"{len(before['items'])} items by the recovery")
+        if code != 0:
+            out.problems.append(f"exit {code}")
     return out
 
 
