@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -339,7 +340,7 @@ def _guard(out: Outcome, function, *args) -> bool:
         return False
 
 
-def _ready_s(d: DaemonProcess) -> bool:
+def _is_ready(d: DaemonProcess) -> bool:
     d.collect()
     return any("READY=1" in m.split("\n") for m in d.messages)
 
@@ -382,7 +383,7 @@ def kill9_storm(root: Path, files: int = 10_000, kills: int = 10, seed: int = 5,
                 if not stager.is_alive() and k == 0:
                     stager.start()
                 time.sleep(rng.uniform(0.05, 1.0))
-            during_start += not _ready_s(d)
+            during_start += not _is_ready(d)
             at_kills.append(counter())
             d.kill()
         if not stager.ident:
@@ -742,12 +743,16 @@ def inotify_queue(limit: int | None):
     if limit is None:
         yield
         return
-    old = QUEUE_SYSCTL.read_text().strip()
-    QUEUE_SYSCTL.write_text(str(limit))
-    try:
-        yield
-    finally:
-        QUEUE_SYSCTL.write_text(old)
+    # Two runs at once (a bench and `make test`) would interleave save/restore and leave the
+    # low limit in place for good: the window is serialised by a lock file.
+    with open("/tmp/digitd-faults-inotify.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = QUEUE_SYSCTL.read_text().strip()
+        QUEUE_SYSCTL.write_text(str(limit))
+        try:
+            yield
+        finally:
+            QUEUE_SYSCTL.write_text(old)
 
 
 def inotify_flood(root: Path, files: int = 100_000, queue_limit: int | None = None,
