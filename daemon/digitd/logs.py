@@ -1,7 +1,8 @@
 """Logging: structlog with JSON lines for journald, readable console lines on a terminal.
 
-Libraries that use the standard `logging` module (watchdog, TensorFlow) are rendered the
-same way, so the journal holds one format only.
+Everything, digitd's events and the standard-library records of watchdog or TensorFlow,
+goes through one `logging` handler: one lock, one write per line, so lines from several
+threads never interleave and the journal holds one format only.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import structlog
 
 
 def configure_logging(format: str = "auto", level: str = "info") -> None:
-    """Set up structlog once per process; `format` is "auto", "json" or "console"."""
+    """Set up logging once per process; `format` is "auto", "json" or "console"."""
     if format == "auto":
         format = "console" if sys.stdout.isatty() else "json"
     renderer = (
@@ -23,14 +24,14 @@ def configure_logging(format: str = "auto", level: str = "info") -> None:
     )
     shared = [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
+        structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)
@@ -47,6 +48,7 @@ def configure_logging(format: str = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric_level, logging.WARNING))  # libraries: warnings and worse
+    logging.getLogger("digitd").setLevel(numeric_level)
     logging.getLogger("watchdog.observers.inotify").addFilter(_drop_benign_stop_race)
 
 
