@@ -259,6 +259,7 @@ def test_csv_contract_quoting_and_rejections(daemons, tmp_path):
         assert error["error"] == reasons[name] and error["message"]
         assert os.path.lexists(d.outbox / "failed" / name)
     assert os.path.islink(d.outbox / "failed" / "link.png")
+    assert (d.outbox / "processed" / (("x" * 246) + ".png")).is_file()  # 250 bytes, kept
     for path in d.outbox.rglob("*"):
         if path.is_file() and not path.is_symlink():
             assert b"TOP-SECRET-CONTENT" not in path.read_bytes(), path

@@ -203,7 +203,7 @@ class Outbox:
         name whose error.json already carries this id is this input's own (a redo)."""
         name = result.file
         for candidate in (name, _with_id(name, result.id)):
-            if len(os.fsencode(candidate + ".error.json")) > 255:
+            if folder == "failed" and len(os.fsencode(candidate + ".error.json")) > 255:
                 continue  # too long for its error.json beside it: shortened with the id
             path = self.root / folder / candidate
             if folder == "failed":
