@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import scans
+from digitd.fsutil import read_input_file
 from digitd.model import default_model_path
-from digitd.predict import read_png_file
-from digitd.preprocess import REASONS, Rejected
+from digitd.preprocess import DEFAULT_MAX_PIXELS, REASONS, Rejected
 from pngwrite import chunk, encode_png
 
 SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
@@ -154,9 +154,9 @@ def test_fifo_directory_and_symlink_are_not_read(tmp_path):
     for name, words in (("fifo.png", "FIFO"), ("dir.png", "directory"),
                         ("link.png", "symbolic link")):
         with pytest.raises(Rejected) as info:
-            read_png_file(tmp_path / name)
+            read_input_file(tmp_path / name, DEFAULT_MAX_PIXELS)
         assert info.value.code == "not_regular" and words in info.value.message
-    assert read_png_file(tmp_path / "real.png").startswith(b"\x89PNG")
+    assert read_input_file(tmp_path / "real.png", DEFAULT_MAX_PIXELS).startswith(b"\x89PNG")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
@@ -165,7 +165,7 @@ def test_unreadable(tmp_path):
     path.write_bytes(b"\x89PNG")
     path.chmod(0)
     with pytest.raises(Rejected) as info:
-        read_png_file(path)
+        read_input_file(path, DEFAULT_MAX_PIXELS)
     assert info.value.code == "unreadable"
 
 
@@ -177,11 +177,11 @@ def test_a_huge_file_is_refused_from_its_header_alone(tmp_path):
         f.truncate(200 * 1024 * 1024)  # sparse: 200 MB that must not be read
     start = time.perf_counter()
     with pytest.raises(Rejected) as info:
-        read_png_file(path)
+        read_input_file(path, DEFAULT_MAX_PIXELS)
     assert info.value.code == "too_large"
     assert time.perf_counter() - start < 0.1
     with pytest.raises(Rejected) as info:
-        read_png_file(path, max_pixels=1000)  # and by its size, before any read
+        read_input_file(path, max_pixels=1000)  # and by its size, before any read
     assert info.value.code == "too_large"
 
 

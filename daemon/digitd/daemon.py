@@ -20,14 +20,12 @@ import hashlib
 import os
 import queue
 import signal
-import stat
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import structlog
@@ -35,6 +33,7 @@ import structlog
 from digitd.batcher import Batcher
 from digitd.claims import Batch, WorkFolder
 from digitd.config import Config, ConfigError, load_config
+from digitd.fsutil import read_input_file
 from digitd.logs import configure_logging
 from digitd.notify import Notifier
 from digitd.outputs import Outbox, OutboxError, Result, iso_time, printable_name
@@ -302,7 +301,7 @@ class Daemon:
         from digitd.preprocess import Rejected, prepare
 
         try:
-            data = _read_regular_file(item.path, self.config.max_pixels)
+            data = read_input_file(item.path, self.config.max_pixels)
         except Rejected as exc:
             return _Read(error=exc.code, message=exc.message)
         sha256 = hashlib.sha256(data).hexdigest()
@@ -508,53 +507,6 @@ class Daemon:
             self._housekeeping(now)
             time.sleep(min(MAX_WAIT_SLICE_S, end - now))
         return False
-
-
-def _read_regular_file(path: Path, max_pixels: int) -> bytes:
-    """The bytes of a regular file; anything else is rejected without being opened.
-
-    lstat first (a FIFO, socket, folder or symlink is never opened), then open without
-    following links and non-blocking, in case the entry was swapped since.
-    """
-    from digitd.preprocess import Rejected
-
-    try:
-        st = os.lstat(path)
-    except OSError as exc:
-        raise Rejected("unreadable", f"cannot be examined: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise Rejected("not_regular", f"is a {_kind(st.st_mode)}, not a regular file: not read")
-    if st.st_size > max(64 << 20, max_pixels * 8):
-        raise Rejected("too_large", f"{st.st_size} bytes is larger than any PNG allowed here")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise Rejected("unreadable", f"cannot be opened: {exc.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Rejected("not_regular", "was replaced by something not a regular file: not read")
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        raise Rejected("unreadable", f"cannot be read: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISLNK, "symbolic link"),
-        (stat.S_ISDIR, "directory"),
-        (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-    ):
-        if test(mode):
-            return name
-    return "special file"
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
 """Filesystem primitives the daemon's guarantees rest on: renames that never overwrite,
-atomic writes, and moves that survive crossing filesystems."""
+atomic writes, moves that survive crossing filesystems, and reading a dropped file safely."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from pathlib import Path
+
+from digitd.pngcheck import Rejected, read_header
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -110,3 +113,66 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """No PNG within the pixel limit is bigger than this (16-bit RGBA stored uncompressed)."""
+    return 8 * max_pixels + (1 << 20)
+
+
+def read_input_file(path: str | os.PathLike, max_pixels: int) -> bytes:
+    """The bytes of a dropped file, read safely; raises Rejected (missing, not_regular,
+    unreadable, too_large, or the PNG header's own reasons) without reading what it refuses.
+
+    lstat first, so a symlink, FIFO, socket, folder or device is never opened; then open
+    without following links and non-blocking, and fstat again, in case the entry was swapped
+    since. The PNG header is checked before the rest is read, so a file that declares too
+    many pixels is not read further.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise Rejected("missing", "no such file") from None
+    except OSError as exc:
+        raise Rejected("unreadable", f"cannot be examined: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Rejected("not_regular", f"is a {_kind(st.st_mode)}, not a regular file: not read")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Rejected("missing", "no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Rejected("not_regular", "is a symbolic link: not followed") from None
+        raise Rejected("unreadable", f"cannot be opened: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Rejected("not_regular", f"is a {_kind(st.st_mode)}, not a regular file: not read")
+        if st.st_size > max_file_bytes(max_pixels):
+            raise Rejected("too_large", f"{st.st_size:,} bytes is larger than any PNG allowed")
+        head = os.read(fd, 33)
+        if len(head) == 33:
+            read_header(head, max_pixels)  # too_large, not_png: stop before reading more
+        parts = [head]
+        while chunk := os.read(fd, max(1 << 16, st.st_size)):
+            parts.append(chunk)
+        return b"".join(parts)
+    except OSError as exc:
+        raise Rejected("unreadable", f"cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"

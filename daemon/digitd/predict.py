@@ -5,8 +5,8 @@ for a file that cannot be recognised (reason codes: digitd.preprocess.REASONS); 
 JSON object per line instead. The other files still get their answers; the exit code is 1 if
 any file was rejected, 2 if the model cannot be loaded, 0 otherwise.
 
-Files are read safely: opened with O_NOFOLLOW|O_NONBLOCK and examined with fstat before any
-read, so a symlink, directory, FIFO (never blocks), socket or device is `not_regular` without
+Files are read safely (digitd.fsutil.read_input_file): examined with lstat and fstat before
+any read, so a symlink, directory, FIFO (never blocks), socket or device is `not_regular` without
 being read, and the PNG header is checked before the rest of the file is read (a huge file
 whose header declares too many pixels is not read further). The model runs once per chunk of
 up to CHUNK good files.
@@ -14,17 +14,15 @@ up to CHUNK good files.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from digitd.pngcheck import read_header
+from digitd.fsutil import read_input_file
 from digitd.preprocess import DEFAULT_MAX_PIXELS, Rejected, decode_png, normalise
 
 CHUNK = 512  # files read, prepared and recognised together; bounds memory on huge lists
@@ -42,60 +40,9 @@ class Item:
     probabilities: list[float] | None = None
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"),
-                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISLNK, "symbolic link")):
-        if test(mode):
-            return name
-    return "special file"
-
-
-def max_file_bytes(max_pixels: int) -> int:
-    """No PNG within the pixel limit is bigger than this (16-bit RGBA stored uncompressed)."""
-    return 8 * max_pixels + (1 << 20)
-
-
-def read_png_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    """The bytes of a regular file, read safely; raises Rejected (not_regular, unreadable,
-    missing, too_large, or the header's own reasons) without reading what it refuses."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise Rejected("missing", "no such file") from None
-    except PermissionError:
-        raise Rejected("unreadable", "permission denied") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise Rejected("not_regular", "is a symbolic link: not followed") from None
-        raise Rejected("unreadable", f"cannot be opened: {exc.strerror}") from None
-    try:
-        try:
-            st = os.fstat(fd)
-        except OSError as exc:
-            raise Rejected("unreadable", f"cannot be examined: {exc.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise Rejected("not_regular", f"is a {_kind(st.st_mode)}, not a regular file: not read")
-        if st.st_size > max_file_bytes(max_pixels):
-            raise Rejected("too_large", f"{st.st_size:,} bytes is larger than any PNG allowed")
-        try:
-            head = os.read(fd, 33)
-            if len(head) == 33:
-                read_header(head, max_pixels)  # too_large, not_png: stop before reading more
-            parts = [head]
-            while chunk := os.read(fd, max(1 << 16, st.st_size)):
-                parts.append(chunk)
-        except OSError as exc:
-            raise Rejected("unreadable", f"cannot be read: {exc.strerror}") from None
-        return b"".join(parts)
-    finally:
-        os.close(fd)
-
-
 def _prepare(item: Item, max_pixels: int) -> None:
     try:
-        data = read_png_file(item.file, max_pixels)
+        data = read_input_file(item.file, max_pixels)
         item.image = decode_png(data, max_pixels)
         item.model_input = normalise(item.image)
     except Rejected as exc:
