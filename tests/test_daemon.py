@@ -291,3 +291,46 @@ def test_bad_configuration_is_refused_with_file_key_and_reason(tmp_path):
     result = run_cli("check-config", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"outbox {tmp_path / 'out'}" in result.stdout
+
+
+def test_a_batch_whose_csv_write_a_kill_cut_short_is_finished_row_by_row(daemons):
+    """kill -9 can cut a multi-page write(): some of a batch's rows are in the CSV, then a
+    torn line. The restart must keep those rows, redo only the others, and count none twice."""
+    d = daemons()
+    batch_id = "20260101T000000000Z-aaaaaaaaaaaa"
+    dead = d.inbox / ".digitd" / "work" / "deadhost-1-abcdef"
+    folder = dead / batch_id
+    folder.mkdir(parents=True)
+    (dead / ".lock").touch()  # nobody holds it: the daemon is dead
+    digits, _ = sample_digits(6)
+    names = [f"cut-{i}.png" for i in range(6)]
+    for name, digit in zip(names, digits, strict=True):
+        (folder / name).write_bytes(png_bytes(digit))
+    items = [
+        {"id": f"id-{i}", "name": n, "received_at": "2026-01-01T00:00:00+00:00"}
+        for i, n in enumerate(names)
+    ]
+    (folder / "manifest.json").write_text(json.dumps({"batch": batch_id, "items": items}))
+    d.outbox.mkdir()
+    (d.outbox / "results").mkdir()
+    (d.outbox / "results" / f"{batch_id}.json").write_text(json.dumps({"items": items}))
+    with open(d.outbox / "results.csv", "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\r\n")
+        writer.writerow(CSV_COLUMNS)
+        for i in range(3):
+            t = "2026-01-01T00:00:00.000Z"
+            writer.writerow([f"id-{i}", names[i], "ok", "7", "0.9900", "ab", batch_id, t, t,
+                             "m", "", ""])  # fmt: skip
+        f.write("id-3,cut-3.png,ok,7,0.99")  # the torn line
+    d.start()
+    d.wait_ready()
+    rows = d.wait_rows(6, timeout=30)
+    assert d.stop() == 0
+    rows = read_rows(d.outbox)
+    assert_exactly_once(rows, names)
+    assert [r["id"] for r in rows[:3]] == ["id-0", "id-1", "id-2"]  # kept as committed
+    assert {r["id"] for r in rows[3:]} == {"id-3", "id-4", "id-5"}  # redone, same ids
+    assert sorted(p.name for p in (d.outbox / "processed").iterdir()) == names
+    kept = json.loads((d.outbox / "results" / f"{batch_id}.json").read_text())
+    assert [i["id"] for i in kept["items"]] == ["id-0", "id-1", "id-2"]
+    assert work_leftovers(d.inbox) == []

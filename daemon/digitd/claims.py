@@ -117,6 +117,23 @@ class WorkFolder:
             os.close(fd)
         fsync_dir(batch.path)
 
+    def split(self, batch: Batch, items: list[Claimed]) -> Batch:
+        """Move some inputs of a recovered batch into a new batch folder of their own.
+
+        For a batch whose CSV write a crash cut short: the inputs with committed rows stay
+        to be filed, these are redone. They keep their ids (no row carries them).
+        """
+        folder = self.path / new_id()
+        folder.mkdir()
+        moved = []
+        for item in items:
+            target = folder / item.name
+            os.rename(item.path, target)
+            moved.append(Claimed(item.id, item.name, item.received_at, target))
+        split = Batch(folder.name, folder, tuple(moved), recovered=True)
+        _write_manifest(split)
+        return split
+
     def finish(self, batch: Batch) -> None:
         """The batch's results are durable and its inputs filed: drop its folder."""
         os.unlink(batch.path / MANIFEST)

@@ -174,11 +174,17 @@ class Daemon:
             if not batch.items:  # all filed before the crash: redoing it would blank its JSON
                 self.work.finish(batch)
                 continue
-            rows = [committed.get(item.id) for item in batch.items]
-            if all(rows):
-                self._refile(batch, rows)
-            else:
+            done = [item for item in batch.items if item.id in committed]
+            if not done:
                 self._submit(batch, waited_s=0.0)
+                continue
+            todo = [item for item in batch.items if item.id not in committed]
+            if todo:  # a kill cut the batch's CSV write short: redo only the rows missing
+                redo = self.work.split(batch, todo)
+                self.outbox.trim_batch_json(batch.id, {item.id for item in done})
+                log.warning("partial_commit", batch=batch.id, committed=len(done), redo=redo.id)
+                self._submit(redo, waited_s=0.0)
+            self._refile(batch, done, [committed[item.id] for item in done])
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -413,12 +419,12 @@ class Daemon:
                     return False
                 delay = min(delay * 2, self.config.retry.max_s)
 
-    def _refile(self, batch: Batch, rows: list[dict]) -> None:
-        """A batch whose rows were committed before a crash: file its inputs only."""
+    def _refile(self, batch: Batch, items: list, rows: list[dict]) -> None:
+        """Inputs whose rows were committed before a crash: file them, then drop the batch."""
         from digitd.preprocess import REASONS
 
         results = []
-        for item, row in zip(batch.items, rows, strict=True):
+        for item, row in zip(items, rows, strict=True):
             results.append(
                 Result(
                     id=item.id,

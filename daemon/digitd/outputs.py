@@ -133,12 +133,25 @@ class Outbox:
         data = json.dumps(document, ensure_ascii=False, indent=1).encode("utf-8")
         write_atomic(self.root / "results" / f"{batch_id}.json", data)
 
+    def trim_batch_json(self, batch_id: str, keep: set[str]) -> None:
+        """Keep only the items with these ids in results/<batch>.json (the others, cut off
+        by a crash before their rows were written, are redone in another batch)."""
+        path = self.root / "results" / f"{batch_id}.json"
+        try:
+            document = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return
+        document["items"] = [i for i in document["items"] if i["id"] in keep]
+        self.write_batch_json(batch_id, document)
+
     def append_csv(self, results: list[Result]) -> None:
         """Append the batch's rows in one write and fsync: the batch's commit.
 
         Under an exclusive flock (several daemons may share the outbox); the header is written
         with the first rows. A write that fails part-way is cut back off, and free space is
-        checked first, so a reader never sees a partial line.
+        checked first, so a reader never sees a partial line. A kill -9 can still cut the
+        write between pages: the restart then cuts the torn line off and treats each row
+        on its own (rows present are committed, the rest are redone).
         """
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\r\n")
