@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from daemonproc import DaemonProcess, png_bytes, read_rows, sample_digits  # noqa: E402
+from daemonproc import DaemonProcess, png_bytes, read_rows, rss_kb, sample_digits  # noqa: E402
 
 
 def stage_files(folder: Path, n: int, prefix: str) -> list[Path]:
@@ -39,29 +39,18 @@ def stage_files(folder: Path, n: int, prefix: str) -> list[Path]:
     return paths
 
 
-def rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def bench_burst(root: Path, n: int, previews: bool) -> None:
     d = DaemonProcess(root / "burst", outputs={"previews": previews}, log={"format": "json"})
     staged = stage_files(d.root / "staging", n, "b")
     d.start()
     ready_s = d.wait_ready()
     print(f"ready: READY=1 after {ready_s:.2f} s (model loaded and warmed)")
-    peak = [rss_kib(d.proc.pid)]
+    peak = [rss_kb(d.proc.pid) or 0]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak.append(rss_kib(d.proc.pid))
+            peak.append(rss_kb(d.proc.pid) or 0)
             time.sleep(0.2)
 
     threading.Thread(target=sample, daemon=True).start()

@@ -43,7 +43,13 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from daemonproc import DaemonProcess, png_bytes, read_rows, sample_digits  # noqa: E402
+from daemonproc import (  # noqa: E402
+    DaemonProcess,
+    png_bytes,
+    read_rows,
+    rss_kb,
+    sample_digits,
+)
 
 # Quick pickup for tests; the bench uses the same so that runs are comparable.
 FAST = {"watch": {"settle_ms": 100, "incomplete_after_s": 1.0, "rescan_interval_s": 0.5}}
@@ -274,17 +280,6 @@ class RssSampler(threading.Thread):
     @property
     def max_mb(self) -> float:
         return max((kb for _, kb in self.samples), default=0) / 1024
-
-
-def rss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 class Session:

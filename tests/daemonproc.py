@@ -49,6 +49,18 @@ def drop(inbox: Path, name: str, data: bytes, staging: Path | None = None) -> Pa
     return target
 
 
+def rss_kb(pid: int) -> int | None:
+    """Resident memory of a process (VmRSS, kB), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def read_rows(outbox: Path) -> list[dict[str, str]]:
     path = outbox / "results.csv"
     if not path.exists():
