@@ -253,7 +253,7 @@ class Daemon:
         self._to_writer.put(None)
 
     def _recognise(self, batch: Batch, waited_s: float, t0: float, pending: list) -> None:
-        """Stage 2: run the model once on the batch, render and write the previews."""
+        """Stage 2: run the model once on the batch; start the previews on the pool."""
         reads = [value for future in pending for value in future.result()]
         t1 = time.monotonic()
         good = [i for i, r in enumerate(reads) if r.model_input is not None]
