@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from daemonproc import DaemonProcess, drop, png_bytes, read_rows, sample_digits
+from digitd.config import WatchConfig
 from digitd.outputs import CSV_COLUMNS
+from digitd.watcher import InboxWatcher
 
 pytestmark = pytest.mark.slow
 
@@ -183,6 +185,7 @@ def test_sigterm_finishes_the_batch_in_hand_and_restart_takes_the_rest(daemons):
     assert {r["file"] for r in rows} == processed  # every row's input was filed
     assert work_leftovers(d.inbox) == []
     again = daemons(inbox=d.inbox, outbox=d.outbox).start()
+    again.wait_ready()
     again.wait_rows(600, timeout=60)
     assert again.stop() == 0
     assert_exactly_once(read_rows(d.outbox), names)
@@ -334,3 +337,22 @@ def test_a_batch_whose_csv_write_a_kill_cut_short_is_finished_row_by_row(daemons
     kept = json.loads((d.outbox / "results" / f"{batch_id}.json").read_text())
     assert [i["id"] for i in kept["items"]] == ["id-0", "id-1", "id-2"]
     assert work_leftovers(d.inbox) == []
+
+
+def test_the_idle_wait_returns_when_a_signal_handler_outlasts_its_timeout(tmp_path):
+    """The main loop's wait must end on time even if the SIGTERM handler (which logs) runs
+    past the wait's deadline: CPython 3.11's SimpleQueue.get(timeout) then blocked for ever
+    and the daemon never stopped. Here the handler outlasts a 0.2 s wait by 0.3 s."""
+    watcher = InboxWatcher(tmp_path, WatchConfig())
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: time.sleep(0.3))
+    try:
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        t0 = time.monotonic()
+        late = threading.Timer(5.0, watcher._hints.put, (("late.png", False),))
+        late.start()
+        watcher.wait(0.2)
+        waited = time.monotonic() - t0
+        late.cancel()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert waited < 2.0

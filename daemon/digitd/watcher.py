@@ -63,7 +63,7 @@ class _Candidate:
 class _Hints(FileSystemEventHandler):
     """Turns watchdog events into (name, closed) hints on a queue; never touches the disk."""
 
-    def __init__(self, inbox: str, hints: queue.SimpleQueue) -> None:
+    def __init__(self, inbox: str, hints: queue.Queue) -> None:
         self._inbox = inbox
         self._hints = hints
 
@@ -82,7 +82,10 @@ class InboxWatcher:
         self._config = config
         self._patterns = [p.lower() for p in config.patterns]
         self._ignore = [p.lower() for p in config.ignore]
-        self._hints: queue.SimpleQueue = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout=...) can block
+        # for ever when a signal handler runs past the deadline (the SIGTERM handler did,
+        # and the daemon never stopped).
+        self._hints: queue.Queue = queue.Queue()
         self._candidates: dict[str, _Candidate] = {}
         self._handed_on: set[str] = set()
         self._next_listing = 0.0
