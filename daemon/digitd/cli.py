@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="PATH", help="YAML configuration (default: built in)")
     run.add_argument("--inbox", metavar="DIR", help="override the configured inbox")
     run.add_argument("--outbox", metavar="DIR", help="override the configured outbox")
+    run.add_argument("--worker", metavar="I/N", help=argparse.SUPPRESS)  # set by the supervisor
     run.set_defaults(handler=_command("daemon", "run_command"))
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")

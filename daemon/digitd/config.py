@@ -38,7 +38,7 @@ class WatchConfig:
 class BatchConfig:
     max_size: int = 64  # a batch closes when it holds this many files...
     max_wait_ms: float = 10.0  # ...or when its oldest file has waited this long
-    workers: int = 0  # decode/preprocess threads; 0 means one per CPU core
+    workers: int = 0  # decode/preview threads per process; 0: cores / processes (at least 1)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class Config:
     model: Path | None = None  # a .keras file; None means the model shipped in the package
     min_confidence: float = 0.80  # below this a result is "low_confidence" and goes to review
     max_pixels: int = 40_000_000  # larger declared PNG sizes are rejected without decoding
+    processes: int = 0  # worker processes, each a whole pipeline; 0 means one per CPU core
     watch: WatchConfig = field(default_factory=WatchConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     outputs: OutputConfig = field(default_factory=OutputConfig)
@@ -86,7 +87,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "watch.patterns": (lambda v: len(v) > 0, "a non-empty list of file name patterns"),
     "batch.max_size": (lambda v: 1 <= v <= 1024, "a whole number from 1 to 1024"),
     "batch.max_wait_ms": (lambda v: 0 <= v <= 60_000, "0 to 60000 milliseconds"),
-    "batch.workers": (lambda v: 0 <= v <= 256, "0 (one per core) to 256"),
+    "processes": (lambda v: 0 <= v <= 64, "0 (one per CPU core) to 64"),
+    "batch.workers": (lambda v: 0 <= v <= 256, "0 (cores / processes) to 256"),
     "outputs.inputs": (lambda v: v in ("move", "delete"), '"move" or "delete"'),
     "retry.initial_s": (lambda v: v > 0, "a positive number of seconds"),
     "retry.max_s": (lambda v: v > 0, "a positive number of seconds"),
@@ -213,6 +215,16 @@ def _kind(value: typing.Any) -> str:
     if value is None:
         return "nothing (null)"
     return f"{type(value).__name__} {value!r}" if not isinstance(value, dict) else "a mapping"
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (a service's CPUAffinity= counts)."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def worker_processes(config: Config) -> int:
+    """How many worker processes `digitd run` starts (`processes`, 0 meaning one per core)."""
+    return config.processes or cpu_cores()
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:

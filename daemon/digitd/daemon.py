@@ -11,6 +11,9 @@ So the model's work on one batch overlaps the claiming and decoding of the next 
 waits of the previous. An outbox error (disk full, read-only, permissions) keeps the batch in
 hand and retries with back-off; the queues fill and the main loop stops claiming, so new
 inputs stay in the inbox.
+
+With `processes` above 1 (the default on a machine with several cores), `digitd run` is a
+supervisor (digitd.supervisor) whose worker processes each run one such daemon on the inbox.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import structlog
 
 from digitd.batcher import Batcher
 from digitd.claims import Batch, WorkFolder
-from digitd.config import Config, ConfigError, load_config
+from digitd.config import Config, ConfigError, cpu_cores, load_config, worker_processes
 from digitd.fsutil import read_input_file
 from digitd.logs import configure_logging
 from digitd.notify import Notifier
@@ -75,16 +78,20 @@ class _Counts:
 class Daemon:
     """Holds the daemon's parts; `run()` returns the process exit code."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: tuple[int, int] = (0, 1)) -> None:
         self.config = config
         self.notifier = Notifier()
         self.work = WorkFolder(config.inbox)
         self.outbox = Outbox(config.outbox, config.outputs)
-        self.watcher = InboxWatcher(config.inbox, config.watch)
+        self.watcher = InboxWatcher(config.inbox, config.watch, share=worker)
         self.batcher: Batcher[Arrival] = Batcher(
             config.batch.max_size, config.batch.max_wait_ms / 1000
         )
-        self.workers = config.batch.workers or os.cpu_count() or 1
+        processes = worker[1]
+        self.supervised = processes > 1  # a worker: its notify messages go to the supervisor
+        # A worker process gets its share of the cores, for its threads and TensorFlow's.
+        self.model_threads = max(1, cpu_cores() // processes) if processes > 1 else None
+        self.workers = config.batch.workers or max(1, cpu_cores() // processes)
         self.pool = ThreadPoolExecutor(self.workers)
         self._to_recogniser: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         self._to_writer: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
@@ -124,13 +131,15 @@ class Daemon:
             self._loop()
         finally:
             self.notifier.send(STOPPING=1, STATUS="Stopping")
-            self.watcher.stop()
+            if not self.watcher.stop():
+                log.warning("watcher_stop_timeout", hint="watchdog's observer did not stop")
             self._to_recogniser.put(None)  # each stage drains its queue, then passes it on
             self._recogniser.join()
             self._writer.join()
             self.work.close()
             self.pool.shutdown()
             log.info("stopped", processed=self.counts.total)
+            self.notifier.send(STATUS="Stopped", **self._counts_field())  # the final counts
         return 0
 
     def _on_signal(self, signum: int, frame) -> None:
@@ -155,7 +164,7 @@ class Daemon:
                 "entry for their common parent)",
             )
         self.work.open()
-        self.classifier = load_classifier(self.config.model)
+        self.classifier = load_classifier(self.config.model, threads=self.model_threads)
         self.classifier.warm_up(self.config.batch.max_size)
         self._recogniser.start()
         self._writer.start()
@@ -214,8 +223,15 @@ class Daemon:
         elif interval is None:
             self._next_ping = now + 3600
         if now >= self._next_status:
-            self.notifier.send(STATUS=self._status())
+            self.notifier.send(STATUS=self._status(), **self._counts_field())
             self._next_status = now + STATUS_EVERY_S
+
+    def _counts_field(self) -> dict[str, str]:
+        """X_DIGITD_COUNTS=<ok> <low> <rejected> <waiting>, for a supervisor to sum up."""
+        if not self.supervised:
+            return {}
+        c = self.counts
+        return {"X_DIGITD_COUNTS": f"{c.ok} {c.low_confidence} {c.rejected} {len(self.batcher)}"}
 
     def _status(self) -> str:
         c = self.counts
@@ -516,16 +532,38 @@ class Daemon:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """`digitd run`: load the configuration (exit 2 if it is wrong) and run until stopped."""
+    """`digitd run`: load the configuration (exit 2 if it is wrong) and run until stopped:
+    as a supervisor of worker processes, or (one process, or a worker) as the daemon itself."""
     try:
         config = load_config(args.config, inbox=args.inbox, outbox=args.outbox)
     except ConfigError as exc:
         print(f"digitd: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log.format, config.log.level)
-    code = Daemon(config).run()
+    worker = _parse_worker(getattr(args, "worker", None))
+    processes = worker[1] if worker else worker_processes(config)
+    if worker is None and processes > 1:
+        from digitd.supervisor import Supervisor
+
+        configure_logging(config.log.format, config.log.level)
+        return Supervisor(config, args, processes).run()
+    if worker is not None:
+        from digitd.supervisor import die_with_parent
+
+        die_with_parent()
+        configure_logging(config.log.format, config.log.level, worker=worker[0])
+    else:
+        configure_logging(config.log.format, config.log.level)
+    code = Daemon(config, worker or (0, 1)).run()
     # Everything is filed and flushed by now; TensorFlow's teardown would add 3-4 s to every
     # stop (measured under systemd), so leave without it.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _parse_worker(value: str | None) -> tuple[int, int] | None:
+    """`--worker I/N` (set by the supervisor only) -> (I, N)."""
+    if not value:
+        return None
+    index, _, count = value.partition("/")
+    return int(index), int(count)

@@ -13,8 +13,9 @@ import sys
 import structlog
 
 
-def configure_logging(format: str = "auto", level: str = "info") -> None:
-    """Set up logging once per process; `format` is "auto", "json" or "console"."""
+def configure_logging(format: str = "auto", level: str = "info", **fields: object) -> None:
+    """Set up logging once per process; `format` is "auto", "json" or "console"; `fields`
+    go on every line (a worker process's `worker=1`)."""
     if format == "auto":
         format = "console" if sys.stdout.isatty() else "json"
     renderer = (
@@ -27,6 +28,8 @@ def configure_logging(format: str = "auto", level: str = "info") -> None:
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if fields:
+        shared.append(_add_fields(fields))
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -50,6 +53,15 @@ def configure_logging(format: str = "auto", level: str = "info") -> None:
     root.setLevel(max(numeric_level, logging.WARNING))  # libraries: warnings and worse
     logging.getLogger("digitd").setLevel(numeric_level)
     logging.getLogger("watchdog.observers.inotify").addFilter(_drop_benign_stop_race)
+
+
+def _add_fields(fields: dict[str, object]):
+    def add(logger, method, event_dict):
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+    return add
 
 
 def _drop_benign_stop_race(record: logging.LogRecord) -> bool:

@@ -138,13 +138,24 @@ class Classifier:
             self.predict(np.zeros((size, INPUT_SIZE, INPUT_SIZE), np.float32))
 
 
-def load_classifier(path: str | Path | None = None) -> Classifier:
-    """Load a .keras model (default: the shipped one) without its training configuration."""
+def load_classifier(path: str | Path | None = None, threads: int | None = None) -> Classifier:
+    """Load a .keras model (default: the shipped one) without its training configuration.
+
+    `threads` caps TensorFlow's thread pools (a worker process that shares the machine with
+    others gets its share of the cores); None lets TensorFlow use every core.
+    """
     model_path = Path(path) if path is not None else default_model_path()
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: no such model file")
     keras = import_keras()
     import tensorflow as tf
+
+    if threads is not None:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already running in this process: keep its pools
+            pass
 
     model = keras.saving.load_model(model_path, compile=False)
     # One trace per bucket size (shapes are fixed by the padding); no XLA: jit_compile=True

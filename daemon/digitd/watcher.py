@@ -5,6 +5,11 @@ events, network shares). A file is handed on only once complete: it ends with PN
 and was closed after writing, renamed into place after its last write (mtime < ctime), or left
 unchanged for `settle_ms`. What never completes is handed on after `incomplete_after_s`, so it
 can be rejected with a reason instead of waiting forever.
+
+Several worker processes of one daemon watch the same inbox; each prefers its own share of the
+names (by a hash of the name), and takes the others' only when its own are done and the
+others' have waited `TAKEOVER_S`, so that workers do not race for the same files while each
+still picks up whatever another leaves behind.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import fnmatch
 import os
 import queue
 import stat
+import threading
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +46,7 @@ from digitd.config import WatchConfig
 
 PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # an IEND chunk: length 0, type, CRC
 MAX_TRACKED = 10_000  # names tracked at once; a larger backlog is found by later listings
+TAKEOVER_S = 0.5  # another worker's file waiting this long may be taken by this one
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class Arrival:
 class _Candidate:
     received_at: datetime
     next_check: float
+    own: bool = True  # in this worker's share of the names
     size: int = -1
     mtime_ns: int = -1
     unchanged_since: float = 0.0
@@ -77,8 +86,9 @@ class _Hints(FileSystemEventHandler):
 class InboxWatcher:
     """Finds complete files in one folder; `poll()` returns each one once until `release()`."""
 
-    def __init__(self, inbox: Path, config: WatchConfig) -> None:
+    def __init__(self, inbox: Path, config: WatchConfig, share: tuple[int, int] = (0, 1)) -> None:
         self.inbox = inbox
+        self._share = share  # (this worker's index, number of workers)
         self._config = config
         self._patterns = [p.lower() for p in config.patterns]
         self._ignore = [p.lower() for p in config.ignore]
@@ -112,11 +122,21 @@ class InboxWatcher:
         observer.start()
         self._observer = observer
 
-    def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            self._observer = None
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Stop the observer; False if it did not stop within `timeout` seconds.
+
+        watchdog's stop joins its emitter and inotify threads without a time limit, and a
+        flood of events (other workers' claims) can keep them busy: the stop runs in a
+        helper thread so that the daemon's drain never waits on it for long.
+        """
+        observer, self._observer = self._observer, None
+        if observer is None:
+            return True
+        stopper = threading.Thread(target=observer.stop, name="watcher-stop", daemon=True)
+        stopper.start()
+        stopper.join(timeout)
+        observer.join(max(0.0, timeout - 0.1))
+        return not stopper.is_alive() and not observer.is_alive()
 
     def wait(self, timeout: float) -> None:
         """Block until an event arrives or `timeout` seconds pass."""
@@ -129,8 +149,9 @@ class InboxWatcher:
     def next_deadline(self) -> float:
         """The monotonic time at which `poll()` next has work, were no event to come."""
         soonest = self._next_listing
-        for candidate in self._candidates.values():
-            soonest = min(soonest, candidate.next_check)
+        for c in self._candidates.values():
+            due = c.next_check if c.own else max(c.next_check, c.unchanged_since + TAKEOVER_S)
+            soonest = min(soonest, due)
         return soonest
 
     def poll(self, now: float, want: int) -> list[Arrival]:
@@ -141,15 +162,25 @@ class InboxWatcher:
         ):
             self._list(now)
         ready: list[Arrival] = []
+        self._collect(ready, want, now, own=True)
+        if len(ready) < want and self._share[1] > 1:
+            self._collect(ready, want, now, own=False)
+        return ready
+
+    def _collect(self, ready: list[Arrival], want: int, now: float, own: bool) -> None:
+        """Add complete candidates of this worker's share (or, past TAKEOVER_S, others')."""
         for name in list(self._candidates):
             if len(ready) >= want:
-                break
+                return
             candidate = self._candidates[name]
-            if candidate.next_check <= now and self._is_ready(name, candidate, now):
+            if candidate.own != own or candidate.next_check > now:
+                continue
+            if not own and now - candidate.unchanged_since < TAKEOVER_S:
+                continue
+            if self._is_ready(name, candidate, now):
                 del self._candidates[name]
                 self._handed_on.add(name)
                 ready.append(Arrival(name, candidate.received_at, now))
-        return ready
 
     def release(self, name: str) -> None:
         """The name was claimed (or vanished): a new file of that name is a new arrival."""
@@ -179,7 +210,9 @@ class InboxWatcher:
             if len(self._candidates) >= MAX_TRACKED:
                 self._listing_truncated = True
                 return None
-            candidate = _Candidate(datetime.now(timezone.utc), now, unchanged_since=now)
+            index, workers = self._share
+            own = workers == 1 or zlib.crc32(os.fsencode(name)) % workers == index
+            candidate = _Candidate(datetime.now(timezone.utc), now, own, unchanged_since=now)
             self._candidates[name] = candidate
         return candidate
 
