@@ -85,6 +85,21 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
         raise
 
 
+def write_in_place(path: Path, data: bytes) -> None:
+    """Create or truncate `path` and write `data`: no temporary name, no rename.
+
+    For files that nothing reads before a later commit points at them (the previews, named
+    in results.csv only once written); a crash mid-write is mended by the redo.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 _TEMPORARY = re.compile(r"\.digitd-[0-9a-f]{12}\.tmp")
 
 

@@ -10,6 +10,11 @@ Several worker processes of one daemon watch the same inbox; each prefers its ow
 names (by a hash of the name), and takes the others' only when its own are done and the
 others' have waited `TAKEOVER_S`, so that workers do not race for the same files while each
 still picks up whatever another leaves behind.
+
+During a burst the events only repeat what the listing found, and handling them cost a fifth
+of the CPU (measured: 1,775 files/s with them, 2,225/s without). So with `PAUSE_AT` names
+waiting the watch is removed, and it is restored, followed by a listing, once fewer than
+`RESUME_AT` wait: prompt pickup when idle, no event traffic when busy, nothing missed.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ from digitd.config import WatchConfig
 PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # an IEND chunk: length 0, type, CRC
 MAX_TRACKED = 10_000  # names tracked at once; a larger backlog is found by later listings
 TAKEOVER_S = 0.5  # another worker's file waiting this long may be taken by this one
+PAUSE_AT = 1024  # names waiting: events are switched off (they only name files known already)
+RESUME_AT = 256  # ...and on again, with a listing, when the backlog is this small
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,7 @@ class InboxWatcher:
         self._next_listing = 0.0
         self._listing_truncated = False
         self._observer = None
+        self._watch = None  # the observer's watch on the inbox; None while events are off
 
     def start(self) -> None:
         """Start the observer; the first `poll()` lists what is already there."""
@@ -114,13 +122,30 @@ class InboxWatcher:
             observer = PollingObserver(timeout=self._config.poll_interval_s)
         else:
             observer = Observer()
-        handler = _Hints(os.fsdecode(os.path.abspath(self.inbox)), self._hints)
-        kinds = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent]
-        kinds += [DirCreatedEvent, DirMovedEvent]
-        observer.schedule(handler, str(self.inbox), recursive=False, event_filter=kinds)
         observer.daemon = True
         observer.start()
         self._observer = observer
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Watch the inbox (again): events become hints on the queue."""
+        handler = _Hints(os.fsdecode(os.path.abspath(self.inbox)), self._hints)
+        kinds = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent]
+        kinds += [DirCreatedEvent, DirMovedEvent]
+        self._watch = self._observer.schedule(
+            handler, str(self.inbox), recursive=False, event_filter=kinds
+        )
+
+    def _pace_events(self, now: float) -> None:
+        """Switch events off while a large backlog waits, on again (and list) when it is small."""
+        if self._observer is None:
+            return
+        if self._watch is not None and len(self._candidates) >= PAUSE_AT:
+            self._observer.unschedule(self._watch)
+            self._watch = None
+        elif self._watch is None and len(self._candidates) < RESUME_AT:
+            self._schedule()
+            self._list(now)  # what arrived while events were off
 
     def stop(self, timeout: float = 2.0) -> bool:
         """Stop the observer; False if it did not stop within `timeout` seconds.
@@ -161,6 +186,7 @@ class InboxWatcher:
             self._listing_truncated and len(self._candidates) < MAX_TRACKED // 2
         ):
             self._list(now)
+        self._pace_events(now)
         ready: list[Arrival] = []
         self._collect(ready, want, now, own=True)
         if len(ready) < want and self._share[1] > 1:
