@@ -604,13 +604,14 @@ def wait_event(s: Session, predicate, timeout: float) -> dict:
     raise TimeoutError(f"no such log event within {timeout:.0f}s")
 
 
-def outbox_full(root: Path, files: int = 150, size: str = "2m", leave_kb: int = 400,
+def outbox_full(root: Path, files: int = 300, size: str = "4m", leave_kb: int = 400,
                 hold_s: float = 2.0, model: Path | None = None, **config) -> Outcome:
     """The outbox on a `size` tmpfs, pre-filled with a ballast file so that only `leave_kb`
     stay free; a burst fills it. The daemon must keep the inputs, log outbox_error and back
     off; deleting the ballast must let it finish everything without a restart. Batches of 16,
-    so that what the daemon may hold in hand (the writer's batch, WRITER_QUEUE=2 queued and
-    one being recognised: 64 files) is less than the burst and claiming visibly stops."""
+    so that what the daemon may hold in hand (per worker process: the writer's batch, two
+    queued, one being recognised and the batcher's: ~66 files; two workers on two cores) is
+    less than the burst and claiming visibly stops."""
     out = Outcome("outbox_full")
     if not need_root(out):
         return out

@@ -60,7 +60,7 @@ def test_slow_writers_and_cp_are_never_read_half_written(tmp_path):
 
 @root_only
 def test_full_outbox_keeps_inputs_backs_off_and_finishes_when_space_returns(tmp_path):
-    outcome = check(outbox_full(tmp_path, files=150, size="2m", leave_kb=320))
+    outcome = check(outbox_full(tmp_path, files=300, size="4m", leave_kb=320))
     assert outcome.figures["outbox_errors"] >= 1
     assert "No space left on device" in outcome.figures["errors"]
 
