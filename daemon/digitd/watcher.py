@@ -150,9 +150,8 @@ class InboxWatcher:
     def stop(self, timeout: float = 2.0) -> bool:
         """Stop the observer; False if it did not stop within `timeout` seconds.
 
-        watchdog's stop joins its emitter and inotify threads without a time limit, and a
-        flood of events (other workers' claims) can keep them busy: the stop runs in a
-        helper thread so that the daemon's drain never waits on it for long.
+        watchdog's stop joins its emitter and inotify threads without a time limit: it runs
+        in a helper thread, so that the daemon's drain never waits on it for long.
         """
         observer, self._observer = self._observer, None
         if observer is None:
