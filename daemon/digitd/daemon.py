@@ -540,19 +540,17 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"digitd: {exc}", file=sys.stderr)
         return 2
     worker = _parse_worker(getattr(args, "worker", None))
-    processes = worker[1] if worker else worker_processes(config)
-    if worker is None and processes > 1:
-        from digitd.supervisor import Supervisor
-
-        configure_logging(config.log.format, config.log.level)
-        return Supervisor(config, args, processes).run()
     if worker is not None:
         from digitd.supervisor import die_with_parent
 
         die_with_parent()
-        configure_logging(config.log.format, config.log.level, worker=worker[0])
-    else:
-        configure_logging(config.log.format, config.log.level)
+    fields = {"worker": worker[0]} if worker else {}  # a worker's lines say which it is
+    configure_logging(config.log.format, config.log.level, **fields)
+    processes = worker[1] if worker else worker_processes(config)
+    if worker is None and processes > 1:
+        from digitd.supervisor import Supervisor
+
+        return Supervisor(config, args, processes).run()
     code = Daemon(config, worker or (0, 1)).run()
     # Everything is filed and flushed by now; TensorFlow's teardown would add 3-4 s to every
     # stop (measured under systemd), so leave without it.

@@ -59,6 +59,13 @@ def move_noreplace(src: Path, dst: Path) -> None:
     os.unlink(src)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may take fewer than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
     """Write `data` to `path` through a temporary name and a rename: readers never see half.
 
@@ -68,9 +75,7 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
     tmp = path.with_name(temporary_name())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -93,9 +98,7 @@ def write_in_place(path: Path, data: bytes) -> None:
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
     finally:
         os.close(fd)
 

@@ -20,7 +20,13 @@ from datetime import datetime
 from pathlib import Path
 
 from digitd.config import OutputConfig
-from digitd.fsutil import move_noreplace, rename_noreplace, write_atomic, write_in_place
+from digitd.fsutil import (
+    move_noreplace,
+    rename_noreplace,
+    write_all,
+    write_atomic,
+    write_in_place,
+)
 
 CSV_COLUMNS = (
     "id", "file", "status", "digit", "confidence", "sha256", "batch",
@@ -172,9 +178,7 @@ class Outbox:
             if room.f_bavail * room.f_frsize < len(data) + 4096:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.csv_path))
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 os.fsync(fd)
             except BaseException:
                 os.ftruncate(fd, size)

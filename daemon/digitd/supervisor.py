@@ -120,8 +120,8 @@ class Supervisor:
         self._stop_deadline = now + STOP_TIMEOUT_S
         for worker in self.workers:
             worker.restart_at = None
-            if worker.proc is not None and worker.proc.poll() is None:
-                worker.proc.send_signal(signal.SIGTERM)
+        for worker in self._running():  # again after a signal: harmless; alone after _give_up
+            worker.proc.send_signal(signal.SIGTERM)
 
     def _give_up(self, why: str) -> None:
         """Stop the service with exit code 1: the workers cannot run."""
