@@ -140,6 +140,7 @@ class Daemon:
             self.pool.shutdown()
             log.info("stopped", processed=self.counts.total)
             self.notifier.send(STATUS="Stopped", **self._counts_field())  # the final counts
+            self.notifier.close()  # STOPPING=1 goes out before the process exits
         return 0
 
     def _on_signal(self, signum: int, frame) -> None:

@@ -104,6 +104,7 @@ class Supervisor:
                 self._kill_all("did not stop in time")
             self._housekeeping(now)
         self._sock.close()
+        self.notifier.close()  # STOPPING=1 goes out before the process exits
         log.info("stopped", processed=sum(self._counts()[:3]))
         return 1 if self.failed else 0
 

@@ -42,9 +42,9 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-try:  # watchdog >= 6
+try:  # watchdog >= 7 (pyproject's floor), on Linux
     from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
-except ImportError:  # pragma: no cover - other platforms or older watchdog
+except ImportError:  # pragma: no cover - not Linux: no inotify, nothing to tune
     InotifyMoveEventGrouper = None
 
 from digitd.config import WatchConfig
