@@ -1,8 +1,10 @@
-"""The model contract: lazy TensorFlow import, Classifier.predict's buckets, the shipped model."""
+"""The model contract: lazy TensorFlow import, both runtimes, which file is served and why,
+Classifier.predict's chunks and buckets, the shipped model."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,14 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from digitd.export import export_tflite, record
 from digitd.model import (
     BUCKETS,
     INPUT_SIZE,
+    ModelError,
     card_path,
     default_model_path,
     file_sha256,
     import_keras,
     load_classifier,
+    tflite_path,
 )
 
 SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
@@ -25,14 +30,33 @@ SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    """An untrained two-layer model saved as .keras, enough to exercise loading and predict."""
+    """An untrained two-layer model saved as .keras and exported beside it (.tflite + card)."""
     keras = import_keras()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input(shape=(28, 28)), keras.layers.Flatten(),
                               keras.layers.Dense(10, activation="softmax")])
     path = tmp_path_factory.mktemp("tiny") / "tiny.keras"
     model.save(path)
+    with np.load(SAMPLE) as npz:
+        x, y = npz["x_test"][:200].astype(np.float32) / 255.0, npz["y_test"][:200]
+    record(path, export_tflite(path, x, y, "sample"))
     return path
+
+
+@pytest.fixture(params=["litert", "tensorflow"])
+def runtime(request) -> str:
+    return request.param
+
+
+def copy_model(source: Path, folder: Path, *suffixes: str) -> Path:
+    """Copy the .keras and the named siblings (".tflite", ".card.json") into `folder`."""
+    folder.mkdir(exist_ok=True)
+    target = folder / source.name
+    shutil.copy(source, target)
+    for suffix in suffixes:
+        sibling = source.with_name(source.stem + suffix)
+        shutil.copy(sibling, folder / sibling.name)
+    return target
 
 
 def test_importing_model_does_not_import_tensorflow():
@@ -47,22 +71,67 @@ def test_default_model_path_is_inside_the_package():
     assert card_path(path).name == "digitd-cnn.card.json"
 
 
-def test_classifier_identity(tiny_model):
-    classifier = load_classifier(tiny_model)
+def test_classifier_identity(tiny_model, runtime):
+    classifier = load_classifier(tiny_model, runtime=runtime)
     assert classifier.model_id == file_sha256(tiny_model) and len(classifier.model_id) == 64
-    assert classifier.card == {}  # no card beside it
+    assert classifier.runtime == runtime
+    assert classifier.served == (tflite_path(tiny_model) if runtime == "litert" else tiny_model)
+    assert classifier.card["model_id"] == classifier.model_id  # the card export started
+
+
+def test_auto_serves_the_tflite_the_card_vouches_for(tiny_model):
+    classifier = load_classifier(tiny_model)
+    assert (classifier.runtime, classifier.fallback) == ("litert", "")
+    assert classifier.card["tflite"]["sha256"] == file_sha256(tflite_path(tiny_model))
+
+
+@pytest.mark.parametrize(("siblings", "tamper", "reason"), [
+    ((), False, "no tiny.tflite beside it"),
+    ((".tflite",), False, "its card does not vouch for tiny.tflite"),
+    ((".tflite", ".card.json"), True, "tiny.tflite is not the file its card records"),
+])
+def test_falls_back_to_the_keras_and_says_why(tiny_model, tmp_path, siblings, tamper, reason):
+    model = copy_model(tiny_model, tmp_path / "m", *siblings)
+    if tamper:
+        with open(tflite_path(model), "ab") as f:
+            f.write(b"\0")
+    classifier = load_classifier(model)
+    assert classifier.runtime == "tensorflow" and classifier.served == model
+    assert reason in classifier.fallback
+    assert classifier.model_id == file_sha256(tiny_model)  # the same id either way
+    with pytest.raises(ModelError, match=reason):
+        load_classifier(model, runtime="litert")
+
+
+def test_a_stale_card_is_not_trusted(tiny_model, tmp_path):
+    """A .keras replaced after the export (retrained, fine-tuned): its old .tflite is not
+    served for it."""
+    model = copy_model(tiny_model, tmp_path / "m", ".tflite", ".card.json")
+    keras = import_keras()
+    other = keras.Sequential([keras.Input(shape=(28, 28)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    other.save(model)
+    classifier = load_classifier(model)
+    assert classifier.runtime == "tensorflow" and "does not vouch" in classifier.fallback
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 64, 300])
-def test_predict_shapes_and_probabilities(tiny_model, n):
-    classifier = load_classifier(tiny_model)
+def test_predict_shapes_and_probabilities(tiny_model, runtime, n):
+    classifier = load_classifier(tiny_model, runtime=runtime)
     probs = classifier.predict(np.random.default_rng(n).random((n, 28, 28), dtype=np.float32))
     assert probs.shape == (n, 10) and probs.dtype == np.float32
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_padding_does_not_change_results(tiny_model):
-    classifier = load_classifier(tiny_model)
+def test_runtimes_agree(tiny_model):
+    x = np.random.default_rng(2).random((300, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+    litert = load_classifier(tiny_model, runtime="litert").predict(x)
+    tensorflow = load_classifier(tiny_model, runtime="tensorflow").predict(x)
+    assert np.abs(litert - tensorflow).max() < 1e-5
+
+
+def test_batch_size_does_not_change_results(tiny_model, runtime):
+    classifier = load_classifier(tiny_model, runtime=runtime)
     x = np.random.default_rng(1).random((5, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
     together = classifier.predict(x)
     one_by_one = np.concatenate([classifier.predict(x[i:i + 1]) for i in range(5)])
@@ -70,18 +139,18 @@ def test_padding_does_not_change_results(tiny_model):
 
 
 def test_buckets_never_retrace_after_warm_up(tiny_model):
-    classifier = load_classifier(tiny_model)
+    classifier = load_classifier(tiny_model, runtime="tensorflow")
     classifier.warm_up(max_batch=BUCKETS[-1])
-    traced = classifier._fn.experimental_get_tracing_count()
+    traced = classifier._run.fn.experimental_get_tracing_count()
     assert traced == len(BUCKETS)
     for n in (1, 3, 7, 33, 100, 256, 700):
         classifier.predict(np.zeros((n, 28, 28), np.float32))
-    assert classifier._fn.experimental_get_tracing_count() == traced
+    assert classifier._run.fn.experimental_get_tracing_count() == traced
 
 
-def test_predict_rejects_wrong_shape(tiny_model):
+def test_predict_rejects_wrong_shape(tiny_model, runtime):
     with pytest.raises(ValueError, match="expected"):
-        load_classifier(tiny_model).predict(np.zeros((2, 32, 32), np.float32))
+        load_classifier(tiny_model, runtime=runtime).predict(np.zeros((2, 32, 32), np.float32))
 
 
 def test_missing_model_file(tmp_path):
@@ -92,8 +161,11 @@ def test_missing_model_file(tmp_path):
 @pytest.mark.skipif(not default_model_path().is_file(), reason="no shipped model yet")
 def test_shipped_model_is_accurate_and_matches_its_card():
     classifier = load_classifier()
+    assert (classifier.runtime, classifier.fallback) == ("litert", "")
     assert classifier.card["model_id"] == classifier.model_id
     assert classifier.card["test"]["accuracy"] >= 0.995
+    parity = classifier.card["tflite"]["parity"]
+    assert parity["n"] == parity["same_answers"] == 10_000
     with np.load(SAMPLE) as npz:
         x, y = npz["x_test"].astype(np.float32) / 255.0, npz["y_test"]
     accuracy = (classifier.predict(x).argmax(axis=1) == y).mean()

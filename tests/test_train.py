@@ -35,9 +35,13 @@ def test_short_cnn_run_beats_chance_by_far(trained):
 
 def test_outputs_and_card(trained):
     names = sorted(p.name for p in trained.iterdir())
-    assert names == ["digitd-cnn.card.json", "digitd-cnn.keras", "digitd-cnn.report.png"]
+    assert names == ["digitd-cnn.card.json", "digitd-cnn.keras", "digitd-cnn.report.png",
+                     "digitd-cnn.tflite"]
     card = json.loads((trained / "digitd-cnn.card.json").read_text())
     assert card["model_id"] == file_sha256(trained / "digitd-cnn.keras")
+    assert card["tflite"]["sha256"] == file_sha256(trained / "digitd-cnn.tflite")
+    assert card["tflite"]["parity"]["same_answers"] == card["tflite"]["parity"]["n"] == 1000
+    assert load_classifier(trained / "digitd-cnn.keras").runtime == "litert"
     assert card["parameters"] > 100_000 and card["architecture"][0] == "Reshape"
     assert card["training"]["epochs"] == 2 and card["training"]["seed"] == 1
     assert len(card["training"]["history"]["val_accuracy"]) == 2

@@ -1,7 +1,7 @@
-"""Command line: `digitd run|check-config|predict|train|evaluate`.
+"""Command line: `digitd run|check-config|predict|train|export|evaluate`.
 
 Only argparse and the standard library are imported here; each command imports its own
-module (and so TensorFlow) when it runs, so `digitd --help` stays instant.
+module (and, for train and export, TensorFlow) when it runs, so `digitd --help` stays instant.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib import import_module
+from importlib.util import find_spec
 
 from digitd import __version__
 
@@ -17,10 +18,18 @@ EXIT_FAILURE = 1  # some inputs could not be recognised
 EXIT_USAGE = 2  # bad configuration, bad data, bad arguments
 
 
-def _command(module: str, function: str):
-    """Return a handler that imports `digitd.<module>` only when the command runs."""
+def _command(module: str, function: str, needs_tensorflow: bool = False):
+    """Return a handler that imports `digitd.<module>` only when the command runs.
+
+    TensorFlow is an optional extra (`pip install 'digitd[train]'`); a command that needs it
+    says so plainly (exit 2) when it is missing.
+    """
 
     def handler(args: argparse.Namespace) -> int:
+        if needs_tensorflow and find_spec("tensorflow") is None:
+            print(f"digitd {args.command}: needs TensorFlow, which is not installed; install "
+                  "the training extra: pip install 'digitd[train]'", file=sys.stderr)
+            return EXIT_USAGE
         return getattr(import_module(f"digitd.{module}"), function)(args)
 
     return handler
@@ -47,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="recognise the digit in each FILE")
     predict.add_argument("files", nargs="+", metavar="FILE")
-    predict.add_argument("--model", metavar="PATH", help="a .keras model (default: shipped)")
+    predict.add_argument("--model", metavar="PATH",
+                         help="a .keras model, served through its .tflite (default: shipped)")
     predict.add_argument("--json", action="store_true", help="one JSON object per file")
     predict.add_argument("--preview", metavar="DIR", help="write annotated previews into DIR")
     predict.set_defaults(handler=_command("predict", "predict_command"))
@@ -64,7 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the SHA-256 check (custom data under the official file names)",
     )
-    train.set_defaults(handler=_command("train", "train_command"))
+    train.set_defaults(handler=_command("train", "train_command", needs_tensorflow=True))
+
+    export = sub.add_parser(
+        "export", help="convert a .keras model to the .tflite that serving runs, check parity")
+    export.add_argument("model", metavar="MODEL.keras")
+    export.add_argument("--data", metavar="DIR", help="MNIST IDX files or mnist.npz (parity)")
+    export.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check")
+    export.set_defaults(handler=_command("export", "export_command", needs_tensorflow=True))
 
     evaluate = sub.add_parser("evaluate", help="accuracy of a model on the MNIST test set")
     evaluate.add_argument("--model", metavar="PATH", help="a .keras model (default: shipped)")

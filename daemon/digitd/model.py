@@ -9,6 +9,17 @@ THE INPUT CONTRACT (the one place it is written down; preprocessing produces exa
 
 The output is (N, 10) float32 softmax probabilities for the digits 0..9.
 
+A model is a `.keras` file (written by `digitd train`), a `.tflite` converted from it
+(digitd.export) and a `.card.json`, side by side. Serving (`digitd run`, `digitd predict`)
+runs the `.tflite` through LiteRT (ai-edge-litert, XNNPACK kernels) and never imports
+TensorFlow; it runs the `.keras` through TensorFlow only when the `.tflite` cannot be served
+(missing, not vouched for by the card, or no LiteRT), and says why (`Classifier.fallback`).
+
+THE MODEL ID (the CSV's `model` column) is the SHA-256 of the `.keras` file, whichever file
+is served: the `.tflite` is served only if the card records that it was converted from
+exactly that `.keras` (the card's `model_id`) and records the `.tflite`'s own SHA-256, so
+both runtimes of one model give one id.
+
 TensorFlow is imported inside functions only, so importing this module (and `digitd --help`)
 stays instant.
 """
@@ -21,6 +32,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +41,13 @@ import numpy as np
 
 INPUT_SIZE = 28  # see the input contract above
 NUM_CLASSES = 10
-BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # batch sizes the compiled function is traced for
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # TensorFlow: batch sizes the function is traced for
+MAX_CHUNK = BUCKETS[-1]  # the most digits run in one call, whatever the runtime
+RUNTIMES = ("auto", "litert", "tensorflow")
+
+
+class ModelError(Exception):
+    """The model cannot be served (the message says why, in one line)."""
 
 
 def default_model_path() -> Path:
@@ -37,9 +55,24 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parent / "models" / "digitd-cnn.keras"
 
 
+def _sibling(model_path: Path, suffix: str) -> Path:
+    return model_path.with_name(model_path.name.removesuffix(".keras") + suffix)
+
+
 def card_path(model_path: Path) -> Path:
     """`digitd-cnn.keras` -> `digitd-cnn.card.json` beside it."""
-    return model_path.with_name(model_path.name.removesuffix(".keras") + ".card.json")
+    return _sibling(model_path, ".card.json")
+
+
+def tflite_path(model_path: Path) -> Path:
+    """`digitd-cnn.keras` -> `digitd-cnn.tflite` beside it (what serving runs)."""
+    return _sibling(model_path, ".tflite")
+
+
+def read_card(model_path: Path) -> dict[str, Any]:
+    """The model card beside the model, {} if there is none."""
+    path = card_path(model_path)
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def file_sha256(path: Path) -> str:
@@ -65,8 +98,9 @@ def _stderr_muted(enabled: bool):
     """Silence file descriptor 2 for the block (C++ code writes there directly).
 
     TensorFlow's absl logging prints INFO lines ("oneDNN custom operations are on", "failed
-    call to cuInit") before absl is initialised, ignoring TF_CPP_MIN_LOG_LEVEL; the only way
-    to hide them is to point fd 2 at /dev/null while TensorFlow loads.
+    call to cuInit") before absl is initialised, ignoring TF_CPP_MIN_LOG_LEVEL, and LiteRT
+    prints "INFO: Created TensorFlow Lite XNNPACK delegate"; the only way to hide them is to
+    point fd 2 at /dev/null while they load.
     """
     if not enabled:
         yield
@@ -99,69 +133,158 @@ def import_keras():
 class Classifier:
     """A loaded model plus its identity; `predict` is the fast path the daemon uses."""
 
-    path: Path
+    path: Path  # the .keras file: the model's identity
     model_id: str  # SHA-256 hex of the .keras file
     card: dict[str, Any]  # the model card JSON beside the model, {} if absent
-    model: Any = field(repr=False, default=None)
-    _fn: Any = field(repr=False, default=None)
+    runtime: str  # "litert" (the .tflite) or "tensorflow" (the .keras)
+    served: Path  # the file actually run
+    fallback: str = ""  # why the .tflite is not served; "" when it is
+    _run: Callable[[np.ndarray], np.ndarray] = field(repr=False, default=None)
     _lock: threading.Lock = field(repr=False, default_factory=threading.Lock)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 28, 28) float32 in [0, 1] -> (N, 10) float32 probabilities.
-
-        Not `model.predict` (about 50 ms of overhead per call): the model runs inside one
-        tf.function, and N is padded up to a fixed bucket size so the function never retraces.
-        """
+        """(N, 28, 28) float32 in [0, 1] -> (N, 10) float32 probabilities, MAX_CHUNK at a time."""
         x = np.asarray(batch, dtype=np.float32)
         if x.ndim != 3 or x.shape[1:] != (INPUT_SIZE, INPUT_SIZE):
             raise ValueError(f"expected (N, {INPUT_SIZE}, {INPUT_SIZE}), got {x.shape}")
-        top = BUCKETS[-1]
-        parts = [self._predict_bucket(x[i:i + top]) for i in range(0, len(x), top)]
+        parts = []
+        for i in range(0, len(x), MAX_CHUNK):
+            with self._lock:  # one call at a time: neither runtime is re-entrant
+                parts.append(self._run(x[i:i + MAX_CHUNK]))
         if not parts:
             return np.zeros((0, NUM_CLASSES), dtype=np.float32)
         return np.concatenate(parts)
 
-    def _predict_bucket(self, x: np.ndarray) -> np.ndarray:
-        """Pad x (at most the largest bucket) up to its bucket, run the function, trim."""
-        n = len(x)
-        size = next(b for b in BUCKETS if b >= n)
-        if size != n:
-            x = np.concatenate([x, np.zeros((size - n, INPUT_SIZE, INPUT_SIZE), np.float32)])
-        with self._lock:  # one call at a time: Keras layers are not re-entrant across threads
-            out = self._fn(x)
-        return np.asarray(out, dtype=np.float32)[:n]
-
     def warm_up(self, max_batch: int = 64) -> None:
-        """Trace and run every bucket up to `max_batch` once, so the first real batch is fast."""
+        """Run every bucket up to `max_batch` once, so the first real batch is fast."""
         last = next((b for b in BUCKETS if b >= max_batch), BUCKETS[-1])
         for size in BUCKETS[: BUCKETS.index(last) + 1]:
             self.predict(np.zeros((size, INPUT_SIZE, INPUT_SIZE), np.float32))
 
 
-def load_classifier(path: str | Path | None = None, threads: int | None = None) -> Classifier:
-    """Load a .keras model (default: the shipped one) without its training configuration.
+class LiteRTRunner:
+    """The .tflite through LiteRT's interpreter (XNNPACK); resized to each batch's size.
 
-    `threads` caps TensorFlow's thread pools (a worker process that shares the machine with
-    others gets its share of the cores); None lets TensorFlow use every core.
+    Resizing the input costs microseconds with XNNPACK (measured), so batches are not padded.
     """
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads or _cores())
+        self._input = self.interpreter.get_input_details()[0]["index"]
+        self._output = self.interpreter.get_output_details()[0]["index"]
+        self._size = -1
+        with _stderr_muted(True):  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self._resize(1)
+
+    def _resize(self, n: int) -> None:
+        self.interpreter.resize_tensor_input(self._input, [n, INPUT_SIZE, INPUT_SIZE])
+        self.interpreter.allocate_tensors()
+        self._size = n
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if len(x) != self._size:
+            self._resize(len(x))
+        self.interpreter.set_tensor(self._input, np.ascontiguousarray(x))
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._output).copy()
+
+
+class KerasRunner:
+    """The .keras through TensorFlow: one tf.function, N padded up to a bucket so it never
+    retraces (not `model.predict`, which costs ~50 ms a call)."""
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        if "TF_ENABLE_ONEDNN_OPTS" not in os.environ and not write_execute_allowed():
+            # oneDNN's JIT aborts the process under MemoryDenyWriteExecute=yes
+            os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+        keras = import_keras()
+        import tensorflow as tf
+
+        if threads is not None:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError:  # TensorFlow already running in this process: keep its pools
+                pass
+        self.model = keras.saving.load_model(path, compile=False)
+        # No XLA: jit_compile=True needs writable+executable memory (MemoryDenyWriteExecute).
+        self.fn = tf.function(lambda x: self.model(x, training=False), jit_compile=False)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        size = next(b for b in BUCKETS if b >= n)
+        if size != n:
+            x = np.concatenate([x, np.zeros((size - n, INPUT_SIZE, INPUT_SIZE), np.float32)])
+        return np.asarray(self.fn(x), dtype=np.float32)[:n]
+
+
+def write_execute_allowed() -> bool:
+    """False under systemd's MemoryDenyWriteExecute=yes (no writable+executable mapping)."""
+    import mmap
+
+    try:
+        mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC).close()
+    except OSError:
+        return False
+    return True
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def tflite_problem(model_path: Path, model_id: str, card: dict[str, Any]) -> str:
+    """Why the .tflite beside `model_path` must not be served for it; "" if it may."""
+    tflite = tflite_path(model_path)
+    if not tflite.is_file():
+        return f"no {tflite.name} beside it (digitd export converts it)"
+    entry = card.get("tflite") or {}
+    if card.get("model_id") != model_id or not entry.get("sha256"):
+        return (f"its card does not vouch for {tflite.name} (re-export: "
+                f"digitd export {model_path.name})")
+    if entry["sha256"] != file_sha256(tflite):
+        return f"{tflite.name} is not the file its card records (re-export it)"
+    return ""
+
+
+def load_classifier(path: str | Path | None = None, threads: int | None = None,
+                    runtime: str = "auto") -> Classifier:
+    """Load a model (default: the shipped one) for serving; see the module's docstring.
+
+    `runtime`: "auto" serves the .tflite if it can and falls back to the .keras (the reason is
+    in `Classifier.fallback`); "litert" or "tensorflow" insist on one. `threads` caps the
+    runtime's threads (a worker process gets its share of the cores); None uses every core.
+    Raises FileNotFoundError for a missing .keras file and ModelError if nothing can serve it.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
     model_path = Path(path) if path is not None else default_model_path()
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: no such model file")
-    keras = import_keras()
-    import tensorflow as tf
-
-    if threads is not None:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:  # TensorFlow already running in this process: keep its pools
-            pass
-
-    model = keras.saving.load_model(model_path, compile=False)
-    # One trace per bucket size (shapes are fixed by the padding); no XLA: jit_compile=True
-    # needs writable+executable memory, which systemd's MemoryDenyWriteExecute forbids.
-    fn = tf.function(lambda x: model(x, training=False), jit_compile=False)
-    card_file = card_path(model_path)
-    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
-    return Classifier(path=model_path, model_id=file_sha256(model_path), card=card,
-                      model=model, _fn=fn)
+    model_id = file_sha256(model_path)
+    card = read_card(model_path)
+    common = {"path": model_path, "model_id": model_id, "card": card}
+    fallback = ""
+    if runtime != "tensorflow":
+        fallback = tflite_problem(model_path, model_id, card)
+        if not fallback:
+            try:
+                run = LiteRTRunner(tflite_path(model_path), threads)
+                return Classifier(**common, runtime="litert", served=tflite_path(model_path),
+                                  _run=run)
+            except ImportError:
+                fallback = "LiteRT is not installed (pip install ai-edge-litert)"
+            except (ValueError, RuntimeError) as exc:
+                fallback = f"LiteRT cannot load {tflite_path(model_path).name}: {exc}"
+        if runtime == "litert":
+            raise ModelError(f"{model_path.name}: cannot serve through LiteRT: {fallback}")
+    try:
+        run = KerasRunner(model_path, threads)
+    except ImportError as exc:
+        why = f"{fallback}, and " if fallback else ""
+        raise ModelError(f"{model_path.name}: {why}TensorFlow is not installed for the .keras "
+                         f"(pip install 'digitd[train]'): {exc}") from exc
+    return Classifier(**common, runtime="tensorflow", served=model_path, fallback=fallback,
+                      _run=run)

@@ -23,6 +23,7 @@ import numpy as np
 
 from digitd import __version__
 from digitd.dataset import DatasetError, Mnist, load_mnist
+from digitd.export import tflite_card_entry
 from digitd.model import file_sha256, import_keras, load_classifier
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -337,6 +338,8 @@ def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
     test = metrics(data.y_test, probs)
     model_id = save_model(keras, model, out / f"digitd-{arch}.keras")
     card = model_card(model, model_id, data, arch, epochs, seed, history, seconds, test, limit)
+    card["tflite"] = tflite_card_entry(out / f"digitd-{arch}.keras", x_test, data.y_test,
+                                       f"MNIST test set ({data.source})")
     card_file = out / f"digitd-{arch}.card.json"
     write_atomically(card_file, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
     save_report(out / f"digitd-{arch}.report.png", history, np.array(test["confusion_matrix"]),

@@ -1,0 +1,107 @@
+"""`digitd export` and digitd.export: .keras -> .tflite, the parity check, the card entry; and
+the commands' plain message when TensorFlow (the `train` extra) is not installed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from digitd.cli import main
+from digitd.export import parity
+from digitd.model import card_path, file_sha256, import_keras, load_classifier, tflite_path
+
+SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
+
+
+def small_cnn(folder: Path) -> Path:
+    """An untrained conv net (conv, batch norm, dense: the ops the shipped model uses)."""
+    keras = import_keras()
+    keras.utils.set_random_seed(3)
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input(shape=(28, 28)), layers.Reshape((28, 28, 1)),
+        layers.Conv2D(4, 3, strides=2, use_bias=False), layers.BatchNormalization(),
+        layers.Activation("relu"), layers.Flatten(), layers.Dense(10, activation="softmax")])
+    path = folder / "small.keras"
+    model.save(path)
+    return path
+
+
+def test_export_command_writes_the_tflite_and_records_parity(tmp_path, capsys):
+    model = small_cnn(tmp_path)
+    assert main(["export", str(model), "--data", str(SAMPLE)]) == 0
+    assert "same answer on 1,000 of 1,000 test digits" in capsys.readouterr().out
+    card = json.loads(card_path(model).read_text())
+    entry = card["tflite"]
+    assert card["model_id"] == entry["converted_from"] == file_sha256(model)
+    assert entry["sha256"] == file_sha256(tflite_path(model))
+    assert entry["parity"]["n"] == entry["parity"]["same_answers"] == 1000
+    assert entry["parity"]["max_abs_diff"] < 1e-4
+    assert entry["parity"]["keras_accuracy"] == entry["parity"]["tflite_accuracy"]
+    classifier = load_classifier(model)
+    assert (classifier.runtime, classifier.fallback) == ("litert", "")
+
+
+def test_export_keeps_the_card_of_a_trained_model(tmp_path):
+    model = small_cnn(tmp_path)
+    card_path(model).write_text(json.dumps({"model_id": file_sha256(model), "arch": "x"}))
+    assert main(["export", str(model), "--data", str(SAMPLE)]) == 0
+    card = json.loads(card_path(model).read_text())
+    assert card["arch"] == "x" and "tflite" in card
+
+
+def test_export_refuses_a_card_that_describes_another_model(tmp_path, capsys):
+    model = small_cnn(tmp_path)
+    card_path(model).write_text(json.dumps({"model_id": "0" * 64}))
+    assert main(["export", str(model), "--data", str(SAMPLE)]) == 2
+    assert "describes another model" in capsys.readouterr().err
+    assert not tflite_path(model).exists()
+
+
+def test_export_refuses_what_is_not_a_keras_file(tmp_path, capsys):
+    (tmp_path / "x.h5").write_bytes(b"nope")
+    assert main(["export", str(tmp_path / "x.h5"), "--data", str(SAMPLE)]) == 2
+    assert "not a .keras file" in capsys.readouterr().err
+
+
+def test_parity_counts_every_different_answer():
+    keras = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]], np.float32)
+    tflite = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]], np.float32)
+    result = parity(keras, tflite, np.array([0, 1, 1]), "three")
+    assert (result["n"], result["same_answers"], result["differing"]) == (3, 2, [1])
+    assert result["max_abs_diff"] == pytest.approx(0.2)
+    assert result["keras_accuracy"] == 1.0 and result["tflite_accuracy"] == pytest.approx(2 / 3)
+
+
+def without_tensorflow(*argv: str) -> subprocess.CompletedProcess:
+    """Run the CLI in a Python where `import tensorflow` fails, as after `pip install .`."""
+    code = ("import sys; sys.modules['tensorflow'] = None\n"
+            "from digitd.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_training_commands_say_plainly_that_tensorflow_is_missing(tmp_path, command):
+    argv = [command, "--data", str(SAMPLE)] + ([str(tmp_path / "m.keras")] * (command == "export"))
+    proc = without_tensorflow(*argv)
+    assert proc.returncode == 2
+    assert "pip install 'digitd[train]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_without_tensorflow_a_model_with_no_tflite_cannot_be_served(tmp_path):
+    model = small_cnn(tmp_path)
+    png = tmp_path / "one.png"
+    with np.load(SAMPLE) as npz:
+        cv2.imwrite(str(png), 255 - npz["x_test"][0])
+    proc = without_tensorflow("predict", str(png), "--model", str(model))
+    assert proc.returncode == 2
+    assert "no small.tflite beside it" in proc.stderr
+    assert "TensorFlow is not installed" in proc.stderr and "Traceback" not in proc.stderr
