@@ -38,6 +38,7 @@ from digitd.claims import Batch, WorkFolder
 from digitd.config import Config, ConfigError, cpu_cores, load_config, worker_processes
 from digitd.fsutil import read_input_file
 from digitd.logs import configure_logging
+from digitd.model import ModelError, load_classifier
 from digitd.notify import Notifier
 from digitd.outputs import Outbox, OutboxError, Result, iso_time, printable_name
 from digitd.watcher import Arrival, InboxWatcher
@@ -114,7 +115,7 @@ class Daemon:
         started = time.monotonic()
         try:
             self._start()
-        except (OSError, OutboxError) as exc:
+        except (OSError, OutboxError, ModelError) as exc:
             log.error("start_failed", error=str(exc))
             self.notifier.send(STATUS=f"Failed to start: {exc}")
             return 1
@@ -123,6 +124,7 @@ class Daemon:
             inbox=str(self.config.inbox),
             outbox=str(self.config.outbox),
             model=self.classifier.model_id,
+            runtime=self.classifier.runtime,
             instance=self.work.instance,
             seconds=round(time.monotonic() - started, 2),
         )
@@ -152,7 +154,6 @@ class Daemon:
         """Folders, lock, model (loaded and warmed), then whatever a crash left behind."""
         import cv2
 
-        from digitd.model import load_classifier  # TensorFlow loads here, not at import
 
         cv2.setNumThreads(1)  # the pool gives the parallelism; avoid oversubscription
         self.config.inbox.mkdir(parents=True, exist_ok=True)
@@ -166,6 +167,9 @@ class Daemon:
             )
         self.work.open()
         self.classifier = load_classifier(self.config.model, threads=self.model_threads)
+        if self.classifier.fallback:  # said once per process, at start
+            log.warning("model_fallback", served=str(self.classifier.served),
+                        reason=self.classifier.fallback, runtime="tensorflow")
         self.classifier.warm_up(self.config.batch.max_size)
         self._recogniser.start()
         self._writer.start()

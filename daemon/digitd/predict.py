@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from digitd.fsutil import read_input_file
+from digitd.model import ModelError, load_classifier
 from digitd.preprocess import DEFAULT_MAX_PIXELS, Rejected, decode_png, normalise
 
 CHUNK = 512  # files read, prepared and recognised together; bounds memory on huge lists
@@ -111,12 +112,13 @@ def predict_command(args) -> int:
         if good:
             if classifier is None:
                 try:
-                    from digitd.model import load_classifier
-
                     classifier = load_classifier(args.model)
-                except (OSError, ValueError) as exc:
+                except (OSError, ValueError, ModelError) as exc:
                     print(f"digitd predict: cannot load the model: {exc}", file=sys.stderr)
                     return EXIT_USAGE
+                if classifier.fallback:
+                    print(f"digitd predict: running {classifier.served.name} with TensorFlow: "
+                          f"{classifier.fallback}", file=sys.stderr)
             probs = classifier.predict(np.stack([item.model_input for item in good]))
             for item, p in zip(good, probs, strict=True):
                 item.digit = int(np.argmax(p))
