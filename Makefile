@@ -9,10 +9,11 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 # Re-installs whenever pyproject.toml changes; editable, so source edits need no reinstall.
+# Everything: the daemon, the training extra (TensorFlow) and the dev tools.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
 	touch $(STAMP)
 
 run: install
