@@ -2,21 +2,24 @@
 # End-to-end check of systemd/digitd.service under a real systemd, booted in systemd-nspawn.
 #
 #   sudo bench/systemd_e2e.sh [--files N] [--throughput N] [--model PATH.keras] [--keep-running]
+#   (--model: its .tflite and .card.json beside it are copied too)
 #
 # Root only. The first run builds the rootfs (debootstrap, pip: a few minutes); afterwards
 # about 4 minutes, 2 without the throughput comparison (--throughput 0).
 # What it does, following systemd/README.md step by step:
 #   1. a minimal Debian rootfs in $DIGITD_E2E_ROOT (default /var/lib/machines/digitd-e2e),
 #      made with debootstrap from the mirror this machine's apt uses (kept between runs);
-#   2. /opt/digitd inside it: a venv with the dependencies pinned to this checkout's .venv
-#      versions, and the package built from the working tree (model included);
+#   2. /opt/digitd inside it: a venv with the package's dependencies as `pip install .` gives
+#      them (no TensorFlow), pinned to this checkout's .venv versions, and the package built
+#      from the working tree (model included);
 #   3. boots it (systemd-nspawn -b), creates the users, folders, ACLs and config, installs
 #      systemd/digitd.service byte for byte, and checks: verify, security, READY, STATUS=,
 #      results for dropped PNGs, consumer access, the watchdog over more than WatchdogSec,
 #      seccomp and MemoryDenyWriteExecute in force, SIGTERM drain with files in flight,
-#      restart completing the rest, no duplicates, a strict-seccomp (kill) run, and the
-#      throughput of a burst under the unit as shipped, without MemoryDenyWriteExecute (so
-#      with oneDNN's JIT kernels) and with no sandbox at all; --throughput 0 skips that.
+#      restart completing the rest, no duplicates, no TensorFlow library mapped in any
+#      process of the service, a strict-seccomp (kill) run, and the throughput of a burst
+#      under the unit as shipped, without MemoryDenyWriteExecute and with no sandbox at all;
+#      --throughput 0 skips that.
 # Prints one line per check ("PASS name: detail" / "FAIL name: detail"), exit 1 if any failed.
 set -euo pipefail
 
@@ -123,8 +126,8 @@ if [[ ! -x "$ROOT/opt/digitd/bin/python" ]] || ! cmp -s "$ROOT$WORK/constraints.
     t0=$(now)
     nspawn_run sh -c "set -e; python3 -m venv /opt/digitd
         /opt/digitd/bin/pip install -q --upgrade pip setuptools wheel
-        /opt/digitd/bin/pip install -q -c $WORK/constraints.txt tensorflow numpy \
-            opencv-python-headless watchdog pyyaml structlog matplotlib
+        /opt/digitd/bin/pip install -q -c $WORK/constraints.txt ai-edge-litert numpy \
+            opencv-python-headless watchdog pyyaml structlog
         cp $WORK/constraints.txt /opt/digitd/.constraints" >>"$LOG"
     pass venv "/opt/digitd dependencies installed with pip in $(since "$t0") s"
 else
@@ -211,6 +214,7 @@ MODEL_LINE=""
 if [[ -n "$MODEL" ]]; then
     cp "$MODEL" "$ROOT/etc/digitd-e2e-model.keras"
     card="${MODEL%.keras}.card.json"; [[ -f "$card" ]] && cp "$card" "$ROOT/etc/digitd-e2e-model.card.json"
+    tflite="${MODEL%.keras}.tflite"; [[ -f "$tflite" ]] && cp "$tflite" "$ROOT/etc/digitd-e2e-model.tflite"
     MODEL_LINE="model: /etc/digitd-e2e-model.keras"
 fi
 in_c sh -es >>"$LOG" 2>&1 <<EOF
@@ -329,6 +333,13 @@ wait_for 3 status_ok || true
 check status "StatusText=\"$(show StatusText)\"" status_ok
 mem="$(in_c awk '$1 == "VmHWM:" || $1 == "VmRSS:" { printf "%s %d MB ", $1, $2 / 1024 }' "/proc/$MAINPID/status")"
 note "memory of the main process: ${mem}(MemoryMax=$(show MemoryMax)); threads: $(in_c ls "/proc/$MAINPID/task" | wc -l)"
+CGROUP="/sys/fs/cgroup$(show ControlGroup)"
+tree_kb="$(in_c sh -c 'for p in $(cat '"$CGROUP"'/cgroup.procs); do awk "\$1 == \"VmRSS:\" { print \$2 }" /proc/$p/status; done' | awk '{ s += $1 } END { print s + 0 }')"
+note "resident memory of the service's processes together, idle after the burst: $((tree_kb / 1024)) MB; cgroup memory.peak: $(( $(in_c cat "$CGROUP/memory.peak" 2>/dev/null || echo 0) / 1048576 )) MB"
+tf_maps="$(in_c sh -c 'for p in $(cat '"$CGROUP"'/cgroup.procs); do grep -l -i tensorflow /proc/$p/maps; done' 2>/dev/null || true)"
+litert_maps="$(in_c sh -c 'for p in $(cat '"$CGROUP"'/cgroup.procs); do grep -l libLiteRt /proc/$p/maps; done' 2>/dev/null | wc -l)"
+check no-tensorflow "no TensorFlow library mapped in any process of the service (LiteRT in $litert_maps of them); TensorFlow not installed in /opt/digitd" \
+    sh -c "test -z '$tf_maps' && test '$litert_maps' -ge 1 && ! ls -d $ROOT/opt/digitd/lib/python3*/site-packages/tensorflow"
 
 # ---------------------------------------------------------------------------------------
 # 7. the watchdog: idle for longer than WatchdogSec, pings keep arriving, no restart
@@ -440,10 +451,9 @@ in_c systemctl stop digitd.service
 check rename "processed/$probe is inode $ino_out, dropped as inode $ino_in: moved by rename(2), not copied" test "$ino_in" = "$ino_out"
 
 # ---------------------------------------------------------------------------------------
-# 10. throughput of a burst under three set-ups: the unit as shipped (oneDNN off, Eigen
-#     kernels); a drop-in with MemoryDenyWriteExecute=no and oneDNN on; a transient unit with
-#     no sandbox at all (same user, oneDNN off), which separates the cost of the sandbox from
-#     the cost of the kernels. Staged by the dropper on the same file system, renamed into the
+# 10. throughput of a burst under three set-ups: the unit as shipped; a drop-in with
+#     MemoryDenyWriteExecute=no; a transient unit with no sandbox at all (same user), which
+#     gives the cost of the sandbox. Staged by the dropper on the same file system, renamed into the
 #     inbox at once; files/s from the first rename to the newest processed_at in results.csv.
 #     Two cores shared with whatever else runs: compare the variants of one run, not runs.
 # ---------------------------------------------------------------------------------------
@@ -490,14 +500,14 @@ if [[ $TPUT -gt 0 ]]; then
     for variant in hardened relaxed plain; do
         unit=digitd.service
         case $variant in
-            hardened) what="the unit as shipped (oneDNN off)" ;;
-            relaxed) what="drop-in MemoryDenyWriteExecute=no + oneDNN on"
-                in_c sh -c 'mkdir -p /run/systemd/system/digitd.service.d && printf "[Service]\nMemoryDenyWriteExecute=no\nEnvironment=TF_ENABLE_ONEDNN_OPTS=1\n" > /run/systemd/system/digitd.service.d/relaxed.conf && systemctl daemon-reload' ;;
-            plain) what="no sandbox at all (transient unit, same user, oneDNN off)"; unit=digitd-plain.service ;;
+            hardened) what="the unit as shipped" ;;
+            relaxed) what="drop-in MemoryDenyWriteExecute=no"
+                in_c sh -c 'mkdir -p /run/systemd/system/digitd.service.d && printf "[Service]\nMemoryDenyWriteExecute=no\n" > /run/systemd/system/digitd.service.d/relaxed.conf && systemctl daemon-reload' ;;
+            plain) what="no sandbox at all (transient unit, same user)"; unit=digitd-plain.service ;;
         esac
         if [[ $variant == plain ]]; then
             in_c systemd-run -q --unit=digitd-plain -p Type=notify -p NotifyAccess=main -p User=digitd -p Group=digitd \
-                -p UMask=0077 -p Environment=TF_ENABLE_ONEDNN_OPTS=0 /opt/digitd/bin/digitd run --config /etc/digitd/config.yaml
+                -p UMask=0077 /opt/digitd/bin/digitd run --config /etc/digitd/config.yaml
         else
             in_c systemctl start digitd.service
         fi
