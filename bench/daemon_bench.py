@@ -1,7 +1,9 @@
-"""Daemon speed: burst throughput, trickle latency, start-up, and the original approach.
+"""Daemon speed: start-up, memory, burst throughput and CPU per file, trickle latency,
+`digitd predict` on one file, and the original approach.
 
     .venv/bin/python bench/daemon_bench.py                 # all checks, default sizes
     .venv/bin/python bench/daemon_bench.py --burst 100000  # the big burst (memory bounded?)
+    .venv/bin/python bench/daemon_bench.py --burst-only    # help, predict, READY, idle, burst
 
 Runs the real daemon as a subprocess on temp folders (tests/daemonproc.py). Prints one line per
 check with its figure; the figures go into docs/BENCHMARKS.md.
@@ -39,12 +41,56 @@ def stage_files(folder: Path, n: int, prefix: str) -> list[Path]:
     return paths
 
 
-def bench_burst(root: Path, n: int, previews: bool) -> None:
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the supervisor and its worker processes)."""
+    pids = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                for child in f.read().split():
+                    pids += process_tree(int(child))
+    except OSError:
+        pass
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (their own threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tensorflow_mapped(pids: list[int]) -> list[int]:
+    """The processes that have a TensorFlow library mapped."""
+    found = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                if "tensorflow" in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def bench_burst(root: Path, n: int, previews: bool) -> float:
     d = DaemonProcess(root / "burst", outputs={"previews": previews}, log={"format": "json"})
     staged = stage_files(d.root / "staging", n, "b")
     d.start()
     ready_s = d.wait_ready()
     print(f"ready: READY=1 after {ready_s:.2f} s (model loaded and warmed)")
+    time.sleep(1.0)
+    pids = process_tree(d.proc.pid)
+    print(f"idle: {len(pids)} processes, RSS together {rss_kb(d.proc.pid) / 1024:.0f} MiB; "
+          f"TensorFlow mapped in {len(tensorflow_mapped(pids))} of them")
+    cpu_before = cpu_seconds(pids)
     peak = [rss_kb(d.proc.pid) or 0]
     done = threading.Event()
 
@@ -60,6 +106,7 @@ def bench_burst(root: Path, n: int, previews: bool) -> None:
     renamed = time.monotonic() - t0
     rows = d.wait_rows(n, timeout=max(120, n / 50))
     elapsed = time.monotonic() - t0
+    cpu = cpu_seconds(pids) - cpu_before
     done.set()
     assert d.stop() == 0
     rows = read_rows(d.outbox)
@@ -70,7 +117,8 @@ def bench_burst(root: Path, n: int, previews: bool) -> None:
         f"burst: {n} files renamed in {renamed:.2f} s, last CSV row after {elapsed:.2f} s: "
         f"{n / elapsed:,.0f} files/s (previews {'on' if previews else 'off'}; "
         f"{n / (elapsed - renamed):,.0f}/s counted from the last rename), "
-        f"missing {missing}, duplicated {duplicated}, peak RSS {max(peak) / 1024:.0f} MiB"
+        f"missing {missing}, duplicated {duplicated}, peak RSS {max(peak) / 1024:.0f} MiB, "
+        f"CPU {cpu:.2f} s = {cpu / n * 1000:.3f} ms per file"
     )
     d.close()
     return n / elapsed
@@ -144,6 +192,19 @@ def bench_baseline(root: Path, n: int) -> float:
     return rate
 
 
+def bench_predict(root: Path) -> None:
+    """`digitd predict one.png`, wall time from the command to its exit."""
+    digitd = Path(sys.executable).with_name("digitd")
+    one = stage_files(root / "predict", 1, "p")[0]
+    times = []
+    for _ in range(5):
+        t0 = time.monotonic()
+        subprocess.run([str(digitd), "predict", str(one)], check=True, capture_output=True)
+        times.append(time.monotonic() - t0)
+    print(f"predict: digitd predict one.png in {statistics.median(times) * 1000:.0f} ms "
+          f"(median of 5; min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})")
+
+
 def bench_help() -> None:
     digitd = Path(sys.executable).with_name("digitd")
     times = []
@@ -160,12 +221,18 @@ def main() -> None:
     parser.add_argument("--latency-files", type=int, default=200)
     parser.add_argument("--baseline-files", type=int, default=200)
     parser.add_argument("--no-previews", action="store_true")
+    parser.add_argument("--burst-only", action="store_true", help="skip latency and baseline")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory(prefix="digitd-bench-") as tmp:
         root = Path(tmp)
+        print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
+              f"{os.getloadavg()[2]:.2f} (1, 5, 15 min) at {time.strftime('%H:%M:%S')}")
         bench_help()
+        bench_predict(root)
         ours = bench_burst(root, args.burst, previews=not args.no_previews)
+        if args.burst_only:
+            return
         bench_latency(root, args.latency_files, 0.1)
         base = bench_baseline(root, args.baseline_files)
         print(f"ratio: burst throughput / original approach = {ours / base:,.0f}x")
