@@ -333,11 +333,12 @@ wait_for 3 status_ok || true
 check status "StatusText=\"$(show StatusText)\"" status_ok
 mem="$(in_c awk '$1 == "VmHWM:" || $1 == "VmRSS:" { printf "%s %d MB ", $1, $2 / 1024 }' "/proc/$MAINPID/status")"
 note "memory of the main process: ${mem}(MemoryMax=$(show MemoryMax)); threads: $(in_c ls "/proc/$MAINPID/task" | wc -l)"
-CGROUP="/sys/fs/cgroup$(show ControlGroup)"
-tree_kb="$(in_c sh -c 'for p in $(cat '"$CGROUP"'/cgroup.procs); do awk "\$1 == \"VmRSS:\" { print \$2 }" /proc/$p/status; done' | awk '{ s += $1 } END { print s + 0 }')"
-note "resident memory of the service's processes together, idle after the burst: $((tree_kb / 1024)) MB; cgroup memory.peak: $(( $(in_c cat "$CGROUP/memory.peak" 2>/dev/null || echo 0) / 1048576 )) MB"
-tf_maps="$(in_c sh -c 'for p in $(cat '"$CGROUP"'/cgroup.procs); do grep -l -i tensorflow /proc/$p/maps; done' 2>/dev/null || true)"
-litert_maps="$(in_c sh -c 'for p in $(cat '"$CGROUP"'/cgroup.procs); do grep -l libLiteRt /proc/$p/maps; done' 2>/dev/null | wc -l)"
+# The service's processes: the supervisor (MainPID) and its worker processes.
+SVC_PIDS="$MAINPID $(in_c sh -c "cat /proc/$MAINPID/task/*/children" 2>/dev/null | tr '\n' ' ')"
+tree_kb="$(in_c sh -c "for p in $SVC_PIDS; do awk '\$1 == \"VmRSS:\" { print \$2 }' /proc/\$p/status; done" | awk '{ s += $1 } END { print s + 0 }')"
+note "resident memory of the service's $(wc -w <<<"$SVC_PIDS") processes together, idle after the burst: $((tree_kb / 1024)) MB"
+tf_maps="$(in_c sh -c "for p in $SVC_PIDS; do grep -l -i tensorflow /proc/\$p/maps; done" 2>/dev/null || true)"
+litert_maps="$(in_c sh -c "for p in $SVC_PIDS; do grep -l libLiteRt /proc/\$p/maps; done" 2>/dev/null | wc -l)"
 check no-tensorflow "no TensorFlow library mapped in any process of the service (LiteRT in $litert_maps of them); TensorFlow not installed in /opt/digitd" \
     sh -c "test -z '$tf_maps' && test '$litert_maps' -ge 1 && ! ls -d $ROOT/opt/digitd/lib/python3*/site-packages/tensorflow"
 
