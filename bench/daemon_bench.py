@@ -5,7 +5,7 @@
     .venv/bin/python bench/daemon_bench.py --burst 100000  # the big burst (memory bounded?)
     .venv/bin/python bench/daemon_bench.py --burst-only    # help, predict, READY, idle, burst
 
-Runs the real daemon as a subprocess on temp folders (tests/daemonproc.py). Prints one line per
+Runs the real daemon as a subprocess on temp folders (bench/harness.py). Prints one line per
 check with its figure; the figures go into docs/BENCHMARKS.md.
 """
 
@@ -24,8 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from daemonproc import DaemonProcess, png_bytes, read_rows, rss_kb, sample_digits  # noqa: E402
+from harness import DaemonProcess, png_bytes, read_rows, rss_kb, sample_digits
 
 
 def stage_files(folder: Path, n: int, prefix: str) -> list[Path]:

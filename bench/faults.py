@@ -36,58 +36,30 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from daemonproc import (  # noqa: E402
+from harness import (
+    FAST,
     DaemonProcess,
+    Outcome,
+    RowCounter,
+    Session,
+    events,
+    guard,
     png_bytes,
     read_rows,
     rss_kb,
     sample_digits,
+    tmpfs,
+    wait_count,
+    work_leftovers,
 )
+from hostile import hostile_inputs
 
-# Quick pickup for tests; the bench uses the same so that runs are comparable.
-FAST = {"watch": {"settle_ms": 100, "incomplete_after_s": 1.0, "rescan_interval_s": 0.5}}
 QUEUE_SYSCTL = Path("/proc/sys/fs/inotify/max_queued_events")
 
 
 # -- outcome and accounting -------------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    """One check: its figures (printed on one line) and what went wrong, if anything."""
-
-    check: str
-    figures: dict = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    skipped: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def line(self) -> str:
-        if self.skipped:
-            return f"SKIP {self.check:<18} {self.skipped}"
-        figures = " ".join(f"{k}={_fmt(v)}" for k, v in self.figures.items())
-        text = f"{'PASS' if self.ok else 'FAIL'} {self.check:<18} {figures}"
-        if self.problems:
-            text += "  PROBLEMS: " + " | ".join(self.problems)
-        return text
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    if isinstance(value, dict):
-        return ",".join(f"{k}:{_fmt(v)}" for k, v in value.items()) or "-"
-    return str(value)
 
 
 def make_inputs(n: int, prefix: str, offset: int = 0) -> dict[str, bytes]:
@@ -120,50 +92,6 @@ def drop_staged(inbox: Path, staged: dict[str, Path], rate: float = 0.0) -> floa
     return time.monotonic() - t0
 
 
-class RowCounter:
-    """Counts results.csv rows by reading only what was appended since the last call."""
-
-    def __init__(self, outbox: Path) -> None:
-        self.path = outbox / "results.csv"
-        self.offset = 0
-        self.lines = 0
-
-    def __call__(self) -> int:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return 0
-        # Count whole records only; a quoted newline inside a name is rare enough here.
-        cut = data.rfind(b"\r\n")
-        if cut >= 0:
-            self.lines += data[: cut + 2].count(b"\r\n")
-            self.offset += cut + 2
-        return max(0, self.lines - 1)
-
-
-def wait_count(counter, n: int, timeout: float, procs=(), what: str = "rows") -> float:
-    """Wait until counter() >= n; raises TimeoutError (or RuntimeError if a daemon died)."""
-    t0 = time.monotonic()
-    while True:
-        if counter() >= n:
-            return time.monotonic() - t0
-        for d in procs:
-            if d.proc is not None and d.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited {d.proc.returncode} at {counter()} {what}")
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"only {counter()} of {n} {what} after {timeout:.0f}s")
-        time.sleep(0.05)
-
-
-def work_leftovers(inbox: Path) -> list[str]:
-    work = inbox / ".digitd" / "work"
-    if not work.exists():
-        return []
-    return [str(p.relative_to(work)) for p in work.rglob("*") if p.name != ".lock"]
-
-
 def filed_names(outbox: Path) -> Counter:
     """Names in processed/ and failed/ (without the .error.json beside each failed one)."""
     names: Counter = Counter()
@@ -178,23 +106,6 @@ def filed_names(outbox: Path) -> Counter:
 
 def inbox_names(inbox: Path) -> set[str]:
     return {n for n in os.listdir(inbox) if n != ".digitd"}
-
-
-def events(procs) -> list[dict]:
-    """Every JSON log line of the given daemons."""
-    found = []
-    for d in procs:
-        try:
-            text = d.log_path.read_text(errors="replace")
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("{"):
-                try:
-                    found.append(json.loads(line))
-                except ValueError:
-                    pass
-    return found
 
 
 def account(out: Outcome, inbox: Path, outbox: Path, inputs: dict[str, bytes]) -> list[dict]:
@@ -282,59 +193,6 @@ class RssSampler(threading.Thread):
         return max((kb for _, kb in self.samples), default=0) / 1024
 
 
-class Session:
-    """The daemons of one check, all closed at the end."""
-
-    def __init__(self, root: Path, model: Path | None, config: dict) -> None:
-        self.root, self.model, self.config = root, model, config
-        self.inbox, self.outbox = root / "inbox", root / "outbox"
-        self.procs: list[DaemonProcess] = []
-
-    def daemon(self, cls=DaemonProcess, **extra) -> DaemonProcess:
-        d = cls(
-            self.root,
-            model=self.model,
-            inbox=self.inbox,
-            outbox=self.outbox,
-            **{**self.config, **extra},
-        )
-        self.procs.append(d)
-        threading.Thread(target=_drain, args=(d,), daemon=True).start()
-        return d
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for d in self.procs:
-            d.close()
-
-
-def _drain(d: DaemonProcess) -> None:
-    """Keep reading the daemon's notify socket, as systemd does. DaemonProcess reads it only
-    inside wait_for(); its datagram queue holds 10 messages (net.unix.max_dgram_qlen), and the
-    daemon's blocking sendto() then stalls it (STATUS and WATCHDOG=1 come twice a second)."""
-    while True:
-        try:
-            d.collect(timeout=0.2)
-        except OSError:
-            return  # closed
-        if d.proc is not None and d.proc.poll() is not None:
-            time.sleep(0.5)
-            if d.proc.poll() is not None and d._sock.fileno() < 0:
-                return
-
-
-def _guard(out: Outcome, function, *args) -> bool:
-    """Run one step; a timeout or a dead daemon becomes a problem, not a crash of the bench."""
-    try:
-        function(*args)
-        return True
-    except (TimeoutError, RuntimeError, AssertionError, subprocess.TimeoutExpired) as exc:
-        out.problems.append(str(exc).splitlines()[0][:300])
-        return False
-
-
 def _is_ready(d: DaemonProcess) -> bool:
     d.collect()
     return any("READY=1" in m.split("\n") for m in d.messages)
@@ -372,7 +230,7 @@ def kill9_storm(root: Path, files: int = 10_000, kills: int = 10, seed: int = 5,
             if k and rng.random() < 0.25:
                 time.sleep(rng.uniform(0.1, ready_s))
             else:
-                if not _guard(out, d.wait_ready, 300):
+                if not guard(out, d.wait_ready, 300):
                     break
                 ready_s = time.monotonic() - t0
                 if not stager.is_alive() and k == 0:
@@ -386,8 +244,8 @@ def kill9_storm(root: Path, files: int = 10_000, kills: int = 10, seed: int = 5,
         stager.join()
         t0 = time.monotonic()
         final = s.daemon().start()
-        if _guard(out, final.wait_ready, 300):
-            _guard(out, wait_count, counter, files, 120 + files / 50, [final])
+        if guard(out, final.wait_ready, 300):
+            guard(out, wait_count, counter, files, 120 + files / 50, [final])
         recover_s = time.monotonic() - t0
         time.sleep(0.5)
         code = final.stop()
@@ -420,7 +278,7 @@ def crash_after_filing(root: Path, files: int = 12, model: Path | None = None,
             d = s.daemon().start()
             d.wait_ready(300)
             drop_staged(s.inbox, staged)
-            _guard(out, wait_count, RowCounter(s.outbox), files, 60, [d])
+            guard(out, wait_count, RowCounter(s.outbox), files, 60, [d])
             d.stop()
         rows = read_rows(s.outbox)
         batch = rows[-1]["batch"]
@@ -474,7 +332,7 @@ def shared_inbox(root: Path, files: int = 4000, daemons: int = 4,
         counter = RowCounter(s.outbox)
         t0 = time.monotonic()
         drop_staged(s.inbox, staged)
-        _guard(out, wait_count, counter, files, 60 + files / 50, procs)
+        guard(out, wait_count, counter, files, 60 + files / 50, procs)
         elapsed = time.monotonic() - t0
         time.sleep(0.5)
         codes = [d.stop() for d in procs]
@@ -541,7 +399,7 @@ def slow_writers(root: Path, slow: int = 6, copies: int = 6, seconds: float = 3.
         cp_s = time.monotonic() - t0
         for t in threads:
             t.join()
-        _guard(out, wait_count, RowCounter(s.outbox), len(inputs), 60, [d])
+        guard(out, wait_count, RowCounter(s.outbox), len(inputs), 60, [d])
         time.sleep(0.3)
         code = d.stop()
         rows = account(out, s.inbox, s.outbox, inputs)
@@ -556,19 +414,6 @@ def slow_writers(root: Path, slow: int = 6, copies: int = 6, seconds: float = 3.
 
 
 # -- the outbox on a tmpfs: full, then read-only --------------------------------------------------
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str):
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-                   check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["mount", "-o", "remount,rw", str(path)], capture_output=True)
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def remount(path: Path, mode: str, tries: int = 100) -> None:
@@ -626,7 +471,7 @@ def outbox_full(root: Path, files: int = 300, size: str = "4m", leave_kb: int = 
         with open(ballast, "wb") as f:
             f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave_kb * 1024))
         drop_staged(s.inbox, staged)
-        if not _guard(out, wait_event, s, lambda e: e.get("event") == "outbox_error", 60):
+        if not guard(out, wait_event, s, lambda e: e.get("event") == "outbox_error", 60):
             return out
         time.sleep(hold_s)
         where = in_flight(s, inputs)
@@ -634,7 +479,7 @@ def outbox_full(root: Path, files: int = 300, size: str = "4m", leave_kb: int = 
         alive = d.proc.poll() is None
         t_free = time.monotonic()
         ballast.unlink()
-        _guard(out, wait_count, RowCounter(s.outbox), files, 120, [d])
+        guard(out, wait_count, RowCounter(s.outbox), files, 120, [d])
         recover_s = time.monotonic() - t_free
         time.sleep(0.3)
         code = d.stop()
@@ -677,25 +522,25 @@ def outbox_readonly(root: Path, files: int = 240, model: Path | None = None,
         d.wait_ready(300)
         counter = RowCounter(s.outbox)
         drop_staged(s.inbox, {n: staged[n] for n in thirds[0]})
-        if not _guard(out, wait_count, counter, len(thirds[0]), 60, [d]):
+        if not guard(out, wait_count, counter, len(thirds[0]), 60, [d]):
             return out
         # 1. read-only, then writable: the running daemon recovers by itself.
         remount(s.outbox, "ro")
         drop_staged(s.inbox, {n: staged[n] for n in thirds[1]})
         rofs = os.strerror(errno.EROFS)
-        if not _guard(out, wait_event, s, lambda e: e.get("error") == rofs, 30):
+        if not guard(out, wait_event, s, lambda e: e.get("error") == rofs, 30):
             return out
         time.sleep(1.5)
         held = in_flight(s, thirds[0] + thirds[1])
         t_rw = time.monotonic()
         remount(s.outbox, "rw")
-        _guard(out, wait_count, counter, len(thirds[0]) + len(thirds[1]), 60, [d])
+        guard(out, wait_count, counter, len(thirds[0]) + len(thirds[1]), 60, [d])
         recover_s = time.monotonic() - t_rw
         # 2. read-only again and SIGTERM during the back-off.
         remount(s.outbox, "ro")
         drop_staged(s.inbox, {n: staged[n] for n in thirds[2]})
         n_errors = len(outbox_errors(s))
-        _guard(out, wait_event, s, lambda e: e.get("error") == rofs and
+        guard(out, wait_event, s, lambda e: e.get("error") == rofs and
                len(outbox_errors(s)) > n_errors, 30)
         t_term = time.monotonic()
         d.signal(signal.SIGTERM)
@@ -710,7 +555,7 @@ def outbox_readonly(root: Path, files: int = 240, model: Path | None = None,
         remount(s.outbox, "rw")
         t_restart = time.monotonic()
         again = s.daemon().start()
-        _guard(out, wait_count, counter, files, 120, [again])
+        guard(out, wait_count, counter, files, 120, [again])
         restart_s = time.monotonic() - t_restart
         time.sleep(0.3)
         code2 = again.stop()
@@ -823,7 +668,7 @@ def sigterm_midburst(root: Path, files: int = 10_000, model: Path | None = None,
         counter = RowCounter(s.outbox)
         stager = threading.Thread(target=drop_staged, args=(s.inbox, staged))
         stager.start()
-        _guard(out, wait_count, counter, max(1, files // 10), 120, [d])
+        guard(out, wait_count, counter, max(1, files // 10), 120, [d])
         t0 = time.monotonic()
         d.signal(signal.SIGTERM)
         code = d.proc.wait(timeout=60)
@@ -836,7 +681,7 @@ def sigterm_midburst(root: Path, files: int = 10_000, model: Path | None = None,
         at_stop = len(rows)
         t1 = time.monotonic()
         again = s.daemon().start()
-        _guard(out, wait_count, counter, files, 120 + files / 50, [again])
+        guard(out, wait_count, counter, files, 120 + files / 50, [again])
         restart_s = time.monotonic() - t1
         time.sleep(0.3)
         code2 = again.stop()
@@ -870,7 +715,7 @@ def soak(root: Path, minutes: float = 10.0, rate: float = 20.0, warmup_s: float 
         rss = RssSampler(d.proc.pid, period=1.0)
         rss.start()
         drop_s = drop_staged(s.inbox, staged, rate=rate)
-        _guard(out, wait_count, RowCounter(s.outbox), files, 120, [d])
+        guard(out, wait_count, RowCounter(s.outbox), files, 120, [d])
         rss.stop()
         time.sleep(0.3)
         code = d.stop()
@@ -920,8 +765,6 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     soak_minutes = args.soak_minutes if args.soak_minutes is not None else (1 if quick else 10)
     model = args.model
-    from hostile import hostile_inputs  # bench/ is this file's folder
-
     checks = {
         "kill9_storm": lambda r: kill9_storm(r, 2000 if quick else 10_000, 10, model=model),
         "crash_after_filing": lambda r: crash_after_filing(r, model=model),

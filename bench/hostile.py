@@ -23,29 +23,29 @@ import csv
 import json
 import os
 import stat
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from faults import (  # faults puts tests/ (daemonproc) on sys.path
+from harness import (
     FAST,
     DaemonProcess,
     Outcome,
     RowCounter,
     Session,
-    _guard,
+    events,
+    guard,
     png_bytes,
     read_rows,
     sample_digits,
     tmpfs,
     wait_count,
 )
+from pngwrite import bomb_png
 
 SECRET = b"DIGITD-SECRET-MARKER-7f3a9c"
 DROP_CAPS = "-dac_override,-dac_read_search"
@@ -70,20 +70,6 @@ class Unprivileged(DaemonProcess):
             cwd=self.root,
         )
         return self
-
-
-def chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(
-        ">I", zlib.crc32(kind + payload)
-    )
-
-
-def bomb_png(width: int = 60000, height: int = 60000) -> bytes:
-    """A valid PNG header declaring width x height, a tiny IDAT and IEND: all CRCs right."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 64)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
 
 
 def encode(image: np.ndarray, level: int = 3) -> bytes:
@@ -179,7 +165,7 @@ def hostile_inputs(root: Path, model: Path | None = None, outbox_tmpfs: bool = F
     if outbox_tmpfs and os.geteuid() != 0:
         out.skipped = "needs root (mount)"
         return out
-    from digitd.outputs import printable_name, spreadsheet_safe
+    from digitd.result import printable_name, spreadsheet_safe
 
     secret = root / "secret.txt"
     secret.write_bytes(SECRET + b"\n")
@@ -190,10 +176,10 @@ def hostile_inputs(root: Path, model: Path | None = None, outbox_tmpfs: bool = F
         good, bad, label = build(s.inbox, secret, long_bad_name, only_long_bad_name)
         expected = len(good) + len(bad)
         d = s.daemon(cls=Unprivileged).start()
-        ready = _guard(out, d.wait_ready, 300)
+        ready = guard(out, d.wait_ready, 300)
         t0 = time.monotonic()
         if ready:
-            _guard(out, wait_count, RowCounter(s.outbox), expected, 60, [d])
+            guard(out, wait_count, RowCounter(s.outbox), expected, 60, [d])
         all_rows_s = time.monotonic() - t0
         time.sleep(0.5)
         alive = d.proc.poll() is None
@@ -285,18 +271,12 @@ def hostile_inputs(root: Path, model: Path | None = None, outbox_tmpfs: bool = F
             inputs=expected, rows=len(rows), batches=len({r["batch"] for r in rows}),
             rejected=sum(r["status"] == "rejected" for r in rows),
             good_correct=f"{correct}/{len(good)}", all_rows_s=all_rows_s,
-            outbox_errors=sum(1 for e in _events(s) if e.get("event") == "outbox_error"),
+            outbox_errors=sum(1 for e in events(s.procs) if e.get("event") == "outbox_error"),
             secret_leaks=len(leaks), csv=parsed, exit=code,
         )
         if len({r["batch"] for r in rows}) != 1:
             out.problems.append("the inputs did not share one batch")
     return out
-
-
-def _events(s: Session) -> list[dict]:
-    from faults import events
-
-    return events(s.procs)
 
 
 class _nothing:

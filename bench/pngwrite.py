@@ -1,5 +1,6 @@
 """A small pure-Python PNG encoder for test data: every colour type, 8/16-bit, palette with or
-without tRNS, and Adam7 interlacing (which OpenCV cannot write). Not used by digitd itself.
+without tRNS, and Adam7 interlacing (which OpenCV cannot write); and the PNG chunk and the
+"bomb" every test and bench builds its hostile PNGs from. Not used by digitd itself.
 
 Arrays are in PNG channel order (grey, grey+alpha, RGB, RGBA), not OpenCV's BGR.
 """
@@ -20,6 +21,17 @@ def chunk(kind: bytes, payload: bytes) -> bytes:
     """One PNG chunk: length, type, data, CRC over type and data."""
     return (struct.pack(">I", len(payload)) + kind + payload
             + struct.pack(">I", zlib.crc32(kind + payload)))
+
+
+def bomb_png(width: int = 60000, height: int | None = None, *, image_data: bool = True) -> bytes:
+    """A PNG "bomb": a valid header declaring width x height 8-bit grey pixels (60000 x 60000
+    is 3.6 gigapixels), every CRC right, and only a token IDAT and IEND (none with
+    `image_data=False`: the signature and IHDR alone)."""
+    ihdr = struct.pack(">IIBBBBB", width, width if height is None else height, 8, 0, 0, 0, 0)
+    out = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", ihdr)]
+    if image_data:
+        out += [chunk(b"IDAT", zlib.compress(b"\0" * 64)), chunk(b"IEND", b"")]
+    return b"".join(out)
 
 
 def _scanlines(pixels: np.ndarray) -> bytes:

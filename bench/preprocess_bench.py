@@ -24,10 +24,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "daemon"))
 
 import scans  # noqa: E402
-from digitd import pngcheck  # noqa: E402
 from digitd.preprocess import Rejected, decode_png, normalise, prepare  # noqa: E402
 from digitd.preview import render_preview  # noqa: E402
-from pngwrite import chunk, encode_png  # noqa: E402
+from pngwrite import bomb_png, encode_png  # noqa: E402
 
 
 def timeit(fn, runs: int) -> tuple[float, float, float]:
@@ -39,13 +38,6 @@ def timeit(fn, runs: int) -> tuple[float, float, float]:
         times.append(time.perf_counter() - t)
     p10, p50, p90 = np.percentile(times, [10, 50, 90]) * 1e3
     return p10, p50, p90
-
-
-def bomb_png(side: int = 60000) -> bytes:
-    """A valid header declaring side x side grey pixels, and a token IDAT."""
-    ihdr = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    return (pngcheck.PNG_SIGNATURE + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", b"\x78\x9c\x03\x00\x00\x00\x00\x01") + chunk(b"IEND", b""))
 
 
 def main() -> int:

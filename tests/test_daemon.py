@@ -7,8 +7,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -16,14 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from daemonproc import DaemonProcess, drop, png_bytes, read_rows, sample_digits
 from digitd.config import WatchConfig
-from digitd.outputs import CSV_COLUMNS
+from digitd.result import CSV_COLUMNS
 from digitd.watcher import InboxWatcher
+from harness import (
+    FAST,
+    DaemonProcess,
+    drop,
+    png_bytes,
+    read_rows,
+    run_cli,
+    sample_digits,
+    work_leftovers,
+)
 
 pytestmark = pytest.mark.slow
-
-FAST = {"watch": {"settle_ms": 100, "incomplete_after_s": 1.0, "rescan_interval_s": 0.5}}
 
 
 @pytest.fixture
@@ -38,11 +43,6 @@ def daemons(tmp_path):
     yield make
     for d in started:
         d.close()
-
-
-def work_leftovers(inbox: Path) -> list[str]:
-    work = inbox / ".digitd" / "work"
-    return [str(p.relative_to(work)) for p in work.rglob("*") if p.name != ".lock"]
 
 
 def assert_exactly_once(rows, names):
@@ -271,12 +271,6 @@ def test_csv_contract_quoting_and_rejections(daemons, tmp_path):
     )
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "digitd", *args], cwd=cwd, capture_output=True, text=True, timeout=60
-    )
-
-
 def test_bad_configuration_is_refused_with_file_key_and_reason(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("inbox: in\nbatch:\n  max_sise: 8\n")
@@ -356,3 +350,48 @@ def test_the_idle_wait_returns_when_a_signal_handler_outlasts_its_timeout(tmp_pa
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert waited < 2.0
+
+
+def test_predict_tells_the_same_truth_as_the_daemon(daemons, tmp_path, capsys):
+    """The same files, the same configuration: `digitd predict --config` gives each file the
+    status, digit and reason code the daemon wrote into results.csv, low_confidence included
+    (a threshold between the files' confidences makes both statuses occur)."""
+    import numpy as np
+
+    from digitd.cli import main
+
+    def predict(*args: str) -> dict[str, dict]:
+        main(["predict", "--json", *args])
+        lines = capsys.readouterr().out.splitlines()
+        return {Path(r["file"]).name: r for r in map(json.loads, lines)}
+
+    digits, _ = sample_digits(12, 40)
+    files = {"strip.png": png_bytes(np.hstack(list(digits[:4])))}  # four digits: unsure
+    files.update({f"d{i}.png": png_bytes(digits[4 + i]) for i in range(8)})
+    files.update({"text.png": b"not a PNG\n", "cut.png": png_bytes(digits[0])[:50]})
+    kept = tmp_path / "files"
+    kept.mkdir()
+    for name, data in files.items():
+        (kept / name).write_bytes(data)
+    paths = [str(kept / name) for name in files]
+    first = predict("--min-confidence", "0", *paths)
+    confidences = sorted(r["confidence"] for r in first.values() if r["digit"] is not None)
+    threshold = round((confidences[0] + confidences[-1]) / 2, 6)
+
+    d = daemons(min_confidence=threshold, processes=1)
+    for name, data in files.items():
+        drop(d.inbox, name, data)
+    d.start()
+    d.wait_ready()
+    rows = {r["file"]: r for r in d.wait_rows(len(files), timeout=30)}
+    assert d.stop() == 0
+    answers = predict("--config", str(d.config_path), *paths)
+    assert set(rows) == set(answers) == set(files)
+    for name, row in rows.items():
+        answer = answers[name]
+        assert answer["status"] == row["status"], (name, answer, row)
+        assert (answer["error"] or "") == row["error"]
+        if row["digit"]:
+            assert answer["digit"] == int(row["digit"])
+            assert abs(answer["confidence"] - float(row["confidence"])) <= 1e-4
+    assert {r["status"] for r in rows.values()} == {"ok", "low_confidence", "rejected"}

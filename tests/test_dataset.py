@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from digitd.dataset import IDX_SHA256, NPZ_NAME, DatasetError, load_mnist
+from harness import run_cli
 
 SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
@@ -37,12 +36,6 @@ def write_idx(directory: Path, gz: bool = True, dotted: bool = False) -> dict[st
         else:
             (directory / name).write_bytes(idx_bytes(array))
     return arrays
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """Run `python -m digitd ...` for real, as an operator would."""
-    return subprocess.run([sys.executable, "-m", "digitd", *args], capture_output=True,
-                          text=True, timeout=120)
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])

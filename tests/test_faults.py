@@ -90,17 +90,19 @@ def test_a_rejected_input_with_a_250_byte_name_can_be_filed(tmp_path):
     one such input stalled everything (fixed in bc340f9)."""
     from datetime import datetime, timezone
 
+    from digitd.codes import Status
     from digitd.config import OutputConfig
-    from digitd.outputs import Outbox, Result
+    from digitd.outputs import Outbox
+    from digitd.result import Result
 
     name = "b" * 246 + ".png"
     source = tmp_path / name
     source.write_bytes(b"\x89PNG\r\n\x1a\n" + b"cut short")
-    outbox = Outbox(tmp_path / "outbox", OutputConfig())
+    outbox = Outbox(tmp_path / "outbox", OutputConfig(), tmp_path / "aside")
     outbox.prepare()
     now = datetime.now(timezone.utc)
     result = Result(
-        id="20261125T000000000Z-0123456789ab", file=name, status="rejected", digit=None,
+        id="20261125T000000000Z-0123456789ab", file=name, status=Status.REJECTED, digit=None,
         confidence=None, sha256="", batch="b", received_at=now, processed_at=now, model="m",
         preview="", error="truncated", message="cut short", probabilities=None, source=source,
     )  # fmt: skip

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from daemonproc import DaemonProcess
 from digitd.notify import Notifier
+from harness import DaemonProcess
 
 QLEN_SYSCTL = Path("/proc/sys/net/unix/max_dgram_qlen")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from daemonproc import DaemonProcess, drop, png_bytes, read_rows, sample_digits
 from digitd.model import default_model_path, file_sha256
+from harness import DaemonProcess, drop, png_bytes, read_rows, sample_digits
 
 pytestmark = pytest.mark.slow
 

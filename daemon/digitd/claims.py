@@ -1,11 +1,12 @@
 """The work folder: inputs are claimed by atomic rename, and batches a dead daemon left behind
-are adopted and finished.
-
-Layout, inside the inbox so that every claim is a rename on one filesystem:
+are adopted and finished. The only module that knows the folder's layout, inside the inbox
+so that every claim is a rename on one filesystem:
 
     <inbox>/.digitd/work/<instance>/.lock              flock held while the daemon lives
     <inbox>/.digitd/work/<instance>/<batch>/<name>     the claimed inputs, original names
     <inbox>/.digitd/work/<instance>/<batch>/manifest.json   batch id and each input's id
+    <inbox>/.digitd/rejected/<name>    rejected entries that could not be moved to an outbox
+                                       on another filesystem (a folder, an unreadable file)
 
 A rename succeeds for exactly one claimant, so several daemons (on one machine, or on several
 sharing the folder) can serve one inbox. The manifest is written after the claims and made
@@ -29,6 +30,16 @@ from pathlib import Path
 from digitd.fsutil import fsync_dir, is_temporary_name, rename_noreplace, write_atomic
 
 MANIFEST = "manifest.json"
+
+
+def work_root(inbox: Path) -> Path:
+    """<inbox>/.digitd/work: every daemon's instance folder, live or dead."""
+    return inbox / ".digitd" / "work"
+
+
+def set_aside_root(inbox: Path) -> Path:
+    """<inbox>/.digitd/rejected: where rejected entries are set aside (see the layout)."""
+    return inbox / ".digitd" / "rejected"
 
 
 def new_id(now: datetime | None = None) -> str:
@@ -62,7 +73,8 @@ class WorkFolder:
 
     def __init__(self, inbox: Path) -> None:
         self.inbox = inbox
-        self.root = inbox / ".digitd" / "work"
+        self.root = work_root(inbox)
+        self.aside = set_aside_root(inbox)
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.path = self.root / self.instance
         self._lock_fd: int | None = None

@@ -12,10 +12,7 @@ from importlib import import_module
 from importlib.util import find_spec
 
 from digitd import __version__
-
-EXIT_OK = 0
-EXIT_FAILURE = 1  # some inputs could not be recognised
-EXIT_USAGE = 2  # bad configuration, bad data, bad arguments
+from digitd.codes import ExitCode
 
 
 def _command(module: str, function: str, needs_tensorflow: bool = False):
@@ -29,10 +26,20 @@ def _command(module: str, function: str, needs_tensorflow: bool = False):
         if needs_tensorflow and find_spec("tensorflow") is None:
             print(f"digitd {args.command}: needs TensorFlow, which is not installed; install "
                   "the training extra: pip install 'digitd[train]'", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
         return getattr(import_module(f"digitd.{module}"), function)(args)
 
     return handler
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="recognise the digit in each FILE")
     predict.add_argument("files", nargs="+", metavar="FILE")
+    predict.add_argument("--config", metavar="PATH",
+                         help="the daemon's YAML configuration: its min_confidence, model and "
+                         "max_pixels (default: built in)")
     predict.add_argument("--model", metavar="PATH",
-                         help="a .keras model, served through its .tflite (default: shipped)")
+                         help="a .keras model, served through its .tflite (default: the "
+                         "configured one, else shipped)")
+    predict.add_argument("--min-confidence", type=_probability, metavar="P",
+                         help="below this a result is low_confidence (default: configured)")
     predict.add_argument("--json", action="store_true", help="one JSON object per file")
     predict.add_argument("--preview", metavar="DIR", help="write annotated previews into DIR")
     predict.set_defaults(handler=_command("predict", "predict_command"))
@@ -97,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

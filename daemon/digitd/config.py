@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from digitd.codes import ExitCode
+
 
 class ConfigError(Exception):
     """A configuration that cannot be used; the message names the file and the key."""
@@ -38,7 +40,7 @@ class WatchConfig:
 class BatchConfig:
     max_size: int = 64  # a batch closes when it holds this many files...
     max_wait_ms: float = 10.0  # ...or when its oldest file has waited this long
-    workers: int = 0  # decode/preview threads per process; 0: cores / processes (at least 1)
+    threads: int = 0  # decode/preview threads per worker process; 0: cores / processes (>= 1)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
+# Keys renamed since they were documented: old key path -> new key. The old name is still
+# accepted (a file may give one or the other, not both).
+_RENAMED = {"batch.workers": "batch.threads"}  # "worker" is a process; these are threads
+
 # Value checks beyond the type: key path -> (predicate, what it must be).
 _CHECKS: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "min_confidence": (lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1"),
@@ -88,7 +94,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "batch.max_size": (lambda v: 1 <= v <= 1024, "a whole number from 1 to 1024"),
     "batch.max_wait_ms": (lambda v: 0 <= v <= 60_000, "0 to 60000 milliseconds"),
     "processes": (lambda v: 0 <= v <= 64, "0 (one per CPU core) to 64"),
-    "batch.workers": (lambda v: 0 <= v <= 256, "0 (cores / processes) to 256"),
+    "batch.threads": (lambda v: 0 <= v <= 256, "0 (cores / processes) to 256"),
     "outputs.inputs": (lambda v: v in ("move", "delete"), '"move" or "delete"'),
     "retry.initial_s": (lambda v: v > 0, "a positive number of seconds"),
     "retry.max_s": (lambda v: v > 0, "a positive number of seconds"),
@@ -142,6 +148,7 @@ def _build(cls: type, raw: typing.Any, source: Path, prefix: str):
         raise ConfigError(f"{source}: {where}: expected a mapping of keys, got {_kind(raw)}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    raw = _renamed_keys(raw, source, prefix)
     for key in raw:
         if key not in known:
             choices = ", ".join(sorted(known))
@@ -158,6 +165,20 @@ def _build(cls: type, raw: typing.Any, source: Path, prefix: str):
             if check is not None and values[key] is not None and not check[0](values[key]):
                 raise ConfigError(f"{source}: {name}: must be {check[1]}, got {value!r}")
     return cls(**values)
+
+
+def _renamed_keys(raw: dict, source: Path, prefix: str) -> dict:
+    """`raw` with the old names of renamed keys (_RENAMED) turned into the new ones."""
+    raw = dict(raw)
+    for old, new in _RENAMED.items():
+        old_prefix, _, old_key = old.rpartition(".")
+        new_key = new.rpartition(".")[2]
+        if prefix.rstrip(".") != old_prefix or old_key not in raw:
+            continue
+        if new_key in raw:
+            raise ConfigError(f"{source}: {old}: the old name of {new}; give only {new}")
+        raw[new_key] = raw.pop(old_key)
+    return raw
 
 
 def _coerce(value: typing.Any, hint: typing.Any, source: Path, name: str):
@@ -245,7 +266,7 @@ def check_command(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"digitd: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     source = args.config or "built-in defaults"
     print(f"{source}: ok (inbox {config.inbox}, outbox {config.outbox})")
-    return 0
+    return ExitCode.OK

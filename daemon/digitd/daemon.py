@@ -3,9 +3,11 @@
 Data moves one way through three stages, each a thread, with bounded queues between them:
 
 1. main: the watcher finds complete files, the batcher cuts batches, the work folder claims
-   them, and a thread pool starts reading and normalising them;
-2. recogniser: the model runs once per batch, previews are rendered and written on the pool;
-3. writer: the batch JSON, the CSV rows (the commit) and the filing of inputs, in order.
+   them, and a thread pool starts taking them in (digitd.intake) -> a ReadJob;
+2. recogniser: the model runs once per batch, previews are rendered and written on the pool
+   -> a WriteJob;
+3. writer: the batch JSON, the CSV rows (the commit) and the filing of inputs, in the order
+   of digitd.commit, which crash recovery follows too.
 
 So the model's work on one batch overlaps the claiming and decoding of the next and the disk
 waits of the previous. An outbox error (disk full, read-only, permissions) keeps the batch in
@@ -19,28 +21,31 @@ supervisor (digitd.supervisor) whose worker processes each run one such daemon o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import queue
 import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import numpy as np
 import structlog
 
 from digitd.batcher import Batcher
-from digitd.claims import Batch, WorkFolder
+from digitd.claims import Batch, Claimed, WorkFolder
+from digitd.codes import ExitCode, Status
+from digitd.commit import Delivery, deliver, plan_recovery
 from digitd.config import Config, ConfigError, cpu_cores, load_config, worker_processes
-from digitd.fsutil import read_input_file
+from digitd.intake import Intake, take_in
 from digitd.logs import configure_logging
 from digitd.model import ModelError, load_classifier
 from digitd.notify import Notifier
-from digitd.outputs import Outbox, OutboxError, Result, iso_time, printable_name
+from digitd.outputs import Outbox, OutboxError
+from digitd.result import Result, printable_name
 from digitd.watcher import Arrival, InboxWatcher
 
 log = structlog.get_logger("digitd")
@@ -50,15 +55,35 @@ MAX_WAIT_SLICE_S = 0.25  # the longest the loop sleeps, so signals are seen prom
 QUEUE_DEPTH = 2  # batches a stage may run ahead of the next
 
 
-@dataclass
-class _Read:
-    """What reading and normalising one input gave: a model input, or a rejection."""
+class WorkerId(NamedTuple):
+    """Which worker process this is: `--worker INDEX/COUNT`, set by the supervisor."""
 
-    sha256: str = ""
-    image: np.ndarray | None = None
-    model_input: np.ndarray | None = None
-    error: str = ""
-    message: str = ""
+    index: int = 0
+    count: int = 1
+
+
+ONE_PROCESS = WorkerId()  # the daemon runs alone, not under a supervisor
+
+
+@dataclass
+class ReadJob:
+    """Stage 1 -> 2: a claimed batch whose inputs are being read and normalised."""
+
+    batch: Batch
+    waited_s: float  # from the first input's arrival to the claim
+    started: float  # monotonic time the reads were started
+    reads: list[Future]  # each gives a list of Intake, in the batch's order
+
+
+@dataclass
+class WriteJob:
+    """Stage 2 -> 3: a recognised batch whose previews are being written."""
+
+    batch: Batch
+    results: list[Result]
+    previews: list[Future]  # each gives, per result, the PNG its write failed for, or None
+    timings: dict[str, float]
+    recognised_at: float  # monotonic
 
 
 @dataclass
@@ -69,7 +94,7 @@ class _Counts:
 
     def add(self, results: list[Result]) -> None:
         for r in results:
-            setattr(self, r.status, getattr(self, r.status) + 1)
+            setattr(self, r.status.value, getattr(self, r.status.value) + 1)
 
     @property
     def total(self) -> int:
@@ -79,21 +104,21 @@ class _Counts:
 class Daemon:
     """Holds the daemon's parts; `run()` returns the process exit code."""
 
-    def __init__(self, config: Config, worker: tuple[int, int] = (0, 1)) -> None:
+    def __init__(self, config: Config, worker: WorkerId = ONE_PROCESS) -> None:
         self.config = config
         self.notifier = Notifier()
         self.work = WorkFolder(config.inbox)
-        self.outbox = Outbox(config.outbox, config.outputs)
+        self.outbox = Outbox(config.outbox, config.outputs, self.work.aside)
         self.watcher = InboxWatcher(config.inbox, config.watch, share=worker)
         self.batcher: Batcher[Arrival] = Batcher(
             config.batch.max_size, config.batch.max_wait_ms / 1000
         )
-        processes = worker[1]
+        processes = worker.count
         self.supervised = processes > 1  # a worker: its notify messages go to the supervisor
         # A worker process gets its share of the cores, for its threads and TensorFlow's.
         self.model_threads = max(1, cpu_cores() // processes) if processes > 1 else None
-        self.workers = config.batch.workers or max(1, cpu_cores() // processes)
-        self.pool = ThreadPoolExecutor(self.workers)
+        self.threads = config.batch.threads or max(1, cpu_cores() // processes)
+        self.pool = ThreadPoolExecutor(self.threads)
         self._to_recogniser: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         self._to_writer: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         self._recogniser = threading.Thread(
@@ -118,7 +143,7 @@ class Daemon:
         except (OSError, OutboxError, ModelError) as exc:
             log.error("start_failed", error=str(exc))
             self.notifier.send(STATUS=f"Failed to start: {exc}")
-            return 1
+            return ExitCode.FAILURE
         log.info(
             "ready",
             inbox=str(self.config.inbox),
@@ -143,7 +168,7 @@ class Daemon:
             log.info("stopped", processed=self.counts.total)
             self.notifier.send(STATUS="Stopped", **self._counts_field())  # the final counts
             self.notifier.close()  # STOPPING=1 goes out before the process exits
-        return 0
+        return ExitCode.OK
 
     def _on_signal(self, signum: int, frame) -> None:
         if not self.stopping:
@@ -178,27 +203,15 @@ class Daemon:
 
     def _recover(self) -> None:
         """Finish batches this daemon's earlier run, or any dead daemon, left in hand."""
-        adopted = self.work.adopt_orphans()
-        leftovers = self.work.leftovers()
-        if not leftovers:
-            return
-        committed = self.outbox.committed_rows()
-        log.info("recovering", batches=len(leftovers), adopted=adopted)
-        for batch in leftovers:
-            if not batch.items:  # all filed before the crash: redoing it would blank its JSON
-                self.work.finish(batch)
-                continue
-            done = [item for item in batch.items if item.id in committed]
-            if not done:
-                self._submit(batch, waited_s=0.0)
-                continue
-            todo = [item for item in batch.items if item.id not in committed]
-            if todo:  # a kill cut the batch's CSV write short: redo only the rows missing
-                redo = self.work.split(batch, todo)
-                self.outbox.trim_batch_json(batch.id, {item.id for item in done})
-                log.warning("partial_commit", batch=batch.id, committed=len(done), redo=redo.id)
-                self._submit(redo, waited_s=0.0)
-            self._refile(batch, done, [committed[item.id] for item in done])
+        redo, finish = plan_recovery(self.work, self.outbox)
+        for batch in redo:
+            self._submit(batch, waited_s=0.0)
+        for delivery in finish:
+            finished = self._retrying(
+                delivery.batch.id, lambda d=delivery: deliver(d, self.work, self.outbox)
+            )
+            if finished:
+                log.info("refiled", batch=delivery.batch.id, files=len(delivery.results))
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -261,47 +274,47 @@ class Daemon:
     def _submit(self, batch: Batch, waited_s: float) -> None:
         """Stage 1 (main thread): start reading and normalising on the pool."""
         t0 = time.monotonic()
-        pending = self._map_async(self._read, batch.items)
-        self._put(self._to_recogniser, (batch, waited_s, t0, pending))
+        reads = self._map_async(self._take_in, batch.items)
+        self._put(self._to_recogniser, ReadJob(batch, waited_s, t0, reads))
 
     def _recognise_loop(self) -> None:
         """Stage 2 thread: recognise batches in order, then tell the writer to finish."""
         while (job := self._to_recogniser.get()) is not None:
             try:
-                self._recognise(*job)
+                self._recognise(job)
             except Exception:  # never lose the thread: the batch stays claimed for a restart
-                log.exception("recognise_failed", batch=job[0].id)
+                log.exception("recognise_failed", batch=job.batch.id)
         self._to_writer.put(None)
 
-    def _recognise(self, batch: Batch, waited_s: float, t0: float, pending: list) -> None:
+    def _recognise(self, job: ReadJob) -> None:
         """Stage 2: run the model once on the batch; start the previews on the pool."""
-        reads = [value for future in pending for value in future.result()]
+        intakes: list[Intake] = [value for future in job.reads for value in future.result()]
         t1 = time.monotonic()
-        good = [i for i, r in enumerate(reads) if r.model_input is not None]
-        probabilities = np.zeros((len(reads), 10), np.float32)
+        good = [i for i, intake in enumerate(intakes) if intake.ok]
+        probabilities = np.zeros((len(intakes), 10), np.float32)
         if good:
-            inputs = np.stack([reads[i].model_input for i in good]).astype(np.float32)
+            inputs = np.stack([intakes[i].model_input for i in good]).astype(np.float32)
             probabilities[good] = self.classifier.predict(inputs)
         t2 = time.monotonic()
         processed_at = datetime.now(timezone.utc)
         results = [
-            self._result(batch, item, read, probs, processed_at)
-            for item, read, probs in zip(batch.items, reads, probabilities, strict=True)
+            self._result(job.batch, item, intake, probs, processed_at)
+            for item, intake, probs in zip(job.batch.items, intakes, probabilities, strict=True)
         ]
-        previews = self._start_previews(results, reads)
-        timings = {"wait_ms": waited_s * 1000, "decode_ms": (t1 - t0) * 1000}
+        previews = self._start_previews(results, intakes)
+        timings = {"wait_ms": job.waited_s * 1000, "decode_ms": (t1 - job.started) * 1000}
         timings["infer_ms"] = (t2 - t1) * 1000
-        self._put(self._to_writer, (batch, results, previews, timings, t2))
+        self._put(self._to_writer, WriteJob(job.batch, results, previews, timings, t2))
 
-    def _map_async(self, function, items) -> list:
-        """Start `function` over `items` on the pool, one task per worker (not one per item);
+    def _map_async(self, function, items) -> list[Future]:
+        """Start `function` over `items` on the pool, one task per thread (not one per item);
         returns the futures, each giving a list of results in order."""
         items = list(items)
-        size = max(1, -(-len(items) // self.workers))
+        size = max(1, -(-len(items) // self.threads))
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
         return [self.pool.submit(lambda chunk: [function(i) for i in chunk], c) for c in chunks]
 
-    def _put(self, stage: queue.Queue, job: tuple) -> None:
+    def _put(self, stage: queue.Queue, job: ReadJob | WriteJob) -> None:
         """Queue a batch for the next stage, keeping the watchdog fed while it waits. If the
         daemon is stopping while the outbox fails, the batch is left claimed in the work
         folder, where the next start finishes it."""
@@ -312,106 +325,69 @@ class Daemon:
             except queue.Full:
                 self._housekeeping(time.monotonic())
                 if self.stopping and self._outbox_failing:
-                    log.warning("batch_left_for_restart", batch=job[0].id)
+                    log.warning("batch_left_for_restart", batch=job.batch.id)
                     return
 
     def _write_loop(self) -> None:
         """The writer thread: deliver batches in the order they were recognised."""
         while (job := self._to_writer.get()) is not None:
             try:
-                self._deliver(*job)
+                self._write(job)
             except Exception:  # never lose the thread: the batch stays claimed for a restart
-                log.exception("deliver_failed", batch=job[0].id)
+                log.exception("deliver_failed", batch=job.batch.id)
 
-    def _read(self, item) -> _Read:
-        """Read one claimed entry and normalise it; every failure becomes a reason code."""
-        from digitd.preprocess import Rejected, prepare
+    def _take_in(self, item: Claimed) -> Intake:
+        """Read one claimed entry and normalise it (on the pool); failures are reason codes."""
+        intake = take_in(item.path, self.config.max_pixels)
+        if intake.crash is not None:
+            log.error("decode_crashed", file=printable_name(item.name), exc_info=intake.crash)
+        return intake
 
-        try:
-            data = read_input_file(item.path, self.config.max_pixels)
-        except Rejected as exc:
-            return _Read(error=exc.code, message=exc.message)
-        sha256 = hashlib.sha256(data).hexdigest()
-        try:
-            prepared = prepare(data, self.config.max_pixels)
-        except Rejected as exc:
-            return _Read(sha256, error=exc.code, message=exc.message)
-        except Exception as exc:  # a decoder bug must cost one file, not the daemon
-            log.exception("decode_crashed", file=printable_name(item.name))
-            return _Read(sha256, error="corrupt", message=f"could not be decoded ({exc})")
-        return _Read(sha256, prepared.image, prepared.model_input)
-
-    def _result(self, batch, item, read: _Read, probs, processed_at) -> Result:
-        if read.model_input is None:
-            status, digit, confidence, probabilities = "rejected", None, None, None
-        else:
-            digit = int(np.argmax(probs))
-            confidence = float(probs[digit])
-            low = confidence < self.config.min_confidence
-            status = "low_confidence" if low else "ok"
-            probabilities = [round(float(p), 6) for p in probs]
-        with_preview = self.config.outputs.previews and digit is not None
-        preview = f"previews/{item.id}.png" if with_preview else ""
-        return Result(
+    def _result(self, batch: Batch, item: Claimed, intake: Intake, probs: np.ndarray,
+                processed_at: datetime) -> Result:
+        identity = dict(
             id=item.id,
             file=item.name,
-            status=status,
-            digit=digit,
-            confidence=confidence,
-            sha256=read.sha256,
+            sha256=intake.sha256,
             batch=batch.id,
             received_at=item.received_at,
             processed_at=processed_at,
             model=self.classifier.model_id,
-            preview=preview,
-            error=read.error,
-            message=read.message,
-            probabilities=probabilities,
             source=item.path,
         )
+        if not intake.ok:
+            return Result.rejected(intake.error, intake.message, **identity)
+        preview = f"previews/{item.id}.png" if self.config.outputs.previews else ""
+        return Result.recognised(probs, self.config.min_confidence, preview=preview, **identity)
 
-    def _start_previews(self, results: list[Result], reads: list[_Read]) -> list:
+    def _start_previews(self, results: list[Result], intakes: list[Intake]) -> list[Future]:
         """Start rendering and writing the previews on the pool, so the recogniser can move
         on to the next batch. Each future gives, per result, the PNG that could not be written
         (an outbox error: the writer retries it before the commit), or None."""
         from digitd.preview import render_preview
 
-        def render_and_write(pair: tuple[Result, _Read]) -> bytes | None:
-            result, read = pair
+        def render_and_write(pair: tuple[Result, Intake]) -> bytes | None:
+            result, intake = pair
             if not result.preview:
                 return None
-            png = render_preview(read.image, read.model_input, result.digit, result.confidence)
+            png = render_preview(intake.image, intake.model_input, result.digit,
+                                 result.confidence)
             try:
                 self.outbox.write_preview(result, png)
             except OSError:
                 return png  # the writer retries it with back-off, and logs why
             return None
 
-        return self._map_async(render_and_write, zip(results, reads, strict=True))
+        return self._map_async(render_and_write, zip(results, intakes, strict=True))
 
-    def _deliver(self, batch, results, previews, timings, started: float) -> None:
-        """Stage 3 (writer thread): write the outputs in crash-safe order."""
-        unwritten = [png for future in previews for png in future.result()]
-        committed = False
-
-        def write() -> None:
-            nonlocal committed
-            for i, (result, png) in enumerate(zip(results, unwritten, strict=True)):
-                if png is not None:
-                    self.outbox.write_preview(result, png)
-                    unwritten[i] = None
-            timings["write_ms"] = (time.monotonic() - started) * 1000
-            self.outbox.write_batch_json(batch.id, self._batch_document(batch, results, timings))
-            if not committed:
-                self.work.make_durable(batch)
-                self.outbox.append_csv(results)
-                committed = True
-            for result in results:
-                self.outbox.file_input(result)
-            self.work.finish(batch)
-
-        if self._retrying(batch.id, write):
-            self._report(batch, results, timings)
+    def _write(self, job: WriteJob) -> None:
+        """Stage 3 (writer thread): deliver the batch by the commit protocol."""
+        unwritten = [png for future in job.previews for png in future.result()]
+        job.timings["write_ms"] = (time.monotonic() - job.recognised_at) * 1000
+        document = self._batch_document(job.batch, job.results, job.timings)
+        delivery = Delivery(job.batch, job.results, document, unwritten)
+        if self._retrying(job.batch.id, lambda: deliver(delivery, self.work, self.outbox)):
+            self._report(job.batch, job.results, job.timings)
 
     def _retrying(self, batch_id: str, action) -> bool:
         """Run `action` until it succeeds; on an outbox error, log it, back off, retry.
@@ -440,40 +416,6 @@ class Daemon:
                     return False
                 delay = min(delay * 2, self.config.retry.max_s)
 
-    def _refile(self, batch: Batch, items: list, rows: list[dict]) -> None:
-        """Inputs whose rows were committed before a crash: file them, then drop the batch."""
-        from digitd.preprocess import REASONS
-
-        results = []
-        for item, row in zip(items, rows, strict=True):
-            results.append(
-                Result(
-                    id=item.id,
-                    file=item.name,
-                    status=row["status"],
-                    digit=int(row["digit"]) if row["digit"] else None,
-                    confidence=float(row["confidence"]) if row["confidence"] else None,
-                    sha256=row["sha256"],
-                    batch=batch.id,
-                    received_at=item.received_at,
-                    processed_at=datetime.now(timezone.utc),
-                    model=row["model"],
-                    preview=row["preview"],
-                    error=row["error"],
-                    message=REASONS.get(row["error"], ""),
-                    probabilities=None,
-                    source=item.path,
-                )
-            )
-
-        def refile() -> None:
-            for result in results:
-                self.outbox.file_input(result)
-            self.work.finish(batch)
-
-        if self._retrying(batch.id, refile):
-            log.info("refiled", batch=batch.id, files=len(results))
-
     def _batch_document(self, batch: Batch, results: list[Result], timings: dict) -> dict:
         card = self.classifier.card
         summary = {
@@ -489,38 +431,22 @@ class Daemon:
             "recovered": batch.recovered,
             "model": summary,
             "timings_ms": {k: round(v, 3) for k, v in timings.items()},
-            "items": [
-                {
-                    "id": r.id,
-                    "file": printable_name(r.file),
-                    "status": r.status,
-                    "digit": r.digit,
-                    "confidence": r.confidence,
-                    "probabilities": r.probabilities,
-                    "sha256": r.sha256,
-                    "received_at": iso_time(r.received_at),
-                    "processed_at": iso_time(r.processed_at),
-                    "preview": r.preview,
-                    "error": r.error,
-                    "message": r.message,
-                }
-                for r in results
-            ],
+            "items": [r.batch_item() for r in results],
         }
 
     def _report(self, batch: Batch, results: list[Result], timings: dict) -> None:
         self.counts.add(results)
         for r in results:
-            if r.status == "rejected":
+            if r.status == Status.REJECTED:
                 name = printable_name(r.file)
                 log.warning("rejected", file=name, id=r.id, reason=r.error, message=r.message)
         log.info(
             "batch",
             batch=batch.id,
             files=len(results),
-            ok=sum(r.status == "ok" for r in results),
-            low_confidence=sum(r.status == "low_confidence" for r in results),
-            rejected=sum(r.status == "rejected" for r in results),
+            ok=sum(r.status == Status.OK for r in results),
+            low_confidence=sum(r.status == Status.LOW_CONFIDENCE for r in results),
+            rejected=sum(r.status == Status.REJECTED for r in results),
             **{k: round(v, 2) for k, v in timings.items()},
         )
 
@@ -543,20 +469,20 @@ def run_command(args: argparse.Namespace) -> int:
         config = load_config(args.config, inbox=args.inbox, outbox=args.outbox)
     except ConfigError as exc:
         print(f"digitd: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     worker = _parse_worker(getattr(args, "worker", None))
     if worker is not None:
         from digitd.supervisor import die_with_parent
 
         die_with_parent()
-    fields = {"worker": worker[0]} if worker else {}  # a worker's lines say which it is
+    fields = {"worker": worker.index} if worker else {}  # a worker's lines say which it is
     configure_logging(config.log.format, config.log.level, **fields)
-    processes = worker[1] if worker else worker_processes(config)
+    processes = worker.count if worker else worker_processes(config)
     if worker is None and processes > 1:
         from digitd.supervisor import Supervisor
 
         return Supervisor(config, args, processes).run()
-    code = Daemon(config, worker or (0, 1)).run()
+    code = Daemon(config, worker or ONE_PROCESS).run()
     # Everything is filed and flushed by now; TensorFlow's teardown would add 3-4 s to every
     # stop (measured under systemd), so leave without it.
     sys.stdout.flush()
@@ -564,9 +490,9 @@ def run_command(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
-def _parse_worker(value: str | None) -> tuple[int, int] | None:
-    """`--worker I/N` (set by the supervisor only) -> (I, N)."""
+def _parse_worker(value: str | None) -> WorkerId | None:
+    """`--worker I/N` (set by the supervisor only) -> WorkerId(I, N)."""
     if not value:
         return None
     index, _, count = value.partition("/")
-    return int(index), int(count)
+    return WorkerId(int(index), int(count))

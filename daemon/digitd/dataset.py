@@ -30,8 +30,6 @@ IDX_SHA256 = {
 NPZ_NAME = "mnist.npz"
 NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
-_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # ubyte images (3 dims) and labels (1 dim)
-
 
 class DatasetError(Exception):
     """Missing, truncated, malformed or wrong-checksum data; the message is one line."""

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from digitd.codes import ExitCode
+from digitd.fsutil import write_atomic
 from digitd.model import (
     LiteRTRunner,
     card_path,
@@ -36,7 +38,6 @@ from digitd.model import (
 )
 
 PARITY_TOLERANCE = 1e-4  # largest probability difference accepted (float32 gives ~1e-6)
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class ExportError(Exception):
@@ -79,8 +80,6 @@ def export_tflite(keras_file: Path, x: np.ndarray, y: np.ndarray, data: str,
     what they are (for the card). `model`: the loaded Keras model if the caller has it.
     Raises ExportError (writing nothing) if the two models disagree.
     """
-    from digitd.train import write_atomically
-
     keras = import_keras()
     keras_file = Path(keras_file)
     if model is None:
@@ -105,7 +104,7 @@ def export_tflite(keras_file: Path, x: np.ndarray, y: np.ndarray, data: str,
             f"{result['n'] - result['same_answers']} different answers, largest probability "
             f"difference {result['max_abs_diff']:.2g} (tolerance {PARITY_TOLERANCE:g})")
     target = tflite_path(keras_file)
-    write_atomically(target, lambda tmp: tmp.write_bytes(content))
+    write_atomic(target, content)
     from importlib.metadata import version
 
     import tensorflow as tf
@@ -138,13 +137,11 @@ def tflite_card_entry(keras_file: Path, x: np.ndarray, y: np.ndarray, data: str)
 def record(keras_file: Path, entry: dict[str, Any]) -> Path:
     """Put `entry` into the card beside `keras_file` as its `tflite` (a minimal card is
     started if there is none: the model id and the entry)."""
-    from digitd.train import write_atomically
-
     card = read_card(keras_file) or {"name": keras_file.name}
     card["model_id"] = entry["converted_from"]
     card["tflite"] = entry
     target = card_path(keras_file)
-    write_atomically(target, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+    write_atomic(target, (json.dumps(card, indent=2) + "\n").encode())
     return target
 
 
@@ -155,17 +152,17 @@ def export_command(args) -> int:
     keras_file = Path(args.model)
     if not keras_file.is_file() or keras_file.suffix != ".keras":
         print(f"digitd export: {keras_file}: not a .keras file", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     card = read_card(keras_file)
     if card.get("model_id") not in (None, file_sha256(keras_file)):
         print(f"digitd export: {card_path(keras_file).name} describes another model "
               f"(model_id {card['model_id'][:12]}); not touching it", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         data = load_mnist(args.data, verify=not getattr(args, "no_verify", False))
     except DatasetError as exc:
         print(f"digitd export: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     from digitd.train import to_input
 
     try:
@@ -173,10 +170,10 @@ def export_command(args) -> int:
                               f"MNIST test set ({data.source})")
     except ExportError as exc:
         print(f"digitd export: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return ExitCode.FAILURE
     record(keras_file, entry)
     p = entry["parity"]
     print(f"wrote {tflite_path(keras_file)} ({entry['bytes']:,} bytes): same answer on "
           f"{p['same_answers']:,} of {p['n']:,} test digits, largest probability difference "
           f"{p['max_abs_diff']:.2g}, accuracy {p['tflite_accuracy']:.4%}; card updated")
-    return EXIT_OK
+    return ExitCode.OK

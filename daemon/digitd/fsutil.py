@@ -1,5 +1,6 @@
-"""Filesystem primitives the daemon's guarantees rest on: renames that never overwrite,
-atomic writes, moves that survive crossing filesystems, and reading a dropped file safely."""
+"""Generic filesystem primitives the daemon's guarantees rest on: renames that never
+overwrite, atomic writes, moves that survive crossing filesystems. Nothing here knows what a
+digitd file is (reading a dropped file: digitd.intake; the work folder: digitd.claims)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ import os
 import re
 import secrets
 import shutil
-import stat
+from collections.abc import Callable
 from pathlib import Path
-
-from digitd.pngcheck import Rejected, read_header
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -66,24 +65,30 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
-    """Write `data` to `path` through a temporary name and a rename: readers never see half.
+def write_atomic(
+    path: Path, data: bytes | Callable[[Path], None], *, durable: bool = False
+) -> None:
+    """Write `path` through a temporary name beside it and a rename: readers never see half.
 
-    With `durable`, the data is fsynced before the rename (and survives a power cut).
-    Replaces an existing file of the same name.
+    `data` is the bytes, or a function that writes the temporary file given its path (a
+    library's `save(path)`; the temporary name then ends with `path`'s suffix, which such
+    savers check). With `durable`, the data is fsynced before the rename (and survives a
+    power cut). Replaces an existing file of the same name. The one atomic write in digitd.
     """
-    tmp = path.with_name(temporary_name())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    tmp = path.with_name(temporary_name(path.suffix if callable(data) else ""))
     try:
-        write_all(fd, data)
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    os.close(fd)
-    try:
+        if callable(data):
+            data(tmp)
+            if durable:
+                _fsync_file(tmp)
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                write_all(fd, data)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
@@ -103,18 +108,26 @@ def write_in_place(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-_TEMPORARY = re.compile(r"\.digitd-[0-9a-f]{12}\.tmp")
+_TEMPORARY = re.compile(r"\.digitd-[0-9a-f]{12}\.tmp(\.[^./]+)?")
 
 
-def temporary_name() -> str:
+def temporary_name(suffix: str = "") -> str:
     """A short hidden name for a file being written: short, so that the final name may
     use all of NAME_MAX (255 bytes); hidden, so that the watcher never takes it."""
-    return f".digitd-{secrets.token_hex(6)}.tmp"
+    return f".digitd-{secrets.token_hex(6)}.tmp{suffix}"
 
 
 def is_temporary_name(name: str) -> bool:
     """Is this one of `temporary_name()`'s names (left behind if a crash came mid-write)?"""
     return _TEMPORARY.fullmatch(name) is not None
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -131,66 +144,3 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def max_file_bytes(max_pixels: int) -> int:
-    """No PNG within the pixel limit is bigger than this (16-bit RGBA stored uncompressed)."""
-    return 8 * max_pixels + (1 << 20)
-
-
-def read_input_file(path: str | os.PathLike, max_pixels: int) -> bytes:
-    """The bytes of a dropped file, read safely; raises Rejected (missing, not_regular,
-    unreadable, too_large, or the PNG header's own reasons) without reading what it refuses.
-
-    lstat first, so a symlink, FIFO, socket, folder or device is never opened; then open
-    without following links and non-blocking, and fstat again, in case the entry was swapped
-    since. The PNG header is checked before the rest is read, so a file that declares too
-    many pixels is not read further.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise Rejected("missing", "no such file") from None
-    except OSError as exc:
-        raise Rejected("unreadable", f"cannot be examined: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise Rejected("not_regular", f"is a {_kind(st.st_mode)}, not a regular file: not read")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise Rejected("missing", "no such file") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise Rejected("not_regular", "is a symbolic link: not followed") from None
-        raise Rejected("unreadable", f"cannot be opened: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Rejected("not_regular", f"is a {_kind(st.st_mode)}, not a regular file: not read")
-        if st.st_size > max_file_bytes(max_pixels):
-            raise Rejected("too_large", f"{st.st_size:,} bytes is larger than any PNG allowed")
-        head = os.read(fd, 33)
-        if len(head) == 33:
-            read_header(head, max_pixels)  # too_large, not_png: stop before reading more
-        parts = [head]
-        while chunk := os.read(fd, max(1 << 16, st.st_size)):
-            parts.append(chunk)
-        return b"".join(parts)
-    except OSError as exc:
-        raise Rejected("unreadable", f"cannot be read: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISLNK, "symbolic link"),
-        (stat.S_ISDIR, "directory"),
-        (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-    ):
-        if test(mode):
-            return name
-    return "special file"

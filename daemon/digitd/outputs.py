@@ -1,10 +1,9 @@
 """The outbox: results.csv (the commit record), one JSON document per batch, previews, and
 the filing of inputs into processed/ or failed/.
 
-Order per batch, so that a crash at any point loses nothing and counts nothing twice:
-previews and the batch JSON first (idempotent: named by id), then the CSV rows in one
-fsynced write (the commit), then the inputs are filed. A restart refiles a batch whose ids
-are in the CSV and redoes one whose ids are not.
+Each write here is safe on its own (atomic, or idempotent, or cut back on failure); the
+order in which a batch's writes are made, which is what makes a crash lose nothing and count
+nothing twice, is digitd.commit's. What goes into each file is digitd.result's.
 """
 
 from __future__ import annotations
@@ -15,10 +14,9 @@ import fcntl
 import io
 import json
 import os
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
+from digitd.codes import Status
 from digitd.config import OutputConfig
 from digitd.fsutil import (
     move_noreplace,
@@ -27,66 +25,9 @@ from digitd.fsutil import (
     write_atomic,
     write_in_place,
 )
+from digitd.result import CSV_HEADER, Result
 
-CSV_COLUMNS = (
-    "id", "file", "status", "digit", "confidence", "sha256", "batch",
-    "received_at", "processed_at", "model", "preview", "error",
-)  # fmt: skip
-CSV_HEADER = ",".join(CSV_COLUMNS) + "\r\n"
 FOLDERS = ("results", "previews", "review", "processed", "failed")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-@dataclass
-class Result:
-    """The outcome for one input: one CSV row, and its entry in the batch JSON."""
-
-    id: str
-    file: str  # the input's original name
-    status: str  # "ok", "low_confidence" or "rejected"
-    digit: int | None
-    confidence: float | None
-    sha256: str
-    batch: str
-    received_at: datetime
-    processed_at: datetime
-    model: str
-    preview: str  # path relative to the outbox, "" when none
-    error: str  # reason code, "" unless rejected
-    message: str
-    probabilities: list[float] | None
-    source: Path  # the claimed input in the work folder
-
-    def row(self) -> list[str]:
-        return [
-            self.id,
-            spreadsheet_safe(printable_name(self.file)),
-            self.status,
-            "" if self.digit is None else str(self.digit),
-            "" if self.confidence is None else f"{self.confidence:.4f}",
-            self.sha256,
-            self.batch,
-            iso_time(self.received_at),
-            iso_time(self.processed_at),
-            self.model,
-            self.preview,
-            self.error,
-        ]
-
-
-def iso_time(t: datetime) -> str:
-    """ISO-8601 UTC with milliseconds, e.g. 2026-11-25T02:31:05.123Z."""
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-
-
-def printable_name(name: str) -> str:
-    """A file name as valid UTF-8 text (bytes that are not UTF-8 become U+FFFD)."""
-    return os.fsencode(name).decode("utf-8", "replace")
-
-
-def spreadsheet_safe(value: str) -> str:
-    """Prefix a value a spreadsheet would run as a formula with an apostrophe (OWASP)."""
-    return "'" + value if value.startswith(_FORMULA_START) else value
 
 
 class OutboxError(Exception):
@@ -96,9 +37,10 @@ class OutboxError(Exception):
 class Outbox:
     """Writes one batch's outputs in the crash-safe order described above."""
 
-    def __init__(self, root: Path, config: OutputConfig) -> None:
+    def __init__(self, root: Path, config: OutputConfig, aside: Path) -> None:
         self.root = root
         self.config = config
+        self.aside = aside  # where an entry that cannot be filed across filesystems is put
         self.csv_path = root / "results.csv"
 
     def prepare(self) -> None:
@@ -135,7 +77,7 @@ class Outbox:
         CSV row that names a preview is committed only after it is written.
         """
         write_in_place(self.root / result.preview, png)
-        if self.config.review and result.status == "low_confidence":
+        if self.config.review and result.status == Status.LOW_CONFIDENCE:
             write_in_place(self.root / "review" / f"{result.id}.png", png)
 
     def write_batch_json(self, batch_id: str, document: dict) -> None:
@@ -194,22 +136,13 @@ class Outbox:
         """
         if not os.path.lexists(result.source):
             return  # filed before a crash
-        if result.status == "rejected":
+        if result.status == Status.REJECTED:
             name = self._free_name("failed", result)
-            error = {
-                "id": result.id,
-                "file": printable_name(result.file),
-                "error": result.error,
-                "message": result.message,
-                "batch": result.batch,
-                "sha256": result.sha256,
-                "received_at": iso_time(result.received_at),
-                "processed_at": iso_time(result.processed_at),
-            }
+            error = result.error_document()
             error_json = self.root / "failed" / f"{name}.error.json"
             data = json.dumps(error, ensure_ascii=False, indent=1).encode("utf-8")
             write_atomic(error_json, data)
-            kept_at = _move_entry(result.source, self.root / "failed" / name)
+            kept_at = _move_entry(result.source, self.root / "failed" / name, self.aside)
             if kept_at != str(self.root / "failed" / name):
                 error["kept_at"] = kept_at  # set aside in the inbox, or nothing to keep
                 data = json.dumps(error, ensure_ascii=False, indent=1).encode("utf-8")
@@ -256,13 +189,14 @@ def _error_json_id(path: Path) -> str | None:
         return None
 
 
-def _move_entry(source: Path, target: Path) -> str:
+def _move_entry(source: Path, target: Path, aside: Path) -> str:
     """File a rejected entry, whatever it is, and say where it went.
 
     On one filesystem everything is renamed, never opened. Across filesystems a regular file
     is copied; a link is recreated (never followed); a FIFO or socket, which holds no data,
     is removed; what cannot be copied (a folder, a file the service may not read) is set
-    aside in <inbox>/.digitd/rejected/ rather than retried forever.
+    aside in `aside` (the work folder's rejected/, on the inbox's filesystem) rather than
+    retried forever.
     """
     try:
         rename_noreplace(source, target)
@@ -284,7 +218,6 @@ def _move_entry(source: Path, target: Path) -> str:
     elif not os.path.isdir(source):
         os.unlink(source)
         return ""
-    aside = source.parents[3] / "rejected"  # <inbox>/.digitd/rejected/
     aside.mkdir(exist_ok=True)
     rename_noreplace(source, aside / target.name)
     return str(aside / target.name)

@@ -2,7 +2,7 @@
 
 Everything here reads the bytes only; nothing is decompressed or allocated in proportion to the
 image's declared size, so a 60000x60000 "bomb" is refused for the cost of reading 33 bytes.
-Failures raise `Rejected` with one of the reason codes of `digitd.preprocess.REASONS`.
+Failures raise `Rejected` with a reason code (digitd.codes.Reason).
 """
 
 from __future__ import annotations
@@ -11,24 +11,16 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from digitd.codes import Reason, Rejected
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Colour type -> allowed bit depths (PNG specification, table 11.1).
 _DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
-COLOUR_TYPES = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}
 
 # libpng writes IDAT in 8 KiB chunks: a 40-megapixel noisy scan has ~15,000. More than this
 # is a file built to make the chunk walk slow, not an image.
 MAX_CHUNKS = 200_000
-
-
-class Rejected(Exception):
-    """An input that cannot be recognised: `code` is machine-readable, `message` is for people."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -71,32 +63,33 @@ def _sniff(data: bytes) -> str:
 def read_header(data: bytes, max_pixels: int) -> PngHeader:
     """Check the signature and IHDR; refuse a declared size above `max_pixels`."""
     if not data:
-        raise Rejected("empty", "the file is empty")
+        raise Rejected(Reason.EMPTY, "the file is empty")
     if len(data) < len(PNG_SIGNATURE):
         if PNG_SIGNATURE.startswith(bytes(data)):
-            raise Rejected("truncated", f"the file ends after {len(data)} bytes of PNG signature")
-        raise Rejected("not_png", f"not a PNG file (looks like {_sniff(data)})")
+            raise Rejected(Reason.TRUNCATED,
+                           f"the file ends after {len(data)} bytes of PNG signature")
+        raise Rejected(Reason.NOT_PNG, f"not a PNG file (looks like {_sniff(data)})")
     if not data.startswith(PNG_SIGNATURE):
-        raise Rejected("not_png", f"not a PNG file (looks like {_sniff(data)})")
+        raise Rejected(Reason.NOT_PNG, f"not a PNG file (looks like {_sniff(data)})")
     if len(data) < 33:
-        raise Rejected("truncated", f"the file ends inside the PNG header ({len(data)} bytes)")
+        raise Rejected(Reason.TRUNCATED, f"the file ends inside the PNG header ({len(data)} bytes)")
     length, ctype = struct.unpack_from(">I4s", data, 8)
     if ctype != b"IHDR" or length != 13:
-        raise Rejected("corrupt", "the PNG does not start with a valid IHDR chunk")
+        raise Rejected(Reason.CORRUPT, "the PNG does not start with a valid IHDR chunk")
     if zlib.crc32(data[12:29]) != struct.unpack_from(">I", data, 29)[0]:
-        raise Rejected("corrupt", "bad CRC in the IHDR chunk")
+        raise Rejected(Reason.CORRUPT, "bad CRC in the IHDR chunk")
     width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(
         ">IIBBBBB", data, 16
     )
     if not (0 < width < 2**31 and 0 < height < 2**31):
-        raise Rejected("corrupt", f"invalid image size {width}x{height} in IHDR")
+        raise Rejected(Reason.CORRUPT, f"invalid image size {width}x{height} in IHDR")
     if colour not in _DEPTHS or depth not in _DEPTHS[colour]:
-        raise Rejected("corrupt", f"invalid colour type {colour} / bit depth {depth} in IHDR")
+        raise Rejected(Reason.CORRUPT, f"invalid colour type {colour} / bit depth {depth} in IHDR")
     if compression != 0 or filtering != 0 or interlace not in (0, 1):
-        raise Rejected("corrupt", "invalid compression, filter or interlace method in IHDR")
+        raise Rejected(Reason.CORRUPT, "invalid compression, filter or interlace method in IHDR")
     if width * height > max_pixels:
         raise Rejected(
-            "too_large",
+            Reason.TOO_LARGE,
             f"{width}x{height} is {width * height:,} pixels, above the limit of {max_pixels:,}",
         )
     return PngHeader(width, height, depth, colour, interlace == 1)
@@ -111,16 +104,17 @@ def check_chunks(data: bytes, header: PngHeader) -> None:
     unpack = struct.unpack_from
     while True:
         if pos + 12 > end:
-            raise Rejected("truncated", f"the file ends after {end} bytes, before the IEND chunk")
+            raise Rejected(Reason.TRUNCATED,
+                           f"the file ends after {end} bytes, before the IEND chunk")
         length, ctype = unpack(">I4s", data, pos)
         if length >= 2**31:
-            raise Rejected("corrupt", f"invalid chunk length at byte {pos}")
+            raise Rejected(Reason.CORRUPT, f"invalid chunk length at byte {pos}")
         stop = pos + 8 + length
         if stop + 4 > end:
-            raise Rejected("truncated", f"the file ends after {end} bytes, inside a chunk")
+            raise Rejected(Reason.TRUNCATED, f"the file ends after {end} bytes, inside a chunk")
         if crc32(view[pos + 4 : stop]) != unpack(">I", data, stop)[0]:
             name = ctype.decode("latin-1")
-            raise Rejected("corrupt", f"bad CRC in the {name!r} chunk at byte {pos}")
+            raise Rejected(Reason.CORRUPT, f"bad CRC in the {name!r} chunk at byte {pos}")
         if ctype == b"IEND":
             break
         if ctype == b"IDAT":
@@ -129,12 +123,12 @@ def check_chunks(data: bytes, header: PngHeader) -> None:
             seen_plte = True
         count += 1
         if count > MAX_CHUNKS:
-            raise Rejected("corrupt", f"more than {MAX_CHUNKS:,} chunks")
+            raise Rejected(Reason.CORRUPT, f"more than {MAX_CHUNKS:,} chunks")
         pos = stop + 4
     if not seen_idat:
-        raise Rejected("corrupt", "the PNG has no image data (IDAT)")
+        raise Rejected(Reason.CORRUPT, "the PNG has no image data (IDAT)")
     if header.colour_type == 3 and not seen_plte:
-        raise Rejected("corrupt", "a palette PNG without its palette (PLTE)")
+        raise Rejected(Reason.CORRUPT, "a palette PNG without its palette (PLTE)")
 
 
 def check_png(data: bytes, max_pixels: int) -> PngHeader:

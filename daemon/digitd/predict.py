@@ -1,69 +1,57 @@
-"""`digitd predict FILE... [--model PATH] [--json] [--preview DIR]`
+"""`digitd predict FILE... [--config PATH] [--model PATH] [--min-confidence P] [--json]
+[--preview DIR]`
 
-One line per file, in the order given: `FILE DIGIT CONFIDENCE`, or `FILE rejected CODE: MESSAGE`
-for a file that cannot be recognised (reason codes: digitd.preprocess.REASONS); with --json one
-JSON object per line instead. The other files still get their answers; the exit code is 1 if
-any file was rejected, 2 if the model cannot be loaded, 0 otherwise.
+The daemon's answer for each file, without a daemon: one line per file, in the order given,
+`FILE DIGIT CONFIDENCE` (with ` low_confidence` appended when the confidence is below
+`min_confidence`), or `FILE rejected CODE: MESSAGE` for a file that cannot be recognised
+(reason codes: digitd.codes.Reason); with --json one JSON object per line instead (formats:
+digitd.result). Files are taken in exactly as the daemon takes them (digitd.intake: read
+safely, a FIFO never blocks, a huge PNG header is refused before the rest is read), and the
+status follows the same rule with the same settings: `min_confidence`, the model and
+`max_pixels` come from --config (default: the built-in configuration), --min-confidence and
+--model override them. A decoder that crashes on one file makes that file `corrupt`; the
+other files still get their answers.
 
-Files are read safely (digitd.fsutil.read_input_file): examined with lstat and fstat before
-any read, so a symlink, directory, FIFO (never blocks), socket or device is `not_regular` without
-being read, and the PNG header is checked before the rest of the file is read (a huge file
-whose header declares too many pixels is not read further). The model runs once per chunk of
-up to CHUNK good files.
+Exit code (digitd.codes.ExitCode): 1 if any file was rejected, 2 for a bad configuration or a
+model that cannot be loaded, 0 otherwise. The model runs once per chunk of up to CHUNK good
+files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from digitd.fsutil import read_input_file
+from digitd.codes import ExitCode, Status
+from digitd.config import Config, ConfigError, load_config
+from digitd.fsutil import write_atomic
+from digitd.intake import Intake, take_in
 from digitd.model import ModelError, load_classifier
-from digitd.preprocess import DEFAULT_MAX_PIXELS, Rejected, decode_png, normalise
+from digitd.result import Result
 
 CHUNK = 512  # files read, prepared and recognised together; bounds memory on huge lists
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-@dataclass
-class Item:
-    file: str
-    image: np.ndarray | None = None
-    model_input: np.ndarray | None = None
-    error: Rejected | None = None
-    digit: int | None = None
-    confidence: float | None = None
-    probabilities: list[float] | None = None
+def _settings(args) -> Config:
+    """The daemon's configuration (or the built-in one) with this command's overrides."""
+    config = load_config(getattr(args, "config", None))
+    overrides = {}
+    if getattr(args, "model", None):
+        overrides["model"] = Path(args.model)
+    if getattr(args, "min_confidence", None) is not None:
+        overrides["min_confidence"] = args.min_confidence
+    return dataclasses.replace(config, **overrides)
 
 
-def _prepare(item: Item, max_pixels: int) -> None:
-    try:
-        data = read_input_file(item.file, max_pixels)
-        item.image = decode_png(data, max_pixels)
-        item.model_input = normalise(item.image)
-    except Rejected as exc:
-        item.error = exc
-
-
-def _line(item: Item, as_json: bool) -> str:
-    if as_json:
-        return json.dumps({
-            "file": item.file,
-            "status": "rejected" if item.error else "ok",
-            "digit": item.digit,
-            "confidence": item.confidence,
-            "probabilities": item.probabilities,
-            "error": item.error.code if item.error else None,
-            "message": item.error.message if item.error else None,
-        }, ensure_ascii=False)
-    if item.error:
-        return f"{item.file} rejected {item.error.code}: {item.error.message}"
-    return f"{item.file} {item.digit} {item.confidence:.4f}"
+def _take_in(file: str, max_pixels: int) -> Intake:
+    intake = take_in(file, max_pixels)
+    if intake.crash is not None:
+        print(f"digitd predict: {file}: the decoder failed: {intake.crash!r}", file=sys.stderr)
+    return intake
 
 
 def _preview_name(file: str, used: set[str]) -> str:
@@ -79,60 +67,68 @@ def _preview_name(file: str, used: set[str]) -> str:
     return name
 
 
-def _write_preview(directory: Path, name: str, item: Item) -> None:
+def _write_preview(directory: Path, name: str, result: Result, intake: Intake) -> None:
     from digitd.preview import render_preview
 
-    note = f"rejected: {item.error.code}" if item.error else ""
-    png = render_preview(item.image, item.model_input, item.digit, item.confidence, note)
-    tmp = directory / f".{name}.tmp"
-    tmp.write_bytes(png)
-    os.replace(tmp, directory / name)
+    note = f"rejected: {result.error}" if result.status == Status.REJECTED else ""
+    png = render_preview(intake.image, intake.model_input, result.digit, result.confidence, note)
+    write_atomic(directory / name, png)
 
 
 def predict_command(args) -> int:
     """Entry point of `digitd predict` (arguments from digitd.cli)."""
-    max_pixels = getattr(args, "max_pixels", None) or DEFAULT_MAX_PIXELS
+    try:
+        config = _settings(args)
+    except ConfigError as exc:
+        print(f"digitd predict: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     preview_dir = Path(args.preview) if getattr(args, "preview", None) else None
     if preview_dir is not None:
         try:
             preview_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             print(f"digitd predict: cannot create {preview_dir}: {exc.strerror}", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
     classifier = None
     rejected = 0
     used_names: set[str] = set()
     out = sys.stdout
     files = list(args.files)
     for start in range(0, len(files), CHUNK):
-        items = [Item(file=f) for f in files[start : start + CHUNK]]
-        for item in items:
-            _prepare(item, max_pixels)
-        good = [item for item in items if item.error is None]
+        chunk = files[start : start + CHUNK]
+        intakes = [_take_in(f, config.max_pixels) for f in chunk]
+        good = [i for i, intake in enumerate(intakes) if intake.ok]
+        probabilities = np.zeros((len(intakes), 10), np.float32)
         if good:
             if classifier is None:
                 try:
-                    classifier = load_classifier(args.model)
+                    classifier = load_classifier(config.model)
                 except (OSError, ValueError, ModelError) as exc:
                     print(f"digitd predict: cannot load the model: {exc}", file=sys.stderr)
-                    return EXIT_USAGE
+                    return ExitCode.USAGE
                 if classifier.fallback:
                     print(f"digitd predict: running {classifier.served.name} with TensorFlow: "
                           f"{classifier.fallback}", file=sys.stderr)
-            probs = classifier.predict(np.stack([item.model_input for item in good]))
-            for item, p in zip(good, probs, strict=True):
-                item.digit = int(np.argmax(p))
-                item.confidence = round(float(p[item.digit]), 6)
-                item.probabilities = [round(float(v), 6) for v in p]
-        for item in items:
-            rejected += item.error is not None
-            out.write(_line(item, args.json) + "\n")
+            probabilities[good] = classifier.predict(
+                np.stack([intakes[i].model_input for i in good])
+            )
+        for file, intake, probs in zip(chunk, intakes, probabilities, strict=True):
+            if intake.ok:
+                result = Result.recognised(probs, config.min_confidence, file=file,
+                                           sha256=intake.sha256)
+            else:
+                result = Result.rejected(intake.error, intake.message, file=file,
+                                         sha256=intake.sha256)
+                rejected += 1
+            text = json.dumps(result.answer(), ensure_ascii=False) if args.json else result.line()
+            out.write(text + "\n")
             if preview_dir is not None:
                 try:
-                    _write_preview(preview_dir, _preview_name(item.file, used_names), item)
+                    name = _preview_name(file, used_names)
+                    _write_preview(preview_dir, name, result, intake)
                 except OSError as exc:
-                    print(f"digitd predict: cannot write a preview for {item.file}: "
+                    print(f"digitd predict: cannot write a preview for {file}: "
                           f"{exc.strerror}", file=sys.stderr)
                     rejected += 1
         out.flush()
-    return EXIT_FAILURE if rejected else EXIT_OK
+    return ExitCode.FAILURE if rejected else ExitCode.OK

@@ -2,11 +2,13 @@
 
 Pure functions (bytes or arrays in, arrays out): no file I/O, no global state, no TensorFlow,
 safe to call from many threads at once (OpenCV releases the GIL). The daemon and
-`digitd predict` share them.
+`digitd predict` call them through digitd.intake.
 
     prepare(data)      guards + decode + normalise -> Prepared(image, model_input)
     decode_png(data)   guards + decode -> 8-bit grey or BGR, alpha composited on white
     normalise(image)   any decoded array -> (28, 28) float32, ink 1.0 on 0.0
+
+Failures raise Rejected with a reason code (digitd.codes, re-exported here with REASONS).
 
 The normalisation is LeCun's for MNIST (crop the ink, scale it to fit 20x20 keeping the aspect
 ratio with anti-aliasing, put its centre of mass at the centre of 28x28), made robust to paper:
@@ -39,7 +41,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from digitd.pngcheck import Rejected, check_png
+from digitd.codes import REASONS, Rejected
+from digitd.pngcheck import check_png
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -52,18 +55,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXELS = 40_000_000
-
-REASONS: dict[str, str] = {
-    "empty": "the file is empty (0 bytes)",
-    "not_png": "the content is not a PNG image (text, JPEG or another format named .png)",
-    "truncated": "the PNG ends before its IEND chunk (cut short or still being written)",
-    "corrupt": "the PNG structure is damaged (bad CRC, bad header, undecodable data)",
-    "too_large": "the PNG declares more pixels than the configured limit; it was not decoded",
-    "no_ink": "the image is blank, uniform or fully transparent: no digit to recognise",
-    "unreadable": "the file could not be read (permission denied or an I/O error)",
-    "missing": "the file does not exist (or vanished before it could be read)",
-    "not_regular": "not a regular file (a symlink, directory, FIFO, socket or device)",
-}
 
 SIZE = 28  # the model's input side
 BOX = 20  # MNIST's digits are scaled to fit this box...

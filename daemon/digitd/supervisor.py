@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from digitd.codes import ExitCode
 from digitd.config import Config
 from digitd.notify import Notifier
 
@@ -106,7 +107,7 @@ class Supervisor:
         self._sock.close()
         self.notifier.close()  # STOPPING=1 goes out before the process exits
         log.info("stopped", processed=sum(self._counts()[:3]))
-        return 1 if self.failed else 0
+        return ExitCode.FAILURE if self.failed else ExitCode.OK
 
     def _on_signal(self, signum: int, frame) -> None:
         """Pass the stop on at once: the workers stop taking files now, not a loop later."""

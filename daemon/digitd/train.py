@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from digitd import __version__
+from digitd.codes import ExitCode
 from digitd.dataset import DatasetError, Mnist, load_mnist
 from digitd.export import tflite_card_entry
+from digitd.fsutil import write_atomic
 from digitd.model import file_sha256, import_keras, load_classifier
 
-EXIT_OK, EXIT_USAGE = 0, 2
 DEFAULT_EPOCHS = {"cnn": 26, "mlp": 3}
 BATCH_SIZE = {"cnn": 128, "mlp": 32}  # mlp: Keras' default batch, as the classroom network had
 PEAK_LR = 3e-3  # cnn: one-cycle-like warm-up then cosine decay
@@ -219,22 +217,6 @@ def describe_layers(model) -> list[str]:
     return lines
 
 
-# --- writing outputs atomically -----------------------------------------------------------
-
-
-def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temporary file beside `target`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(keras, model, target: Path) -> str:
     """Save without optimiser state (a third of the size); return the file's SHA-256.
 
@@ -243,7 +225,7 @@ def save_model(keras, model, target: Path) -> str:
     """
     export = type(model).from_config(model.get_config())
     export.set_weights(model.get_weights())
-    write_atomically(target, lambda tmp: export.save(tmp))
+    write_atomic(target, lambda tmp: export.save(tmp))
     return file_sha256(target)
 
 
@@ -272,7 +254,7 @@ def save_report(target: Path, history: dict, matrix: np.ndarray, x_test: np.ndar
     left, right = bottom.subfigures(1, 2, width_ratios=[1, 1.1])
     _plot_confusion(left.subplots(), matrix)
     _plot_wrong(right, x_test, y_test, probs)
-    write_atomically(target, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    write_atomic(target, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
 
 
 def _plot_confusion(ax, matrix: np.ndarray) -> None:
@@ -307,12 +289,12 @@ def train_command(args) -> int:
     for name in ("epochs", "limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             print(f"digitd train: --{name} must be at least 1", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
     try:
         data = load_mnist(args.data, verify=not getattr(args, "no_verify", False))
     except DatasetError as exc:
         print(f"digitd train: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if args.limit:
         data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
     out = Path(args.out)
@@ -320,12 +302,12 @@ def train_command(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(f"digitd train: {out}: cannot create ({exc.strerror})", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     result = train(data, arch=args.arch, epochs=args.epochs or DEFAULT_EPOCHS[args.arch],
                    seed=args.seed, out=out, limit=args.limit)
     print(f"test accuracy {result['test']['accuracy']:.4f} in {result['training_seconds']:.0f} s;"
           f" wrote {out / f'digitd-{args.arch}.keras'} (model id {result['model_id'][:12]})")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
@@ -341,7 +323,7 @@ def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
     card["tflite"] = tflite_card_entry(out / f"digitd-{arch}.keras", x_test, data.y_test,
                                        f"MNIST test set ({data.source})")
     card_file = out / f"digitd-{arch}.card.json"
-    write_atomically(card_file, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+    write_atomic(card_file, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
     save_report(out / f"digitd-{arch}.report.png", history, np.array(test["confusion_matrix"]),
                 data.x_test, data.y_test, probs,
                 title=f"digitd-{arch}: test accuracy {test['accuracy']:.2%} "
@@ -403,20 +385,20 @@ def evaluate_command(args) -> int:
         data = load_mnist(args.data, verify=not getattr(args, "no_verify", False))
     except DatasetError as exc:
         print(f"digitd evaluate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         classifier = load_classifier(args.model)
     except Exception as exc:  # missing, truncated or not a Keras model: one line, exit 2
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"digitd evaluate: {args.model or 'shipped model'}: cannot load ({reason})",
               file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     probs = classifier.predict(to_input(data.x_test))
     result = {"model": str(classifier.path), "model_id": classifier.model_id,
               "data": data.source, **metrics(data.y_test, probs)}
     if args.json:
         print(json.dumps(result))
-        return EXIT_OK
+        return ExitCode.OK
     print(f"model    {result['model']} ({result['model_id'][:12]})")
     print(f"data     {result['data']}")
     print(f"accuracy {result['accuracy']:.4%} ({result['errors']} errors / {result['n']})")
@@ -424,4 +406,4 @@ def evaluate_command(args) -> int:
     print("confusion (rows true, columns predicted)")
     for digit, row in enumerate(result["confusion_matrix"]):
         print(f"  {digit} " + " ".join(f"{c:5d}" for c in row))
-    return EXIT_OK
+    return ExitCode.OK

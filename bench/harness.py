@@ -1,26 +1,38 @@
-"""Drive the real daemon as a subprocess: temp folders, a real notify socket, real signals.
+"""The shared harness of the tests and the benches: drive the real `digitd run` as a
+subprocess (temp folders, a real notify socket, real signals), make inputs, count and check
+what it wrote, and report a check as an `Outcome`.
 
-Shared by the daemon tests and the long fault benches (bench/faults.py imports it too).
+One home for these helpers: bench/faults.py, bench/hostile.py and bench/daemon_bench.py
+import it from their own folder, the tests through tests/conftest.py (which puts bench/ on
+sys.path). PNG bytes for tests (including bombs) come from bench/pngwrite.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import yaml
 
+from digitd.claims import work_root
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "tests" / "data" / "mnist_sample.npz"
+# Quick pickup for tests; the benches use the same so that runs are comparable.
+FAST = {"watch": {"settle_ms": 100, "incomplete_after_s": 1.0, "rescan_interval_s": 0.5}}
 
 
 def sample_digits(n: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -196,3 +208,174 @@ class DaemonProcess:
             pass
         if getattr(self, "_log", None):
             self._log.close()
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120
+            ) -> subprocess.CompletedProcess:
+    """Run `python -m digitd ...` for real, as an operator would."""
+    return subprocess.run([sys.executable, "-m", "digitd", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# -- one check: its outcome, counting rows, the daemons of a session ------------------------
+
+
+@dataclass
+class Outcome:
+    """One check: its figures (printed on one line) and what went wrong, if anything."""
+
+    check: str
+    figures: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    skipped: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def line(self) -> str:
+        if self.skipped:
+            return f"SKIP {self.check:<18} {self.skipped}"
+        figures = " ".join(f"{k}={_fmt(v)}" for k, v in self.figures.items())
+        text = f"{'PASS' if self.ok else 'FAIL'} {self.check:<18} {figures}"
+        if self.problems:
+            text += "  PROBLEMS: " + " | ".join(self.problems)
+        return text
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{_fmt(v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+class RowCounter:
+    """Counts results.csv rows by reading only what was appended since the last call."""
+
+    def __init__(self, outbox: Path) -> None:
+        self.path = outbox / "results.csv"
+        self.offset = 0
+        self.lines = 0
+
+    def __call__(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        # Count whole records only; a quoted newline inside a name is rare enough here.
+        cut = data.rfind(b"\r\n")
+        if cut >= 0:
+            self.lines += data[: cut + 2].count(b"\r\n")
+            self.offset += cut + 2
+        return max(0, self.lines - 1)
+
+
+def wait_count(counter, n: int, timeout: float, procs=(), what: str = "rows") -> float:
+    """Wait until counter() >= n; raises TimeoutError (or RuntimeError if a daemon died)."""
+    t0 = time.monotonic()
+    while True:
+        if counter() >= n:
+            return time.monotonic() - t0
+        for d in procs:
+            if d.proc is not None and d.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {d.proc.returncode} at {counter()} {what}")
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"only {counter()} of {n} {what} after {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def work_leftovers(inbox: Path) -> list[str]:
+    """Entries left in the work folder (a live daemon's .lock aside): none after a check."""
+    work = work_root(inbox)
+    if not work.exists():
+        return []
+    return [str(p.relative_to(work)) for p in work.rglob("*") if p.name != ".lock"]
+
+
+def events(procs) -> list[dict]:
+    """Every JSON log line of the given daemons."""
+    found = []
+    for d in procs:
+        try:
+            text = d.log_path.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("{"):
+                try:
+                    found.append(json.loads(line))
+                except ValueError:
+                    pass
+    return found
+
+
+class Session:
+    """The daemons of one check, all closed at the end."""
+
+    def __init__(self, root: Path, model: Path | None, config: dict) -> None:
+        self.root, self.model, self.config = root, model, config
+        self.inbox, self.outbox = root / "inbox", root / "outbox"
+        self.procs: list[DaemonProcess] = []
+
+    def daemon(self, cls=DaemonProcess, **extra) -> DaemonProcess:
+        d = cls(
+            self.root,
+            model=self.model,
+            inbox=self.inbox,
+            outbox=self.outbox,
+            **{**self.config, **extra},
+        )
+        self.procs.append(d)
+        threading.Thread(target=_drain, args=(d,), daemon=True).start()
+        return d
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for d in self.procs:
+            d.close()
+
+
+def _drain(d: DaemonProcess) -> None:
+    """Keep reading the daemon's notify socket, as systemd does. DaemonProcess reads it only
+    inside wait_for(); its datagram queue holds 10 messages (net.unix.max_dgram_qlen), and the
+    daemon's blocking sendto() then stalls it (STATUS and WATCHDOG=1 come twice a second)."""
+    while True:
+        try:
+            d.collect(timeout=0.2)
+        except OSError:
+            return  # closed
+        if d.proc is not None and d.proc.poll() is not None:
+            time.sleep(0.5)
+            if d.proc.poll() is not None and d._sock.fileno() < 0:
+                return
+
+
+def guard(out: Outcome, function, *args) -> bool:
+    """Run one step; a timeout or a dead daemon becomes a problem, not a crash of the bench."""
+    try:
+        function(*args)
+        return True
+    except (TimeoutError, RuntimeError, AssertionError, subprocess.TimeoutExpired) as exc:
+        out.problems.append(str(exc).splitlines()[0][:300])
+        return False
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(path)], capture_output=True)
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+

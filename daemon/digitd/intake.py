@@ -1,0 +1,128 @@
+"""Taking in one dropped file: read it safely, guard, hash, decode and normalise it.
+
+    take_in(path, max_pixels) -> Intake(sha256, image, model_input) or Intake(error, message)
+
+The one way in for the daemon and `digitd predict`, so that both refuse the same files for
+the same reasons. Every failure becomes a reason code (digitd.codes.Reason), never an
+exception: a decoder bug costs one file (`corrupt`, with the exception kept for the log), not
+the daemon and not the other files of a `digitd predict` run.
+
+The read (`read_input_file`) examines the entry with lstat and fstat before any read, so a
+symlink, FIFO (never blocks), socket, folder or device is `not_regular` without being opened
+or read, and checks the PNG header before the rest is read, so a file whose header declares
+too many pixels is not read further. The image work is digitd.preprocess's (pure functions).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+
+import numpy as np
+
+from digitd.codes import Reason, Rejected
+from digitd.pngcheck import read_header
+from digitd.preprocess import prepare
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What taking in one file gave: a model input (and the decoded image, for the preview),
+    or the reason it was refused."""
+
+    sha256: str = ""  # of the file's bytes; "" when they could not be read
+    image: np.ndarray | None = None
+    model_input: np.ndarray | None = None
+    error: Reason | None = None
+    message: str = ""
+    crash: Exception | None = None  # an unexpected decoder exception (error is CORRUPT)
+
+    @property
+    def ok(self) -> bool:
+        return self.model_input is not None
+
+
+def take_in(path: str | os.PathLike, max_pixels: int) -> Intake:
+    """Read, guard, hash, decode and normalise one file; never raises for a bad file."""
+    try:
+        data = read_input_file(path, max_pixels)
+    except Rejected as exc:
+        return Intake(error=exc.code, message=exc.message)
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        prepared = prepare(data, max_pixels)
+    except Rejected as exc:
+        return Intake(sha256, error=exc.code, message=exc.message)
+    except Exception as exc:  # a decoder bug must cost one file, not the run
+        return Intake(sha256, error=Reason.CORRUPT, message=f"could not be decoded ({exc})",
+                      crash=exc)
+    return Intake(sha256, prepared.image, prepared.model_input)
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """No PNG within the pixel limit is bigger than this (16-bit RGBA stored uncompressed)."""
+    return 8 * max_pixels + (1 << 20)
+
+
+def read_input_file(path: str | os.PathLike, max_pixels: int) -> bytes:
+    """The bytes of a dropped file, read safely; raises Rejected (missing, not_regular,
+    unreadable, too_large, or the PNG header's own reasons) without reading what it refuses.
+
+    lstat first, so a symlink, FIFO, socket, folder or device is never opened; then open
+    without following links and non-blocking, and fstat again, in case the entry was swapped
+    since. The PNG header is checked before the rest is read, so a file that declares too
+    many pixels is not read further.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise Rejected(Reason.MISSING, "no such file") from None
+    except OSError as exc:
+        raise Rejected(Reason.UNREADABLE, f"cannot be examined: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Rejected(Reason.NOT_REGULAR,
+                       f"is a {_kind(st.st_mode)}, not a regular file: not read")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Rejected(Reason.MISSING, "no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Rejected(Reason.NOT_REGULAR, "is a symbolic link: not followed") from None
+        raise Rejected(Reason.UNREADABLE, f"cannot be opened: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Rejected(Reason.NOT_REGULAR,
+                           f"is a {_kind(st.st_mode)}, not a regular file: not read")
+        if st.st_size > max_file_bytes(max_pixels):
+            raise Rejected(Reason.TOO_LARGE,
+                           f"{st.st_size:,} bytes is larger than any PNG allowed")
+        head = os.read(fd, 33)
+        if len(head) == 33:
+            read_header(head, max_pixels)  # too_large, not_png: stop before reading more
+        parts = [head]
+        while chunk := os.read(fd, max(1 << 16, st.st_size)):
+            parts.append(chunk)
+        return b"".join(parts)
+    except OSError as exc:
+        raise Rejected(Reason.UNREADABLE, f"cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
