@@ -38,6 +38,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from digitd.claims import work_root
 from harness import (
     FAST,
     DaemonProcess,
@@ -284,7 +285,7 @@ def crash_after_filing(root: Path, files: int = 12, model: Path | None = None,
         batch = rows[-1]["batch"]
         path = s.outbox / "results" / f"{batch}.json"
         before = json.loads(path.read_bytes())
-        dead = s.inbox / ".digitd" / "work" / "deadhost-1-000000"
+        dead = work_root(s.inbox) / "deadhost-1-000000"
         (dead / batch).mkdir(parents=True)
         (dead / ".lock").touch()
         manifest = {"batch": batch, "items": [

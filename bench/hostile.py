@@ -31,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from digitd.claims import set_aside_root
 from harness import (
     FAST,
     DaemonProcess,
@@ -258,7 +259,7 @@ def hostile_inputs(root: Path, model: Path | None = None, outbox_tmpfs: bool = F
         if parsed.startswith("error"):
             out.problems.append(parsed)
         left_in_inbox = sorted(n for n in os.listdir(s.inbox) if n != ".digitd")
-        aside = s.inbox / ".digitd" / "rejected"
+        aside = set_aside_root(s.inbox)
         set_aside = sorted(os.listdir(aside)) if aside.exists() else []
         if left_in_inbox:
             out.problems.append(f"left in the inbox: {left_in_inbox}")

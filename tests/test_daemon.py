@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from digitd.claims import work_root
 from digitd.config import WatchConfig
 from digitd.result import CSV_COLUMNS
 from digitd.watcher import InboxWatcher
@@ -295,7 +296,7 @@ def test_a_batch_whose_csv_write_a_kill_cut_short_is_finished_row_by_row(daemons
     torn line. The restart must keep those rows, redo only the others, and count none twice."""
     d = daemons()
     batch_id = "20260101T000000000Z-aaaaaaaaaaaa"
-    dead = d.inbox / ".digitd" / "work" / "deadhost-1-abcdef"
+    dead = work_root(d.inbox) / "deadhost-1-abcdef"
     folder = dead / batch_id
     folder.mkdir(parents=True)
     (dead / ".lock").touch()  # nobody holds it: the daemon is dead
