@@ -33,8 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon_bench import stage_files  # noqa: E402
 from digitd.config import load_config  # noqa: E402
-from digitd.daemon import Daemon, _Read  # noqa: E402
-from digitd.fsutil import read_input_file  # noqa: E402
+from digitd.daemon import Daemon  # noqa: E402
+from digitd.intake import Intake, read_input_file  # noqa: E402
 from digitd.model import load_classifier  # noqa: E402
 from digitd.preprocess import decode_png, normalise  # noqa: E402
 from digitd.preview import render_preview  # noqa: E402
@@ -93,7 +93,7 @@ def run(files: int, previews: bool) -> tuple[Ledger, int]:
                     image = decode_png(data, config.max_pixels)
                 with ledger.step("normalise: find the digit, crop, scale, centre"):
                     model_input = normalise(image)
-                reads.append(_Read(sha256, image, model_input))
+                reads.append(Intake(sha256, image, model_input))
             with ledger.step("model: LiteRT, batch of 64, 1 thread"):
                 probs = d.classifier.predict(np.stack([r.model_input for r in reads]))
             with ledger.step("results: digit, status, Result objects"):
