@@ -153,6 +153,12 @@ def test_predict_rejects_wrong_shape(tiny_model, runtime):
         load_classifier(tiny_model, runtime=runtime).predict(np.zeros((2, 32, 32), np.float32))
 
 
+def test_a_tflite_path_names_the_model_beside_it(tiny_model):
+    classifier = load_classifier(tflite_path(tiny_model))
+    assert (classifier.path, classifier.runtime) == (tiny_model, "litert")
+    assert classifier.model_id == file_sha256(tiny_model)
+
+
 def test_missing_model_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.keras"):
         load_classifier(tmp_path / "nothing.keras")

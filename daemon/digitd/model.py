@@ -253,6 +253,8 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
                     runtime: str = "auto") -> Classifier:
     """Load a model (default: the shipped one) for serving; see the module's docstring.
 
+    `path` names the .keras file (a .tflite path is taken as the .keras beside it).
+
     `runtime`: "auto" serves the .tflite if it can and falls back to the .keras (the reason is
     in `Classifier.fallback`); "litert" or "tensorflow" insist on one. `threads` caps the
     runtime's threads (a worker process gets its share of the cores); None uses every core.
@@ -261,6 +263,8 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
     model_path = Path(path) if path is not None else default_model_path()
+    if model_path.suffix == ".tflite":  # the model is named by its .keras (its identity)
+        model_path = model_path.with_suffix(".keras")
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: no such model file")
     model_id = file_sha256(model_path)
