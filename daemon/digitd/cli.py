@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inbox", metavar="DIR", help="override the configured inbox")
     run.add_argument("--outbox", metavar="DIR", help="override the configured outbox")
     run.add_argument("--worker", metavar="I/N", help=argparse.SUPPRESS)  # set by the supervisor
-    run.set_defaults(handler=_command("daemon", "run_command"))
+    run.set_defaults(handler=_command("run", "run_command"))
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", metavar="PATH", help="YAML configuration (default: built in)")

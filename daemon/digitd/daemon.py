@@ -15,22 +15,20 @@ hand and retries with back-off; the queues fill and the main loop stops claiming
 inputs stay in the inbox.
 
 With `processes` above 1 (the default on a machine with several cores), `digitd run` is a
-supervisor (digitd.supervisor) whose worker processes each run one such daemon on the inbox.
+supervisor (digitd.supervisor; digitd.run decides) whose worker processes each run one such
+daemon on the inbox.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import NamedTuple
 
 import numpy as np
 import structlog
@@ -39,13 +37,13 @@ from digitd.batcher import Batcher
 from digitd.claims import Batch, Claimed, WorkFolder
 from digitd.codes import ExitCode, Status
 from digitd.commit import Delivery, deliver, plan_recovery
-from digitd.config import Config, ConfigError, cpu_cores, load_config, worker_processes
+from digitd.config import Config, cpu_cores
 from digitd.intake import Intake, take_in
-from digitd.logs import configure_logging
 from digitd.model import ModelError, load_classifier
 from digitd.notify import Notifier
 from digitd.outputs import Outbox, OutboxError
 from digitd.result import Result, printable_name
+from digitd.run import ONE_PROCESS, WorkerId
 from digitd.watcher import Arrival, InboxWatcher
 
 log = structlog.get_logger("digitd")
@@ -53,16 +51,6 @@ log = structlog.get_logger("digitd")
 STATUS_EVERY_S = 1.0
 MAX_WAIT_SLICE_S = 0.25  # the longest the loop sleeps, so signals are seen promptly
 QUEUE_DEPTH = 2  # batches a stage may run ahead of the next
-
-
-class WorkerId(NamedTuple):
-    """Which worker process this is: `--worker INDEX/COUNT`, set by the supervisor."""
-
-    index: int = 0
-    count: int = 1
-
-
-ONE_PROCESS = WorkerId()  # the daemon runs alone, not under a supervisor
 
 
 @dataclass
@@ -460,39 +448,3 @@ class Daemon:
             self._housekeeping(now)
             time.sleep(min(MAX_WAIT_SLICE_S, end - now))
         return False
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """`digitd run`: load the configuration (exit 2 if it is wrong) and run until stopped:
-    as a supervisor of worker processes, or (one process, or a worker) as the daemon itself."""
-    try:
-        config = load_config(args.config, inbox=args.inbox, outbox=args.outbox)
-    except ConfigError as exc:
-        print(f"digitd: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    worker = _parse_worker(getattr(args, "worker", None))
-    if worker is not None:
-        from digitd.supervisor import die_with_parent
-
-        die_with_parent()
-    fields = {"worker": worker.index} if worker else {}  # a worker's lines say which it is
-    configure_logging(config.log.format, config.log.level, **fields)
-    processes = worker.count if worker else worker_processes(config)
-    if worker is None and processes > 1:
-        from digitd.supervisor import Supervisor
-
-        return Supervisor(config, args, processes).run()
-    code = Daemon(config, worker or ONE_PROCESS).run()
-    # Everything is filed and flushed by now; TensorFlow's teardown would add 3-4 s to every
-    # stop (measured under systemd), so leave without it.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def _parse_worker(value: str | None) -> WorkerId | None:
-    """`--worker I/N` (set by the supervisor only) -> WorkerId(I, N)."""
-    if not value:
-        return None
-    index, _, count = value.partition("/")
-    return WorkerId(int(index), int(count))
