@@ -1,6 +1,7 @@
-"""Readiness on its own, as paperless-ngx tests its FileStabilityTracker: when the watcher
-hands a file on, driven through `poll(now)` with a clock the test sets, on real files in a
-temp folder (no observer started: the periodic listing is the truth, events only hints)."""
+"""Readiness on its own, as paperless-ngx tests its FileStabilityTracker: the rule
+(digitd.readiness) and when the watcher hands a file on, driven through `poll(now)` with a
+clock the test sets, on real files in a temp folder (no observer started: the periodic
+listing is the truth, events only hints)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from watchdog.events import FileClosedEvent
 
 from digitd.config import WatchConfig
-from digitd.watcher import PNG_TRAILER, TAKEOVER_S, InboxWatcher, _Hints
+from digitd.readiness import PNG_TRAILER, Candidate, Readiness, has_png_trailer
+from digitd.watcher import TAKEOVER_S, InboxWatcher, _Hints
 from pngwrite import encode_png
 
 CONFIG = WatchConfig(settle_ms=200, incomplete_after_s=10.0, rescan_interval_s=2.0)
@@ -156,3 +158,19 @@ def test_another_workers_share_is_taken_only_after_takeover(inbox):
     assert mine.poll(TAKEOVER_S / 2, 100) == []
     others = names(mine.poll(TAKEOVER_S, 100))  # the other worker left them waiting
     assert sorted(own + others) == sorted(f"{i}.png" for i in range(40))
+
+
+def test_the_rule_alone(inbox):
+    """Readiness.is_ready on one candidate: a vanished name raises, a FIFO is never opened."""
+    rule = Readiness(CONFIG)
+    path = written_in_place(inbox, "a.png", PNG)
+    candidate = Candidate(received_at=None, next_check=0.0, unchanged_since=0.0)
+    assert not rule.is_ready(str(path), candidate, 0.0)
+    assert candidate.next_check == pytest.approx(0.2) and candidate.size == len(PNG)
+    assert rule.is_ready(str(path), candidate, 0.2)
+    path.unlink()
+    with pytest.raises(FileNotFoundError):
+        rule.is_ready(str(path), candidate, 0.3)
+    os.mkfifo(inbox / "fifo.png")
+    assert has_png_trailer(str(inbox / "fifo.png"), 100) is None  # not read, not blocked
+    assert has_png_trailer(str(inbox / "short.png"), 3) is False

@@ -1,10 +1,10 @@
 """Watching the inbox: watchdog events are hints, the folder listing is the truth.
 
 Events make pickup prompt; a periodic listing finds what events missed (queue overflow, late
-events, network shares). A file is handed on only once complete: it ends with PNG's IEND chunk
-and was closed after writing, renamed into place after its last write (mtime < ctime), or left
-unchanged for `settle_ms`. What never completes is handed on after `incomplete_after_s`, so it
-can be rejected with a reason instead of waiting forever.
+events, network shares). A file is handed on only once complete, by the rule of
+digitd.readiness (IEND at the end and closed, renamed in, or settled; or never complete for
+`incomplete_after_s`): this module is the mechanism that finds names and looks at them when
+due, that one the meaning of what it sees.
 
 Several worker processes of one daemon watch the same inbox; each prefers its own share of the
 names (by a hash of the name), and takes the others' only when its own are done and the
@@ -22,7 +22,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import queue
-import stat
 import threading
 import zlib
 from dataclasses import dataclass
@@ -48,8 +47,8 @@ except ImportError:  # pragma: no cover - not Linux: no inotify, nothing to tune
     InotifyMoveEventGrouper = None
 
 from digitd.config import WatchConfig
+from digitd.readiness import Candidate, Readiness
 
-PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # an IEND chunk: length 0, type, CRC
 MAX_TRACKED = 10_000  # names tracked at once; a larger backlog is found by later listings
 TAKEOVER_S = 0.5  # another worker's file waiting this long may be taken by this one
 PAUSE_AT = 1024  # names waiting: events are switched off (they only name files known already)
@@ -63,17 +62,6 @@ class Arrival:
     name: str
     received_at: datetime  # wall clock (UTC) when digitd first saw the name
     ready_at: float  # monotonic time it was found complete: the batcher's clock starts here
-
-
-@dataclass
-class _Candidate:
-    received_at: datetime
-    next_check: float
-    own: bool = True  # in this worker's share of the names
-    size: int = -1
-    mtime_ns: int = -1
-    unchanged_since: float = 0.0
-    closed: bool = False  # a "closed after writing" event was seen
 
 
 class _Hints(FileSystemEventHandler):
@@ -97,13 +85,14 @@ class InboxWatcher:
         self.inbox = inbox
         self._share = share  # (this worker's index, number of workers)
         self._config = config
+        self._readiness = Readiness(config)
         self._patterns = [p.lower() for p in config.patterns]
         self._ignore = [p.lower() for p in config.ignore]
         # queue.Queue, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout=...) can block
         # for ever when a signal handler runs past the deadline (the SIGTERM handler did,
         # and the daemon never stopped).
         self._hints: queue.Queue = queue.Queue()
-        self._candidates: dict[str, _Candidate] = {}
+        self._candidates: dict[str, Candidate] = {}
         self._handed_on: set[str] = set()
         self._next_listing = 0.0
         self._listing_truncated = False
@@ -229,7 +218,7 @@ class InboxWatcher:
                 candidate.next_check = now
                 candidate.closed = candidate.closed or closed
 
-    def _track(self, name: str, now: float) -> _Candidate | None:
+    def _track(self, name: str, now: float) -> Candidate | None:
         candidate = self._candidates.get(name)
         if candidate is None and name not in self._handed_on and self.wanted(name):
             if len(self._candidates) >= MAX_TRACKED:
@@ -237,7 +226,7 @@ class InboxWatcher:
                 return None
             index, workers = self._share
             own = workers == 1 or zlib.crc32(os.fsencode(name)) % workers == index
-            candidate = _Candidate(datetime.now(timezone.utc), now, own, unchanged_since=now)
+            candidate = Candidate(datetime.now(timezone.utc), now, own, unchanged_since=now)
             self._candidates[name] = candidate
         return candidate
 
@@ -252,51 +241,9 @@ class InboxWatcher:
         except OSError:
             pass  # the inbox itself is gone or unreadable; the daemon logs its health
 
-    def _is_ready(self, name: str, candidate: _Candidate, now: float) -> bool:
-        path = os.path.join(self.inbox, name)
+    def _is_ready(self, name: str, candidate: Candidate, now: float) -> bool:
         try:
-            st = os.lstat(path)
+            return self._readiness.is_ready(os.path.join(self.inbox, name), candidate, now)
         except FileNotFoundError:
             del self._candidates[name]  # renamed away or deleted before it completed
             return False
-        except OSError:
-            return True  # let the claim and the reader say what is wrong
-        if not stat.S_ISREG(st.st_mode):
-            return True  # symlink, FIFO, socket, folder: rejected without being opened
-        if st.st_size != candidate.size or st.st_mtime_ns != candidate.mtime_ns:
-            candidate.size, candidate.mtime_ns = st.st_size, st.st_mtime_ns
-            candidate.unchanged_since = now
-        unchanged = now - candidate.unchanged_since
-        tail = _has_png_trailer(path, st.st_size)
-        if tail is None:
-            return True  # unreadable: rejected as such
-        settle = self._config.settle_ms / 1000
-        if tail and (candidate.closed or st.st_mtime_ns < st.st_ctime_ns or unchanged >= settle):
-            return True
-        if not tail and unchanged >= self._config.incomplete_after_s:
-            return True
-        wait = settle if tail else min(1.0, self._config.incomplete_after_s / 4)
-        candidate.next_check = now + max(0.005, wait - unchanged if tail else wait)
-        return False
-
-
-def _has_png_trailer(path: str, size: int) -> bool | None:
-    """Does the file end with an IEND chunk? None if it cannot be opened for reading.
-
-    Opened non-blocking and without following links, so a FIFO or a link swapped in since
-    the lstat cannot block or redirect the read.
-    """
-    if size < len(PNG_TRAILER):
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.pread(fd, len(PNG_TRAILER), size - len(PNG_TRAILER)) == PNG_TRAILER
-    finally:
-        os.close(fd)
