@@ -1,7 +1,8 @@
-"""`digitd train` and `digitd evaluate` on the committed 4,000-digit sample (never the full set).
+"""`digitd train` and `digitd evaluate` on the committed samples (never the full sets).
 
-One short CNN run (2 epochs on 3,000 digits: ~91% on the 1,000 test digits, about 10 s on 2
-idle cores) is shared by the tests.
+One short CNN run (2 epochs on the 3,000 MNIST digits, their continental copies and the USPS
+sample's 300-digit train part, all heavily augmented: ~79% on the 1,000 test digits, about
+30 s on 2 idle cores) is shared by the tests.
 """
 
 from __future__ import annotations
@@ -17,20 +18,22 @@ from digitd.cli import main
 from digitd.model import file_sha256, import_keras, load_classifier
 
 SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
+USPS_SAMPLE = Path(__file__).parent / "data" / "usps_sample.gz"
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """Train the CNN briefly on the sample through the real CLI; return the output directory."""
+    """Train the CNN briefly on the samples through the real CLI; return the output directory."""
     out = tmp_path_factory.mktemp("models")
-    assert main(["train", "--data", str(SAMPLE), "--epochs", "2", "--out", str(out)]) == 0
+    assert main(["train", "--data", str(SAMPLE), "--usps", str(USPS_SAMPLE), "--epochs", "2",
+                 "--out", str(out)]) == 0
     return out
 
 
 def test_short_cnn_run_beats_chance_by_far(trained):
     card = json.loads((trained / "digitd-cnn.card.json").read_text())
     assert card["test"]["n"] == 1000
-    assert card["test"]["accuracy"] >= 0.80, card["test"]["accuracy"]  # chance is 0.10
+    assert card["test"]["accuracy"] >= 0.70, card["test"]["accuracy"]  # chance is 0.10
 
 
 def test_outputs_and_card(trained):
@@ -60,11 +63,46 @@ def test_saved_model_is_plain_keras(trained):
     layers = config["config"]["layers"]
     assert {layer["class_name"] for layer in layers} <= {
         "InputLayer", "Reshape", "Conv2D", "BatchNormalization", "Activation", "Dropout",
-        "Flatten", "Dense"}
+        "Flatten", "Dense", "Rescaling"}
     activations = [layer["config"].get("activation") for layer in layers]
     assert all(a is None or isinstance(a, str) for a in activations)
     assert "softmax" in activations
     assert b"optimizer" not in weights
+
+
+def test_card_records_sources_split_and_calibration(trained):
+    card = json.loads((trained / "digitd-cnn.card.json").read_text())
+    usps = card["dataset"]["usps"]
+    assert usps["sha256"] == file_sha256(USPS_SAMPLE)
+    assert {k: v["n"] for k, v in usps["parts"].items()} == {"train": 300, "calibration": 120,
+                                                             "test": 180}
+    used = card["dataset"]["trained_on"]
+    assert used["usps_train"]["digits"] == 300 and used["continental_forms"]["crossed_7"] > 0
+    assert used["total"] == 3000 + sum(used["continental_forms"].values()) + 300 * 2
+    cal = card["calibration"]
+    assert cal["fitted_on"] == "USPS calibration part" and 0.05 < cal["temperature"] < 20
+    assert cal["usps_calibration"]["nll_after"] <= cal["usps_calibration"]["nll_before"]
+    op = cal["operating_point"]
+    assert 0 <= op["min_confidence"] <= 1 and op["usps_test"]["n"] == 180
+    assert op["usps_calibration"]["silent_errors"] <= 0.005
+
+
+def test_temperature_is_baked_into_the_saved_graph(trained):
+    """The saved model's probabilities are softmax(logits / T) with the card's T, so every
+    runtime that runs the graph gives the calibrated figures."""
+    keras = import_keras()
+    card = json.loads((trained / "digitd-cnn.card.json").read_text())
+    model = keras.saving.load_model(trained / "digitd-cnn.keras", compile=False)
+    assert [type(layer).__name__ for layer in model.layers[-3:]] == ["Dense", "Rescaling",
+                                                                       "Activation"]
+    with np.load(SAMPLE) as npz:
+        x = npz["x_test"][:100].astype(np.float32) / 255.0
+    logits = np.asarray(keras.Sequential(model.layers[:-2])(x, training=False), np.float64)
+    t = card["calibration"]["temperature"]
+    z = logits / t
+    expected = np.exp(z - z.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    assert np.allclose(np.asarray(model(x, training=False)), expected, atol=2e-4)  # T rounded
 
 
 def test_save_load_round_trip_gives_identical_predictions(trained, tmp_path):

@@ -1,8 +1,12 @@
-"""`digitd train` and `digitd evaluate`: build, train, measure and ship a digit model.
+"""`digitd train`: build, train, calibrate, measure and ship a digit model.
 
 The saved .keras holds standard layers only (string activations, no augmentation layers), so
-any Keras 3 can reload it; augmentation runs in the tf.data pipeline during training instead.
-Models take the input contract written in `digitd.model` (28x28 float32 in [0, 1], ink bright).
+any Keras 3 can reload it; augmentation runs in the tf.data pipeline during training instead
+(digitd.augment). Models take the input contract written in `digitd.model` (28x28 float32 in
+[0, 1], ink bright). With `--usps`, the USPS train part (digitd.dataset's shared split) is
+trained on, the temperature is fitted on its calibration part and baked into the saved graph
+(logits / T before the softmax: digitd.calibration), and the operating point for the daemon's
+`min_confidence` is measured on the calibration part and checked on the test part.
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from digitd import __version__
+from digitd import __version__, calibration
+from digitd.augment import augment_batch, continental_forms
 from digitd.codes import ExitCode
-from digitd.dataset import DatasetError, Mnist, load_mnist
+from digitd.dataset import DatasetError, Mnist, Usps, load_mnist, load_usps, split_sha256, usps_page
 from digitd.export import tflite_card_entry
 from digitd.fsutil import write_atomic
-from digitd.model import file_sha256, import_keras, load_classifier
+from digitd.model import file_sha256, import_keras
 
-DEFAULT_EPOCHS = {"cnn": 26, "mlp": 3}
+DEFAULT_EPOCHS = {"cnn": 24, "mlp": 3}
+USPS_REPEAT = 2  # the USPS train part is seen this many times an epoch (real, other writers)
+CONTINENTAL_SEED = 7  # which MNIST 7s and 1s get a bar or a flag
 BATCH_SIZE = {"cnn": 128, "mlp": 32}  # mlp: Keras' default batch, as the classroom network had
 PEAK_LR = 3e-3  # cnn: one-cycle-like warm-up then cosine decay
 
@@ -58,7 +65,7 @@ def build_cnn(keras) -> Any:
         *conv(16, 3), *conv(16, 3), *conv(16, 5, 2, "same"), layers.Dropout(0.4),
         *conv(48, 3), *conv(48, 3), *conv(48, 5, 2, "same"), layers.Dropout(0.4),
         *conv(128, 4), layers.Flatten(), layers.Dropout(0.4),
-        layers.Dense(10, activation="softmax"),
+        layers.Dense(10), layers.Activation("softmax"),  # logits apart: see calibrated()
     ], name="digitd_cnn")
 
 
@@ -70,7 +77,7 @@ def build_mlp(keras) -> Any:
         layers.Flatten(),
         layers.Dense(128, activation="relu"),
         layers.Dense(128, activation="relu"),
-        layers.Dense(10, activation="softmax"),
+        layers.Dense(10), layers.Activation("softmax"),
     ], name="digitd_mlp")
 
 
@@ -89,39 +96,6 @@ def compile_model(keras, model, arch: str, steps: int) -> None:
 
 
 # --- data pipeline and augmentation -------------------------------------------------------
-
-
-def augment_batch(x, step, seed: int):
-    """Random stroke width, rotation (±10°), zoom (±10%) and shift (±2 px) for a batch.
-
-    Stateless random ops seeded by (seed, step), so a run is repeatable whatever the threading.
-    x: (B, 28, 28) float32 in [0, 1].
-    """
-    import tensorflow as tf
-
-    n = tf.shape(x)[0]
-    rnd = [tf.random.stateless_uniform([n], seed=[seed, step * 8 + i], minval=-1.0, maxval=1.0)
-           for i in range(5)]
-    img = x[..., None]
-    # stroke width: blend toward a 3x3 dilation (thicker) or erosion (thinner)
-    dilated = tf.nn.max_pool2d(img, 3, 1, "SAME")
-    eroded = -tf.nn.max_pool2d(-img, 3, 1, "SAME")
-    w = rnd[0][:, None, None, None]
-    img = tf.where(w > 0, img + 0.7 * w * (dilated - img), img - 0.5 * w * (eroded - img))
-    # affine: output pixel p maps to input pixel c + R^-1 (p - c - t) / s
-    angle = rnd[1] * (10.0 * math.pi / 180.0)
-    k = 1.0 / (1.0 + 0.1 * rnd[2])
-    tx, ty = 2.0 * rnd[3], 2.0 * rnd[4]
-    c = 13.5
-    cos, sin = tf.cos(angle) * k, tf.sin(angle) * k
-    transforms = tf.stack([
-        cos, sin, c - cos * (c + tx) - sin * (c + ty),
-        -sin, cos, c + sin * (c + tx) - cos * (c + ty),
-        tf.zeros_like(cos), tf.zeros_like(cos)], axis=1)
-    img = tf.raw_ops.ImageProjectiveTransformV3(
-        images=img, transforms=transforms, output_shape=tf.constant([28, 28]),
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
-    return tf.clip_by_value(img[..., 0], 0.0, 1.0)
 
 
 def make_train_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, augment: bool):
@@ -230,31 +204,49 @@ def save_model(keras, model, target: Path) -> str:
 
 
 def save_report(target: Path, history: dict, matrix: np.ndarray, x_test: np.ndarray,
-                y_test: np.ndarray, probs: np.ndarray, title: str) -> None:
-    """A PNG: training curves, the confusion matrix, and the 25 most confidently wrong digits."""
+                y_test: np.ndarray, probs: np.ndarray, curves: dict[str, np.ndarray],
+                title: str) -> None:
+    """A PNG: training curves, the risk-coverage curves, the confusion matrix, and the 25 most
+    confidently wrong digits."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(15, 10), layout="constrained")
+    fig = Figure(figsize=(18, 10), layout="constrained")
     fig.suptitle(title)
     top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.4])
-    ax_loss, ax_acc = top.subplots(1, 2)
+    ax_loss, ax_acc, ax_risk = top.subplots(1, 3)
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.plot(epochs, history.get(key, []), "o-", label="train (augmented)")
         if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], "o-", label="test")
+            ax.plot(epochs, history[f"val_{key}"], "o-", label="MNIST test")
         ax.set(xlabel="epoch", ylabel=key, title=key)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
+    _plot_risk_coverage(ax_risk, curves)
     left, right = bottom.subfigures(1, 2, width_ratios=[1, 1.1])
     _plot_confusion(left.subplots(), matrix)
     _plot_wrong(right, x_test, y_test, probs)
     write_atomic(target, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+
+
+def _plot_risk_coverage(ax, curves: dict[str, np.ndarray]) -> None:
+    """Error among the accepted digits against the share accepted (most confident first)."""
+    labels = {"usps_test": "held-out USPS (test part)", "mnist_test": "MNIST test"}
+    for name, label in labels.items():
+        if name in curves:
+            coverage, risk = calibration.risk_coverage(curves[name], curves[f"{name}_y"])
+            ax.plot(coverage * 100, risk * 100, label=label)
+    ax.axvline(100 * (1 - calibration.MAX_REVIEW), color="grey", ls=":", label="5% to review")
+    ax.axhline(100 * calibration.MAX_SILENT, color="red", ls=":", label="0.5% error")
+    ax.set(xlabel="share accepted as ok (%)", ylabel="error among accepted (%)",
+           title="risk-coverage (calibrated)", xlim=(50, 100), ylim=(0, None))
+    ax.grid(alpha=0.3)
+    ax.legend()
 
 
 def _plot_confusion(ax, matrix: np.ndarray) -> None:
@@ -281,17 +273,110 @@ def _plot_wrong(subfig, x_test: np.ndarray, y_test: np.ndarray, probs: np.ndarra
             ax.set_title(f"true {y_test[i]} → {pred[i]} ({probs[i, pred[i]]:.2f})", fontsize=8)
 
 
+# --- training data ------------------------------------------------------------------------
+
+
+def usps_inputs(x16: np.ndarray) -> np.ndarray:
+    """USPS digits -> the model's input contract exactly as the daemon would make it: each one
+    as a page (digitd.dataset.usps_page, the same image bench/evalsets.py writes as a PNG)
+    through digitd.preprocess.normalise."""
+    from digitd.preprocess import normalise
+
+    return np.stack([normalise(usps_page(d)) for d in x16]).astype(np.float32)
+
+
+def training_set(data: Mnist, usps: Usps | None, seed: int,
+                 arch: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """MNIST's training digits, plus (CNN) the continental 7s and 1s drawn on copies of some of
+    them and the USPS train part (each USPS_REPEAT times); uint8 (N, 28, 28), labels, and what
+    went in (for the card)."""
+    parts_x, parts_y = [data.x_train], [data.y_train]
+    what: dict[str, Any] = {"mnist_train": len(data.x_train)}
+    if arch == "cnn":
+        cx, cy = continental_forms(data.x_train, data.y_train,
+                                   np.random.default_rng([seed, CONTINENTAL_SEED]))
+        parts_x.append(cx)
+        parts_y.append(cy)
+        what["continental_forms"] = {"crossed_7": int((cy == 7).sum()),
+                                     "flagged_1": int((cy == 1).sum())}
+    if usps is not None:
+        ux, uy = usps.part("train")
+        u28 = np.clip(usps_inputs(ux) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        parts_x += [u28] * USPS_REPEAT
+        parts_y += [uy] * USPS_REPEAT
+        what["usps_train"] = {"digits": len(uy), "repeat": USPS_REPEAT}
+    x, y = np.concatenate(parts_x), np.concatenate(parts_y).astype(np.uint8)
+    what["total"] = len(x)
+    return x, y, what
+
+
+# --- calibration ----------------------------------------------------------------------------
+
+
+def logits_of(keras, model, x: np.ndarray) -> np.ndarray:
+    """The model's logits (the input of its final softmax) for float inputs."""
+    head = keras.Sequential(model.layers[:-1])
+    return np.asarray(head.predict(x, batch_size=500, verbose=0), np.float64)
+
+
+def calibrated(keras, model, temperature: float):
+    """The same network with logits / temperature before the softmax, as plain layers
+    (Rescaling is a multiplication: the .keras and a .tflite export both keep it)."""
+    layers = keras.layers
+    return keras.Sequential(
+        [keras.Input(shape=(28, 28), name="digits"), *model.layers[:-1],
+         layers.Rescaling(1.0 / temperature, name="temperature"),
+         layers.Activation("softmax", name="probabilities")], name=model.name)
+
+
+def calibrate(keras, model, usps: Usps) -> tuple[float, dict[str, Any], dict[str, np.ndarray]]:
+    """Fit T on the USPS calibration part; ECE before/after and the operating point measured
+    on the calibration part and checked on the test part. Returns T, the card's section and
+    the calibrated test-part probabilities (for the report)."""
+    parts = {}
+    for name in ("calibration", "test"):
+        x16, y = usps.part(name)
+        parts[name] = (logits_of(keras, model, usps_inputs(x16)), y.astype(np.int64))
+    logits, y = parts["calibration"]
+    t = calibration.fit_temperature(logits, y)
+    section: dict[str, Any] = {"method": "temperature scaling (logits / T before the softmax)",
+                               "fitted_on": "USPS calibration part", "temperature": round(t, 4)}
+    probs = {}
+    for name, (lg, yy) in parts.items():
+        before, after = calibration.softmax(lg), calibration.softmax(lg, t)
+        probs[name] = after
+        section[f"usps_{name}"] = {
+            "n": len(yy), "accuracy": round(float((after.argmax(1) == yy).mean()), 6),
+            "ece_before": round(calibration.ece(before, yy), 5),
+            "ece_after": round(calibration.ece(after, yy), 5),
+            "nll_before": round(calibration.nll(lg, yy), 5),
+            "nll_after": round(calibration.nll(lg, yy, t), 5)}
+    point = calibration.choose_threshold(probs["calibration"], parts["calibration"][1])
+    check = calibration.at_threshold(probs["test"], parts["test"][1], point.threshold)
+    section["operating_point"] = {
+        "rule": f"highest threshold (0.01 steps) with review share <= "
+                f"{calibration.MAX_REVIEW:.0%} and silent errors <= "
+                f"{calibration.MAX_SILENT:.1%} on the USPS calibration part",
+        "min_confidence": point.threshold, "usps_calibration": point.as_dict(),
+        "usps_test": check.as_dict(),
+        "review_within_target": check.review_share <= calibration.MAX_REVIEW,
+        "silent_within_target": check.silent_errors <= calibration.MAX_SILENT}
+    return t, section, {"usps_test": probs["test"], "usps_test_y": parts["test"][1]}
+
+
 # --- commands -----------------------------------------------------------------------------
 
 
 def train_command(args) -> int:
-    """`digitd train`: train --arch on MNIST and write model, card and report into --out."""
+    """`digitd train`: train --arch on MNIST (and USPS) and write model, card and report."""
     for name in ("epochs", "limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             print(f"digitd train: --{name} must be at least 1", file=sys.stderr)
             return ExitCode.USAGE
+    verify = not getattr(args, "no_verify", False)
     try:
-        data = load_mnist(args.data, verify=not getattr(args, "no_verify", False))
+        data = load_mnist(args.data, verify=verify)
+        usps = load_usps(args.usps, verify=verify) if getattr(args, "usps", None) else None
     except DatasetError as exc:
         print(f"digitd train: {exc}", file=sys.stderr)
         return ExitCode.USAGE
@@ -304,45 +389,66 @@ def train_command(args) -> int:
         print(f"digitd train: {out}: cannot create ({exc.strerror})", file=sys.stderr)
         return ExitCode.USAGE
     result = train(data, arch=args.arch, epochs=args.epochs or DEFAULT_EPOCHS[args.arch],
-                   seed=args.seed, out=out, limit=args.limit)
-    print(f"test accuracy {result['test']['accuracy']:.4f} in {result['training_seconds']:.0f} s;"
-          f" wrote {out / f'digitd-{args.arch}.keras'} (model id {result['model_id'][:12]})")
+                   seed=args.seed, out=out, limit=args.limit, usps=usps)
+    line = (f"test accuracy {result['test']['accuracy']:.4f} in {result['training_seconds']:.0f}"
+            f" s; wrote {out / f'digitd-{args.arch}.keras'} (model id {result['model_id'][:12]})")
+    if "calibration" in result:
+        op = result["calibration"]["operating_point"]
+        check = op["usps_test"]
+        line += (f"; T={result['calibration']['temperature']}, min_confidence "
+                 f"{op['min_confidence']:.2f}: USPS test silent errors "
+                 f"{check['silent_errors']:.2%}, review {check['review_share']:.2%}")
+    print(line)
     return ExitCode.OK
 
 
 def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
-          limit: int | None = None) -> dict[str, Any]:
+          limit: int | None = None, usps: Usps | None = None) -> dict[str, Any]:
     """Train one model; write digitd-<arch>.keras, .card.json and .report.png; return the card."""
     keras = import_keras()
-    model, history, seconds = fit(keras, data, arch, epochs, seed)
+    x_train, y_train, sources = training_set(data, usps, seed, arch)
+    model, history, seconds = fit(keras, x_train, y_train, data, arch, epochs, seed)
+    temperature, calib, curves = 1.0, None, {}
+    if usps is not None:
+        temperature, calib, curves = calibrate(keras, model, usps)
+        model = calibrated(keras, model, temperature)
     x_test = to_input(data.x_test)
     probs = model.predict(x_test, batch_size=500, verbose=0)
     test = metrics(data.y_test, probs)
+    test["ece"] = round(calibration.ece(probs, data.y_test), 5)
     model_id = save_model(keras, model, out / f"digitd-{arch}.keras")
-    card = model_card(model, model_id, data, arch, epochs, seed, history, seconds, test, limit)
+    card = model_card(model, model_id, data, arch, epochs, seed, history, seconds, test, limit,
+                      sources, usps)
+    if calib is not None:
+        card["calibration"] = calib
     card["tflite"] = tflite_card_entry(out / f"digitd-{arch}.keras", x_test, data.y_test,
                                        f"MNIST test set ({data.source})")
     card_file = out / f"digitd-{arch}.card.json"
     write_atomic(card_file, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+    curves["mnist_test"], curves["mnist_test_y"] = probs, data.y_test
+    title = (f"digitd-{arch}: MNIST test {test['accuracy']:.2%} ({test['errors']} errors / "
+             f"{test['n']}), {seconds:.0f} s, seed {seed}")
+    if calib is not None:
+        title += (f"; USPS test {calib['usps_test']['accuracy']:.2%}, T={temperature:.3f}, "
+                  f"min_confidence {calib['operating_point']['min_confidence']:.2f}")
     save_report(out / f"digitd-{arch}.report.png", history, np.array(test["confusion_matrix"]),
-                data.x_test, data.y_test, probs,
-                title=f"digitd-{arch}: test accuracy {test['accuracy']:.2%} "
-                      f"({test['errors']} errors / {test['n']}), {seconds:.0f} s, seed {seed}")
+                data.x_test, data.y_test, probs, curves, title=title)
     _log().info("trained", arch=arch, accuracy=test["accuracy"], seconds=round(seconds, 1),
-                model_id=model_id)
+                model_id=model_id, temperature=round(temperature, 4))
     return card
 
 
-def fit(keras, data: Mnist, arch: str, epochs: int, seed: int) -> tuple[Any, dict, float]:
+def fit(keras, x_train: np.ndarray, y_train: np.ndarray, data: Mnist, arch: str, epochs: int,
+        seed: int) -> tuple[Any, dict, float]:
     """Build and train the model; return it, its per-epoch history and the training seconds."""
     keras.utils.set_random_seed(seed)
     batch = BATCH_SIZE[arch]
-    steps_per_epoch = math.ceil(len(data.x_train) / batch)
+    steps_per_epoch = math.ceil(len(x_train) / batch)
     model = build_cnn(keras) if arch == "cnn" else build_mlp(keras)
     compile_model(keras, model, arch, steps_per_epoch * epochs)
-    train_ds = make_train_dataset(data.x_train, data.y_train, batch, seed, augment=arch == "cnn")
+    train_ds = make_train_dataset(x_train, y_train, batch, seed, augment=arch == "cnn")
     interactive = sys.stdout.isatty()
-    _log().info("training", arch=arch, epochs=epochs, seed=seed, train=len(data.x_train),
+    _log().info("training", arch=arch, epochs=epochs, seed=seed, train=len(x_train),
                 test=len(data.x_test), params=model.count_params())
     started = time.monotonic()
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -354,8 +460,21 @@ def fit(keras, data: Mnist, arch: str, epochs: int, seed: int) -> tuple[Any, dic
 
 
 def model_card(model, model_id: str, data: Mnist, arch: str, epochs: int, seed: int,
-               history: dict, seconds: float, test: dict, limit: int | None) -> dict[str, Any]:
+               history: dict, seconds: float, test: dict, limit: int | None,
+               sources: dict[str, Any], usps: Usps | None) -> dict[str, Any]:
     """Everything needed to trust and reproduce the model, as one JSON-ready dict."""
+    dataset: dict[str, Any] = {
+        "source": data.source, "sha256": data.sha256, "train": len(data.x_train),
+        "test": len(data.x_test), "limit": limit, "trained_on": sources}
+    if usps is not None:
+        split = usps.split()
+        dataset["usps"] = {
+            "source": usps.source, "sha256": usps.sha256,
+            "split": "numpy default_rng(20261130).permutation(n): train 50% / calibration 20% "
+                     "/ test 30% (digitd.dataset.usps_split); the test part is never trained "
+                     "or calibrated on",
+            "parts": {name: {"n": len(idx), "indices_sha256": split_sha256(idx)}
+                      for name, idx in split.items()}}
     return {
         "name": f"digitd-{arch}.keras",
         "model_id": model_id,  # SHA-256 of the .keras file
@@ -363,12 +482,16 @@ def model_card(model, model_id: str, data: Mnist, arch: str, epochs: int, seed: 
         "architecture": describe_layers(model),
         "parameters": int(model.count_params()),
         "input": "(N, 28, 28) float32 in [0, 1], ink bright on dark, MNIST-normalised",
-        "output": "(N, 10) float32 softmax probabilities for digits 0-9",
-        "dataset": {"source": data.source, "sha256": data.sha256,
-                    "train": len(data.x_train), "test": len(data.x_test), "limit": limit},
-        "validation": "the test set, monitored per epoch only (no early stopping, no selection)",
+        "output": "(N, 10) float32 softmax probabilities for digits 0-9"
+                  + (" (calibrated: logits / T)" if usps is not None else ""),
+        "dataset": dataset,
+        "validation": "the MNIST test set, monitored per epoch only (no early stopping, no "
+                      "selection)",
         "training": {"seed": seed, "epochs": epochs, "batch_size": BATCH_SIZE[arch],
-                     "augmentation": arch == "cnn", "optimizer": "adam",
+                     "augmentation": "digitd.augment (elastic, slant ±20°, rotation, aspect, "
+                                     "stroke width, low-res, binarised, anti-aliased)"
+                                     if arch == "cnn" else None,
+                     "optimizer": "adam",
                      "peak_learning_rate": PEAK_LR if arch == "cnn" else 1e-3,
                      "seconds": round(seconds, 1),
                      "history": {k: [round(float(v), 5) for v in vs] for k, vs in history.items()}},
@@ -377,33 +500,3 @@ def model_card(model, model_id: str, data: Mnist, arch: str, epochs: int, seed: 
         "library_versions": library_versions(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def evaluate_command(args) -> int:
-    """`digitd evaluate`: accuracy, per-class accuracy and confusion matrix on the test set."""
-    try:
-        data = load_mnist(args.data, verify=not getattr(args, "no_verify", False))
-    except DatasetError as exc:
-        print(f"digitd evaluate: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    try:
-        classifier = load_classifier(args.model)
-    except Exception as exc:  # missing, truncated or not a Keras model: one line, exit 2
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"digitd evaluate: {args.model or 'shipped model'}: cannot load ({reason})",
-              file=sys.stderr)
-        return ExitCode.USAGE
-    probs = classifier.predict(to_input(data.x_test))
-    result = {"model": str(classifier.path), "model_id": classifier.model_id,
-              "data": data.source, **metrics(data.y_test, probs)}
-    if args.json:
-        print(json.dumps(result))
-        return ExitCode.OK
-    print(f"model    {result['model']} ({result['model_id'][:12]})")
-    print(f"data     {result['data']}")
-    print(f"accuracy {result['accuracy']:.4%} ({result['errors']} errors / {result['n']})")
-    print("per class " + "  ".join(f"{d}:{a:.4f}" for d, a in result["per_class_accuracy"].items()))
-    print("confusion (rows true, columns predicted)")
-    for digit, row in enumerate(result["confusion_matrix"]):
-        print(f"  {digit} " + " ".join(f"{c:5d}" for c in row))
-    return ExitCode.OK
