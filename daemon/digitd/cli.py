@@ -75,8 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--preview", metavar="DIR", help="write annotated previews into DIR")
     predict.set_defaults(handler=_command("predict", "predict_command"))
 
-    train = sub.add_parser("train", help="train a model on MNIST (one-shot)")
+    train = sub.add_parser("train", help="train a model on MNIST (and USPS) (one-shot)")
     train.add_argument("--data", metavar="DIR", help="MNIST IDX files or mnist.npz")
+    train.add_argument(
+        "--usps",
+        metavar="PATH",
+        help="USPS zip.train.gz (or its folder): train on its train part, calibrate on its "
+        "calibration part, measure the operating point (digitd.dataset's shared split)",
+    )
     train.add_argument("--arch", choices=("cnn", "mlp"), default="cnn")
     train.add_argument("--epochs", type=int, help="default: 3 for mlp, the tuned value for cnn")
     train.add_argument("--seed", type=int, default=1)
@@ -96,12 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check")
     export.set_defaults(handler=_command("export", "export_command", needs_tensorflow=True))
 
-    evaluate = sub.add_parser("evaluate", help="accuracy of a model on the MNIST test set")
+    evaluate = sub.add_parser(
+        "evaluate", help="measure a model on a labelled folder of PNGs or on the MNIST test set"
+    )
     evaluate.add_argument("--model", metavar="PATH", help="a .keras model (default: shipped)")
+    evaluate.add_argument(
+        "--set",
+        metavar="DIR",
+        help="PNGs plus labels.csv (file,label), through the daemon's intake and preprocessing",
+    )
+    evaluate.add_argument("--config", metavar="PATH", help="min_confidence (and model) from here")
+    evaluate.add_argument(
+        "--min-confidence", type=_probability, metavar="P",
+        help="below this a result is low_confidence (default: configured)",
+    )
     evaluate.add_argument("--data", metavar="DIR", help="MNIST IDX files or mnist.npz")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check")
-    evaluate.set_defaults(handler=_command("train", "evaluate_command"))
+    evaluate.set_defaults(handler=_command("evaluate", "evaluate_command"))
     return parser
 
 

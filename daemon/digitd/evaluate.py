@@ -1,0 +1,281 @@
+"""`digitd evaluate`: measure a model the way the daemon would use it.
+
+    digitd evaluate --set DIR [--model M] [--config C | --min-confidence P] [--json]
+    digitd evaluate --data MNIST_DIR [--model M] [--json]
+
+--set: DIR holds PNG files and `labels.csv` (`file,label`; a header line `file,label` is
+optional; file names are relative to DIR). Every file goes through the daemon's own intake
+(safe read, PNG checks, decode, normalisation) and the model, and gets the status the daemon
+would give it at `min_confidence` (from --min-confidence, else --config, else the built-in
+default). Reported, as shares of the rows evaluated (digitd.calibration's definitions):
+accuracy (top answer right, whatever its status), silent errors (wrong yet `ok`), review share
+(`low_confidence`), rejected share (the daemon would reject the file: no_ink, corrupt...),
+per-class accuracy and the confusion matrix (rows the true digit, columns the answer, a last
+column for rejected files). Rows that cannot be evaluated (a missing file, a label that is not
+a digit 0-9, a malformed or duplicated line) are listed with their line number and left out;
+they never stop the run.
+
+--data: the model alone on the MNIST test arrays (no preprocessing), as before.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from digitd import calibration
+from digitd.codes import ExitCode, Reason, Status
+from digitd.config import Config, ConfigError, load_config
+from digitd.intake import take_in
+from digitd.model import load_classifier
+from digitd.result import Result
+
+LABELS = "labels.csv"
+CHUNK = 512  # files read and recognised together
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int  # 1-based line of labels.csv
+    file: str
+    label: int
+
+
+@dataclass(frozen=True)
+class BadRow:
+    line: int
+    file: str | None
+    reason: str
+
+
+def read_labels(folder: Path) -> tuple[list[Row], list[BadRow]]:
+    """labels.csv -> good rows and bad ones (with their line numbers). Raises OSError when the
+    file itself cannot be read."""
+    text = (folder / LABELS).read_bytes().decode("utf-8-sig", errors="replace")
+    rows: list[Row] = []
+    bad: list[BadRow] = []
+    seen: dict[str, int] = {}
+    reader = csv.reader(text.splitlines())
+    for index, fields in enumerate(reader, start=1):
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if index == 1 and [f.strip().lower() for f in fields] == ["file", "label"]:
+            continue
+        if len(fields) != 2:
+            bad.append(BadRow(index, fields[0] if fields else None,
+                              f"expected 2 fields (file,label), got {len(fields)}"))
+            continue
+        name, label = fields[0].strip(), fields[1].strip()
+        if not name:
+            bad.append(BadRow(index, None, "empty file name"))
+            continue
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or ".." in parts:
+            bad.append(BadRow(index, name, "file name outside the set's folder"))
+            continue
+        if len(label) != 1 or label not in "0123456789":
+            bad.append(BadRow(index, name, f"label {label!r} is not a digit 0-9"))
+            continue
+        if name in seen:
+            bad.append(BadRow(index, name, f"listed again (first on line {seen[name]})"))
+            continue
+        seen[name] = index
+        rows.append(Row(index, name, int(label)))
+    return rows, bad
+
+
+def run_set(folder: Path, classifier, config) -> tuple[list[tuple[Row, Result]], list[BadRow]]:
+    """Take in, recognise and judge every good row of folder/labels.csv exactly as the daemon
+    would (digitd.intake.take_in, the model, Result.recognised at config.min_confidence)."""
+    rows, bad = read_labels(folder)
+    judged: list[tuple[Row, Result]] = []
+    for start in range(0, len(rows), CHUNK):
+        taken = []
+        for row in rows[start:start + CHUNK]:
+            intake = take_in(folder / row.file, config.max_pixels)
+            if intake.error == Reason.MISSING:
+                bad.append(BadRow(row.line, row.file, "missing: no such file"))
+            else:
+                taken.append((row, intake))
+        good = [(row, intake) for row, intake in taken if intake.ok]
+        probs = classifier.predict(np.stack([i.model_input for _, i in good])) if good else []
+        answers = {id(intake): p for (_, intake), p in zip(good, probs, strict=True)}
+        for row, intake in taken:
+            if intake.ok:
+                result = Result.recognised(answers[id(intake)], config.min_confidence,
+                                           file=row.file)
+            else:
+                result = Result.rejected(intake.error, intake.message, file=row.file)
+            judged.append((row, result))
+    bad.sort(key=lambda b: b.line)
+    return judged, bad
+
+
+def summarise(judged: list[tuple[Row, Result]], min_confidence: float) -> dict[str, Any]:
+    """The figures of one set, JSON-ready (shares of the rows evaluated)."""
+    n = len(judged)
+    labels = np.array([row.label for row, _ in judged], np.int64)
+    status = [result.status for _, result in judged]
+    answered = np.array([s != Status.REJECTED for s in status], bool)
+    ok = np.array([s == Status.OK for s in status], bool)
+    digits = np.array([-1 if r.digit is None else r.digit for _, r in judged], np.int64)
+    right = digits == labels
+    matrix = np.zeros((10, 11), np.int64)  # column 10: rejected
+    np.add.at(matrix, (labels, np.where(answered, digits, 10)), 1)
+    totals = matrix.sum(axis=1)
+    reasons: dict[str, int] = {}
+    for _, result in judged:
+        if result.error:
+            reasons[str(result.error)] = reasons.get(str(result.error), 0) + 1
+
+    def share(k) -> float | None:
+        return round(float(k) / n, 6) if n else None
+
+    summary: dict[str, Any] = {
+        "n": n,
+        "min_confidence": min_confidence,
+        "accuracy": share((answered & right).sum()),
+        "silent_errors": share((ok & ~right).sum()),
+        "review_share": share((answered & ~ok).sum()),
+        "rejected_share": share((~answered).sum()),
+        "accuracy_of_ok": round(float(right[ok].mean()), 6) if ok.any() else None,
+        "counts": {"ok": int(ok.sum()), "ok_wrong": int((ok & ~right).sum()),
+                   "low_confidence": int((answered & ~ok).sum()),
+                   "low_confidence_wrong": int((answered & ~ok & ~right).sum()),
+                   "rejected": int((~answered).sum())},
+        "rejected_reasons": reasons,
+        "per_class_accuracy": {str(d): round(float(matrix[d, d] / totals[d]), 6)
+                               for d in range(10) if totals[d]},
+        "confusion_matrix": matrix.tolist(),
+    }
+    if answered.any():
+        probs = np.array([r.probabilities for (_, r), a in zip(judged, answered, strict=True)
+                          if a], np.float64)
+        summary["ece"] = round(calibration.ece(probs, labels[answered]), 5)
+    return summary
+
+
+def _settings(args) -> Config:
+    """The daemon's configuration (--config, else built in) with this command's overrides."""
+    config = load_config(getattr(args, "config", None))
+    overrides: dict[str, Any] = {}
+    if getattr(args, "model", None):
+        overrides["model"] = Path(args.model)
+    if getattr(args, "min_confidence", None) is not None:
+        overrides["min_confidence"] = args.min_confidence
+    return dataclasses.replace(config, **overrides)
+
+
+def _load(model: Path | str | None, prog: str):
+    try:
+        return load_classifier(model)
+    except Exception as exc:  # missing, truncated or not a model: one line, exit 2
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"{prog}: {model or 'shipped model'}: cannot load ({reason})", file=sys.stderr)
+        return None
+
+
+def evaluate_command(args) -> int:
+    if getattr(args, "set", None):
+        return set_command(args)
+    return mnist_command(args)
+
+
+def set_command(args) -> int:
+    """`digitd evaluate --set DIR`."""
+    prog = "digitd evaluate"
+    folder = Path(args.set)
+    try:
+        config = _settings(args)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    if args.min_confidence is not None:
+        source = "--min-confidence"
+    else:
+        source = args.config or "built-in default"
+    if not (folder / LABELS).is_file():
+        print(f"{prog}: {folder / LABELS}: no such file (a set is PNGs plus labels.csv with "
+              "file,label lines)", file=sys.stderr)
+        return ExitCode.USAGE
+    classifier = _load(config.model, prog)
+    if classifier is None:
+        return ExitCode.USAGE
+    try:
+        judged, bad = run_set(folder, classifier, config)
+    except OSError as exc:
+        print(f"{prog}: {folder / LABELS}: cannot read ({exc.strerror or exc})", file=sys.stderr)
+        return ExitCode.USAGE
+    result = {"set": str(folder), "model": str(classifier.path),
+              "model_id": classifier.model_id, "runtime": classifier.runtime,
+              "min_confidence_from": source, **summarise(judged, config.min_confidence),
+              "bad_rows": [{"line": b.line, "file": b.file, "reason": b.reason} for b in bad]}
+    if args.json:
+        print(json.dumps(result))
+        return ExitCode.OK
+    _print_set(result)
+    return ExitCode.OK
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def _print_set(r: dict[str, Any]) -> None:
+    c = r["counts"]
+    print(f"set            {r['set']} ({r['n']} files evaluated, {len(r['bad_rows'])} bad rows)")
+    print(f"model          {r['model']} ({r['model_id'][:12]}, {r['runtime']})")
+    print(f"min_confidence {r['min_confidence']} ({r['min_confidence_from']})")
+    print(f"accuracy       {_pct(r['accuracy'])}")
+    print(f"silent errors  {_pct(r['silent_errors'])} ({c['ok_wrong']} wrong of {c['ok']} ok)")
+    print(f"review share   {_pct(r['review_share'])} ({c['low_confidence']} low_confidence, "
+          f"{c['low_confidence_wrong']} of them wrong)")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected_reasons"].items()))
+    print(f"rejected       {_pct(r['rejected_share'])}" + (f" ({reasons})" if reasons else ""))
+    if "ece" in r:
+        print(f"ECE            {r['ece']:.4f}")
+    print("per class      " + "  ".join(f"{d}:{a:.4f}" for d, a in r["per_class_accuracy"].items()))
+    print("confusion (rows true, columns answered; last column rejected)")
+    print("     " + " ".join(f"{h:>5}" for h in [*map(str, range(10)), "rej"]))
+    for digit, row in enumerate(r["confusion_matrix"]):
+        print(f"  {digit}  " + " ".join(f"{v:5d}" for v in row))
+    for b in r["bad_rows"]:
+        print(f"bad row: line {b['line']}: {b['file'] or ''}: {b['reason']}")
+
+
+def mnist_command(args) -> int:
+    """`digitd evaluate --data`: accuracy, per-class accuracy and confusion matrix of the model
+    alone on the MNIST test arrays."""
+    from digitd.dataset import DatasetError, load_mnist
+    from digitd.train import metrics, to_input
+
+    try:
+        data = load_mnist(args.data, verify=not getattr(args, "no_verify", False))
+    except DatasetError as exc:
+        print(f"digitd evaluate: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    classifier = _load(args.model, "digitd evaluate")
+    if classifier is None:
+        return ExitCode.USAGE
+    probs = classifier.predict(to_input(data.x_test))
+    result = {"model": str(classifier.path), "model_id": classifier.model_id,
+              "runtime": classifier.runtime, "data": data.source,
+              **metrics(data.y_test, probs)}
+    if args.json:
+        print(json.dumps(result))
+        return ExitCode.OK
+    print(f"model    {result['model']} ({result['model_id'][:12]})")
+    print(f"data     {result['data']}")
+    print(f"accuracy {result['accuracy']:.4%} ({result['errors']} errors / {result['n']})")
+    print("per class " + "  ".join(f"{d}:{a:.4f}" for d, a in result["per_class_accuracy"].items()))
+    print("confusion (rows true, columns predicted)")
+    for digit, row in enumerate(result["confusion_matrix"]):
+        print(f"  {digit} " + " ".join(f"{c:5d}" for c in row))
+    return ExitCode.OK
