@@ -140,7 +140,7 @@ class DaemonProcess:
         self.messages.extend(got)
         return got
 
-    def wait_for(self, field: str, timeout: float = 60.0) -> float:
+    def wait_for(self, field: str, timeout: float = 120.0) -> float:
         """Wait until a notify message holds `field` (e.g. "READY=1"); returns seconds waited."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
@@ -151,10 +151,10 @@ class DaemonProcess:
             self.collect(timeout=0.2)
         raise AssertionError(f"no {field} within {timeout}s:\n{self.log()}")
 
-    def wait_ready(self, timeout: float = 60.0) -> float:
+    def wait_ready(self, timeout: float = 120.0) -> float:
         return self.wait_for("READY=1", timeout)
 
-    def wait_rows(self, n: int, timeout: float = 60.0) -> list[dict[str, str]]:
+    def wait_rows(self, n: int, timeout: float = 120.0) -> list[dict[str, str]]:
         """Wait for n rows. Polls by counting line ends (a row's quoted file name may hold
         one more, so it is parsed before returning): parsing a growing CSV every 50 ms would
         take CPU from the daemon that the benchmarks measure."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 import tempfile
@@ -115,10 +116,29 @@ def test_ready_reaches_a_manager_that_reads_nothing_for_20_s(tmp_path):
         daemon = DaemonProcess(tmp_path, processes=2)
     try:
         daemon.start(watchdog_usec=1_000_000)
-        time.sleep(20)  # the manager reads nothing
-        assert daemon.proc.poll() is None, daemon.log()
-        assert '"event": "ready"' in daemon.log(), "not ready after 20 s:\n" + daemon.log()
+        started = time.monotonic()
+        # Read nothing until the supervisor has sent READY=1 (its log says so just before)
+        # and at least 20 s have passed: by then the 1 s watchdog's pings filled the queue.
+        supervisor_ready_logged(daemon, timeout=180)
+        time.sleep(max(20 - (time.monotonic() - started), 2))
         daemon.wait_ready(timeout=30)
         assert daemon.stop() == 0
     finally:
         daemon.close()
+
+
+def supervisor_ready_logged(daemon: DaemonProcess, timeout: float) -> None:
+    """Wait until the supervisor logs `ready` (all workers ready, READY=1 being sent),
+    read from its log without touching the notify socket."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        for line in daemon.log().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "ready" and "processes" in event:
+                return
+        assert daemon.proc.poll() is None, daemon.log()
+        time.sleep(0.5)
+    raise AssertionError(f"the supervisor did not log ready within {timeout} s:\n{daemon.log()}")

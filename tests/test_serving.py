@@ -79,7 +79,7 @@ def test_the_daemon_serves_the_tflite_with_no_tensorflow_mapped(tmp_path):
         digits, _ = sample_digits(4)
         for i, digit in enumerate(digits):
             drop(d.inbox, f"{i}.png", png_bytes(digit))
-        rows = d.wait_rows(4, timeout=30)
+        rows = d.wait_rows(4, timeout=120)
         assert d.stop() == 0
     finally:
         d.close()
@@ -96,11 +96,11 @@ def test_a_model_without_tflite_falls_back_and_says_so_once(tmp_path):
     d = DaemonProcess(tmp_path, model=model, processes=1, **FAST)
     try:
         d.start()
-        d.wait_ready(timeout=90)
+        d.wait_ready(timeout=180)
         digits, _ = sample_digits(2)
         for i, digit in enumerate(digits):
             drop(d.inbox, f"{i}.png", png_bytes(digit))
-        rows = d.wait_rows(2, timeout=30)
+        rows = d.wait_rows(2, timeout=120)
         assert d.stop() == 0
     finally:
         d.close()
