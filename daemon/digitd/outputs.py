@@ -47,20 +47,7 @@ class Outbox:
         """Create the folders; repair a torn last line; refuse a CSV with another header."""
         for name in FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.csv_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
-            if size:
-                _truncate_torn_tail(fd, size)
-            head = os.pread(fd, len(CSV_HEADER), 0).decode("utf-8", "replace")
-            if head and head != CSV_HEADER:
-                raise OutboxError(
-                    f"{self.csv_path}: its header is not digitd's ({CSV_HEADER.strip()}); "
-                    "move it away or choose another outbox"
-                )
-        finally:
-            os.close(fd)
+        prepare_csv(self.csv_path, CSV_HEADER)
 
     def committed_rows(self) -> dict[str, dict[str, str]]:
         """Rows already in results.csv by id: their batches need filing, not recognising."""
@@ -106,27 +93,7 @@ class Outbox:
         write between pages: the restart then cuts the torn line off and treats each row
         on its own (rows present are committed, the rest are redone).
         """
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\r\n")
-        writer.writerows(r.row() for r in results)
-        data = buffer.getvalue().encode("utf-8")
-        fd = os.open(self.csv_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
-            if size == 0:
-                data = CSV_HEADER.encode() + data
-            room = os.statvfs(self.csv_path)
-            if room.f_bavail * room.f_frsize < len(data) + 4096:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.csv_path))
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-            except BaseException:
-                os.ftruncate(fd, size)
-                raise
-        finally:
-            os.close(fd)
+        append_rows(self.csv_path, CSV_HEADER, [r.row() for r in results])
 
     def file_input(self, result: Result) -> None:
         """Move the input to processed/ (or delete it), or to failed/ beside <name>.error.json.
@@ -170,6 +137,56 @@ class Outbox:
             if not os.path.lexists(path):
                 return candidate
         return _with_id(name, result.id + "-" + os.urandom(3).hex())
+
+
+def prepare_csv(path: Path, header: str) -> None:
+    """Create an append-only CSV if missing; cut a torn last line (a crash mid-write) off;
+    refuse one whose header is not `header` (OutboxError)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size:
+            _truncate_torn_tail(fd, size)
+        head = os.pread(fd, len(header), 0).decode("utf-8", "replace")
+        if head and head != header:
+            raise OutboxError(
+                f"{path}: its header is not digitd's ({header.strip()}); "
+                "move it away or choose another outbox"
+            )
+    finally:
+        os.close(fd)
+
+
+def append_rows(path: Path, header: str, rows: list[list[str]]) -> None:
+    """Append `rows` to an append-only CSV in one write and fsync (results.csv's commit).
+
+    RFC 4180 with CRLF line ends, UTF-8. Under an exclusive flock (several processes may
+    append); the header is written with the first rows. A write that fails part-way is cut
+    back off, and free space is checked first, so a reader never sees a partial line. A
+    kill -9 can still cut the write between pages: prepare_csv cuts the torn line off at
+    the next start.
+    """
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows(rows)
+    data = buffer.getvalue().encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size == 0:
+            data = header.encode() + data
+        room = os.statvfs(path)
+        if room.f_bavail * room.f_frsize < len(data) + 4096:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def _with_id(name: str, suffix: str) -> str:
