@@ -1,4 +1,4 @@
-"""Command line: `digitd run|check-config|predict|train|export|evaluate`.
+"""Command line: `digitd run|check-config|predict|train|export|review|evaluate`.
 
 Only argparse and the standard library are imported here; each command imports its own
 module (and, for train and export, TensorFlow) when it runs, so `digitd --help` stays instant.
@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", metavar="DIR", help="MNIST IDX files or mnist.npz (parity)")
     export.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check")
     export.set_defaults(handler=_command("export", "export_command", needs_tensorflow=True))
+
+    review = sub.add_parser("review", help="the review page: confirm or correct unsure results")
+    review.add_argument("--config", metavar="PATH", help="YAML configuration (default: built in)")
+    review.add_argument("--outbox", metavar="DIR", help="override the configured outbox")
+    review.add_argument("--listen", metavar="HOST:PORT", help="default: review.listen")
+    review.add_argument("--reviewer", metavar="NAME", help="name written with each verdict")
+    review.set_defaults(handler=_command("review.app", "review_command"))
 
     evaluate = sub.add_parser(
         "evaluate", help="measure a model on a labelled folder of PNGs or on the MNIST test set"

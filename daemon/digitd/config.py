@@ -57,6 +57,13 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class ReviewConfig:
+    listen: str = "127.0.0.1:8750"  # `digitd review`'s HOST:PORT; 127.0.0.1: this machine only
+    audit_share: float = 0.01  # share of `ok` results also offered for review (an audit)
+    reviewer: str = ""  # name written with each verdict; "": the user running digitd review
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "auto"  # "auto": console lines on a terminal, JSON lines otherwise
     level: str = "info"
@@ -74,6 +81,7 @@ class Config:
     batch: BatchConfig = field(default_factory=BatchConfig)
     outputs: OutputConfig = field(default_factory=OutputConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -98,6 +106,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "outputs.inputs": (lambda v: v in ("move", "delete"), '"move" or "delete"'),
     "retry.initial_s": (lambda v: v > 0, "a positive number of seconds"),
     "retry.max_s": (lambda v: v > 0, "a positive number of seconds"),
+    "review.listen": (lambda v: parse_listen(v) is not None, "HOST:PORT, e.g. 127.0.0.1:8750"),
+    "review.audit_share": (lambda v: 0.0 <= v <= 1.0, "a share from 0 to 1"),
     "log.format": (lambda v: v in ("auto", "json", "console"), '"auto", "json" or "console"'),
     "log.level": (
         lambda v: v in ("debug", "info", "warning", "error"),
@@ -236,6 +246,15 @@ def _kind(value: typing.Any) -> str:
     if value is None:
         return "nothing (null)"
     return f"{type(value).__name__} {value!r}" if not isinstance(value, dict) else "a mapping"
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """"HOST:PORT" (IPv6 in brackets: "[::1]:8750") -> (host, port), or None if malformed."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 
 
 def cpu_cores() -> int:

@@ -1,0 +1,111 @@
+"""The review page in a real headless browser (Debian's chromium, driven by chromedriver
+through Selenium), by keyboard only: correct one, confirm one, undo; then corrections.csv.
+
+.ci/run installs chromium and chromium-driver when they are missing, and sets
+DIGITD_REQUIRE_BROWSER=1 so that CI fails rather than skips without them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import pytest
+
+from reviewproc import ReviewServer, make_outbox, read_csv
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def browser():
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        if os.environ.get("DIGITD_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"missing {missing}: apt-get install chromium chromium-driver")
+        pytest.skip(f"no {missing} (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="digitd-chromium-")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+                 "--window-size=1200,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    return driver, profile
+
+
+def wait(condition, timeout: float = 30.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def test_review_by_keyboard(tmp_path):
+    outbox = make_outbox(tmp_path / "daemon")
+    server = ReviewServer(outbox, "--reviewer", "kb").wait_ready()
+    driver, profile = browser()
+    try:
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        driver.get(server.url + "/")
+        card = driver.find_element("id", "card")
+        shown = lambda: card.get_attribute("data-id")  # noqa: E731
+        first = wait(shown, what="the first result")
+        queue = {i["id"]: i for i in server.queue(limit=500)["items"]}
+        assert first == min(queue.values(), key=lambda i: i["confidence"])["id"]
+        assert driver.find_element("id", "digit").text == str(queue[first]["digit"])
+        assert driver.find_element("id", "count-queue").text == str(len(queue))
+        preview = driver.find_element("id", "preview")
+        wait(lambda: driver.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth > 0", preview),
+            what="the preview to load")
+
+        keys = ActionChains(driver)
+        wrong = (queue[first]["digit"] + 1) % 10
+        keys.send_keys(str(wrong)).perform()  # a digit key corrects
+        second = wait(lambda: shown() != first and shown(), what="the second result")
+        keys.send_keys(Keys.ENTER).perform()  # Enter confirms
+        third = wait(lambda: shown() not in (first, second) and shown(), what="the third")
+        keys.send_keys(Keys.SPACE).perform()  # Space skips, writing nothing
+        fourth = wait(lambda: shown() != third and shown(), what="the fourth")
+        keys.send_keys("u").perform()  # u undoes the last verdict: the confirmation
+        wait(lambda: shown() == second, what="the undone result to come back")
+        wait(lambda: driver.find_element("tag name", "body").get_attribute("data-inflight")
+             == "0", what="the requests to finish")
+        assert driver.find_element("id", "count-mine").text == "1"
+        assert fourth != second
+
+        rows = read_csv(outbox / "corrections.csv")
+        assert [(r["id"], r["verdict"], r["label"], r["reviewer"]) for r in rows] == [
+            (first, "corrected", str(wrong), "kb"),
+            (second, "confirmed", str(queue[second]["digit"]), "kb"),
+            (second, "undone", "", "kb"),
+        ]
+        assert (outbox / "corrections" / f"{first}.png").is_file()
+        remaining = {i["id"] for i in server.queue(limit=500)["items"]}
+        assert first not in remaining and second in remaining and third in remaining
+
+        keys.send_keys("x").perform()  # x: not a digit, on the result brought back
+        wait(lambda: shown() != second, what="the next result")
+        wait(lambda: driver.find_element("tag name", "body").get_attribute("data-inflight")
+             == "0", what="the request to finish")
+        last = read_csv(outbox / "corrections.csv")[-1]
+        assert (last["id"], last["verdict"], last["label"]) == (second, "not_a_digit", "")
+        assert driver.find_element("id", "status").get_attribute("class") != "error"
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+        server.close()
