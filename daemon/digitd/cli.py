@@ -42,6 +42,16 @@ def _probability(text: str) -> float:
     return value
 
 
+def _train(args: argparse.Namespace) -> int:
+    """`digitd train`: from scratch, or (--corrections) fine-tuning in digitd.finetune."""
+    if args.corrections:
+        return _command("finetune", "fine_tune_command", needs_tensorflow=True)(args)
+    if args.base or args.steps:
+        print("digitd train: --base and --steps need --corrections", file=sys.stderr)
+        return ExitCode.USAGE
+    return _command("train", "train_command", needs_tensorflow=True)(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digitd",
@@ -93,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the SHA-256 check (custom data under the official file names)",
     )
-    train.set_defaults(handler=_command("train", "train_command", needs_tensorflow=True))
+    train.add_argument("--corrections", metavar="DIR", action="append",
+                       help="fine-tune on the reviewers' corrections in this outbox (repeatable)")
+    train.add_argument("--base", metavar="MODEL", help="with --corrections: the model to "
+                       "fine-tune (default: shipped)")
+    train.add_argument("--steps", type=int, metavar="N", help="with --corrections: batches to "
+                       "train (default: from the number of corrections)")
+    train.set_defaults(handler=_train)
 
     export = sub.add_parser(
         "export", help="convert a .keras model to the .tflite that serving runs, check parity")

@@ -1,0 +1,299 @@
+"""`digitd train --corrections DIR [...] [--base MODEL]`: teach a model what reviewers said.
+
+The steps, each a function below:
+
+1. read_corrections: in each outbox, the last row per id of corrections.csv whose verdict gives
+   a digit (confirmed or corrected), with its image corrections/<id>.png (SHA-256 checked),
+   normalised exactly as the daemon normalises an input; an image given verdicts in several
+   outboxes counts once, with its latest label.
+2. split: a fifth is held out, chosen by a hash of the image (stable as corrections grow).
+3. fine_tune: the base model (default: the shipped one) trains on batches that are half
+   corrections and half MNIST (replayed so that nothing is forgotten), both augmented, with a
+   small learning rate decaying to zero.
+4. judge: accuracy on the held-out corrections and on the MNIST test set, before and after.
+   A model that is worse on the held-out corrections, or loses more than MAX_MNIST_DROP on
+   MNIST, is refused (exit code 1) and nothing is written.
+5. write the .keras, its card (with the corrections' count and hash) and, when the export is
+   available, its .tflite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitd.dataset import DatasetError, Mnist, load_mnist
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+MAX_MNIST_DROP = 0.001  # 0.1 point of MNIST test accuracy
+HELD_OUT = 5  # one correction in five is held out
+BATCH = 128  # half corrections, half MNIST
+PEAK_LR = 3e-4  # a tenth of training's peak: adjust the model, do not retrain it
+PASSES = 40  # default steps: each training correction is seen about this many times
+MIN_STEPS, MAX_STEPS = 200, 2000
+
+
+class CorrectionsError(Exception):
+    """No usable corrections, or a folder that holds none; the message is one line."""
+
+
+@dataclass
+class Corrections:
+    """Corrected digits ready for the model, and where they came from."""
+
+    x: np.ndarray  # (N, 28, 28) float32 in [0, 1]: the model's input contract
+    y: np.ndarray  # (N,) int64 labels
+    sha256: list[str]  # of each image
+    sources: list[str]
+    skipped: dict[str, int]  # why rows were not used -> count
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 naming exactly this set: its images and labels, in a canonical order."""
+        lines = sorted(f"{s},{int(y)}\n" for s, y in zip(self.sha256, self.y, strict=True))
+        return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+    def held_out(self) -> np.ndarray:
+        """Mask of the held-out fifth, by a hash of each image (not by position or time)."""
+        return np.array([int(s[:8], 16) % HELD_OUT == 0 for s in self.sha256], dtype=bool)
+
+
+# --- 1. reading -----------------------------------------------------------------------------
+
+
+def read_corrections(folders: list[Path], max_pixels: int = 40_000_000) -> Corrections:
+    """The usable corrections of these outboxes (see the module docstring)."""
+    from digitd.pngcheck import Rejected
+    from digitd.preprocess import prepare
+
+    latest: dict[str, tuple[str, int, Path]] = {}  # image sha256 -> (reviewed_at, label, png)
+    skipped: dict[str, int] = {}
+
+    def skip(why: str) -> None:
+        skipped[why] = skipped.get(why, 0) + 1
+
+    for folder in folders:
+        path = folder / "corrections.csv"
+        if not path.is_file():
+            raise CorrectionsError(f"{folder}: no corrections.csv (give an outbox that "
+                                   "digitd review has written to)")
+        with open(path, encoding="utf-8", newline="") as f:
+            last = {row["id"]: row for row in csv.DictReader(f) if row.get("id")}
+        for row in last.values():
+            if row.get("verdict") not in ("confirmed", "corrected"):
+                skip(row.get("verdict") or "no verdict")  # not_a_digit, undone
+                continue
+            label, sha = row.get("label", ""), row.get("sha256", "")
+            if len(label) != 1 or label not in "0123456789" or len(sha) != 64:
+                skip("malformed row")
+                continue
+            png = folder / "corrections" / f"{row['id']}.png"
+            if "/" in row["id"] or not png.is_file():
+                skip("image missing")
+                continue
+            previous = latest.get(sha)
+            if previous is None or previous[0] <= row.get("reviewed_at", ""):
+                latest[sha] = (row.get("reviewed_at", ""), int(label), png)
+    xs, ys, shas = [], [], []
+    for sha, (_, label, png) in sorted(latest.items()):
+        data = png.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha:
+            skip("image does not match its sha256")
+            continue
+        try:
+            xs.append(prepare(data, max_pixels).model_input)
+        except Rejected:
+            skip("image not readable")
+            continue
+        ys.append(label)
+        shas.append(sha)
+    if not xs:
+        raise CorrectionsError("no usable corrections (confirmed or corrected, with their "
+                               f"images) in {', '.join(map(str, folders))}")
+    return Corrections(np.stack(xs).astype(np.float32), np.array(ys, dtype=np.int64), shas,
+                       [str(f) for f in folders], skipped)
+
+
+# --- 3. fine-tuning ---------------------------------------------------------------------------
+
+
+def default_steps(n_train: int) -> int:
+    return int(np.clip(math.ceil(PASSES * n_train / (BATCH // 2)), MIN_STEPS, MAX_STEPS))
+
+
+def fine_tune(keras, model, x: np.ndarray, y: np.ndarray, mnist: Mnist, steps: int,
+              seed: int) -> float:
+    """Train `model` in place for `steps` batches; returns the seconds taken."""
+    import tensorflow as tf
+
+    from digitd.train import augment_batch
+
+    half = BATCH // 2
+    keras.utils.set_random_seed(seed)
+
+    def stream(images, labels, scale: float, salt: int):
+        ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+        ds = ds.shuffle(len(images), seed=seed + salt, reshuffle_each_iteration=True)
+        return ds.repeat().batch(half, drop_remainder=len(images) >= half).map(
+            lambda a, b: (tf.cast(a, tf.float32) * scale, b))
+
+    corrections = stream(x, y, 1.0, 1)
+    replay = stream(mnist.x_train, mnist.y_train, 1.0 / 255.0, 2)
+
+    def mix(step, pair):
+        (xc, yc), (xm, ym) = pair
+        images = augment_batch(tf.concat([xc, xm], 0), tf.cast(step, tf.int32), seed)
+        return images, tf.concat([yc, ym], 0)
+
+    data = tf.data.Dataset.zip((corrections, replay)).enumerate().map(mix).prefetch(2)
+    warm = max(1, steps // 10)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=PEAK_LR / 10, decay_steps=max(1, steps - warm), alpha=0.0,
+        warmup_target=PEAK_LR, warmup_steps=warm)
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
+                  loss="sparse_categorical_crossentropy")
+    started = time.monotonic()
+    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
+    return time.monotonic() - started
+
+
+# --- 4. judging -------------------------------------------------------------------------------
+
+
+def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    if not len(x):
+        return float("nan")
+    probabilities = model.predict(x, batch_size=500, verbose=0)
+    return float((probabilities.argmax(axis=1) == y).mean())
+
+
+@dataclass
+class Judgement:
+    held_out_before: float
+    held_out_after: float
+    mnist_before: float
+    mnist_after: float
+
+    def refusal(self) -> str | None:
+        """Why the new model must not be written, or None."""
+        if self.held_out_after < self.held_out_before:
+            return (f"it is worse on the held-out corrections ({self.held_out_after:.2%} < "
+                    f"{self.held_out_before:.2%} before)")
+        if self.mnist_before - self.mnist_after > MAX_MNIST_DROP + 1e-9:
+            return (f"it loses {100 * (self.mnist_before - self.mnist_after):.2f} points on "
+                    f"the MNIST test set ({self.mnist_before:.2%} -> {self.mnist_after:.2%}; "
+                    f"at most {100 * MAX_MNIST_DROP:.1f} allowed)")
+        return None
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def fine_tune_command(args: argparse.Namespace) -> int:
+    """`digitd train --corrections DIR ...`: report before/after; write the model or refuse."""
+    from digitd.model import default_model_path, file_sha256, import_keras
+    from digitd.train import library_versions, metrics, save_model, to_input, write_atomically
+
+    if args.epochs is not None or args.limit is not None:
+        print("digitd train: --epochs and --limit train from scratch; with --corrections "
+              "use --steps", file=sys.stderr)
+        return EXIT_USAGE
+    if args.steps is not None and args.steps < 1:
+        print("digitd train: --steps must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    base = Path(args.base) if args.base else default_model_path()
+    if not base.is_file():
+        print(f"digitd train: --base {base}: no such model file", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        corrections = read_corrections([Path(d) for d in args.corrections])
+        mnist = load_mnist(args.data, verify=not args.no_verify)
+    except (CorrectionsError, DatasetError) as exc:
+        print(f"digitd train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"digitd train: {out}: cannot create ({exc.strerror})", file=sys.stderr)
+        return EXIT_USAGE
+
+    held = corrections.held_out()
+    x_train, y_train = corrections.x[~held], corrections.y[~held]
+    x_held, y_held = corrections.x[held], corrections.y[held]
+    if not len(x_train) or not len(x_held):
+        print(f"digitd train: {len(corrections.y)} corrections are too few to hold a fifth "
+              "out and train on the rest", file=sys.stderr)
+        return EXIT_USAGE
+    steps = args.steps or default_steps(len(x_train))
+    keras = import_keras()
+    model = keras.saving.load_model(base, compile=False)
+    x_test = to_input(mnist.x_test)
+    before_held, before_mnist = accuracy(model, x_held, y_held), accuracy(model, x_test,
+                                                                           mnist.y_test)
+    print(f"corrections: {len(corrections.y)} usable ({len(x_train)} to train on, "
+          f"{len(x_held)} held out); skipped: {corrections.skipped or 'none'}")
+    print(f"before: held-out corrections {before_held:.2%}, MNIST test {before_mnist:.2%}")
+    seconds = fine_tune(keras, model, x_train, y_train, mnist, steps, args.seed)
+    probabilities = model.predict(x_test, batch_size=500, verbose=0)
+    test = metrics(mnist.y_test, probabilities)
+    judgement = Judgement(before_held, accuracy(model, x_held, y_held), before_mnist,
+                          test["accuracy"])
+    print(f"after:  held-out corrections {judgement.held_out_after:.2%}, "
+          f"MNIST test {judgement.mnist_after:.2%} ({steps} steps, {seconds:.0f} s)")
+    why = judgement.refusal()
+    if why is not None:
+        print(f"digitd train: refused to write the model: {why}", file=sys.stderr)
+        return EXIT_REFUSED
+
+    name = f"{base.name.removesuffix('.keras')}-corrected"
+    target = out / f"{name}.keras"
+    model_id = save_model(keras, model, target)
+    base_card = _read_card(base)
+    card = {
+        **{k: base_card[k] for k in ("arch", "architecture", "parameters", "input", "output")
+           if k in base_card},
+        "name": target.name,
+        "model_id": model_id,
+        "base": {"name": base.name, "model_id": file_sha256(base),
+                 "test_accuracy": base_card.get("test", {}).get("accuracy")},
+        "corrections": {"count": len(corrections.y), "sha256": corrections.digest,
+                        "trained": len(x_train), "held_out": len(x_held),
+                        "sources": corrections.sources, "skipped": corrections.skipped},
+        "held_out_accuracy": {"before": round(before_held, 6),
+                              "after": round(judgement.held_out_after, 6)},
+        "mnist_test_accuracy": {"before": round(before_mnist, 6),
+                                "after": round(judgement.mnist_after, 6)},
+        "fine_tuning": {"steps": steps, "batch_size": BATCH, "corrections_per_batch": BATCH // 2,
+                        "peak_learning_rate": PEAK_LR, "seed": args.seed,
+                        "augmentation": True, "replay": mnist.source,
+                        "seconds": round(seconds, 1)},
+        "dataset": {"source": mnist.source, "sha256": mnist.sha256},
+        "test": test,
+        "library_versions": library_versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    card_file = target.with_name(f"{name}.card.json")
+    write_atomically(card_file, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+    print(f"wrote {target} (model id {model_id[:12]}) and {card_file.name}")
+    return EXIT_OK
+
+
+def _read_card(model_path: Path) -> dict[str, Any]:
+    from digitd.model import card_path
+
+    try:
+        return json.loads(card_path(model_path).read_text())
+    except (OSError, ValueError):
+        return {}

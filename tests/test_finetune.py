@@ -1,0 +1,125 @@
+"""`digitd train --corrections`: the real command on a small sample of corrections written by
+digitd.review's own writer, with the committed MNIST sample as replay and test set."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemonproc import SAMPLE, png_bytes, sample_digits
+from digitd.finetune import Corrections as Loaded
+from digitd.finetune import read_corrections
+from digitd.review.index import Item
+from digitd.review.verdicts import Corrections, VerdictRequest
+
+pytestmark = pytest.mark.slow
+
+
+def write_corrections(outbox: Path, digits: np.ndarray, labels: list[int | None],
+                      verdicts: list[str]) -> list[str]:
+    """File each digit in processed/ and record its verdict as digitd review does."""
+    (outbox / "processed").mkdir(parents=True)
+    writer = Corrections(outbox, "test", 40_000_000)
+    writer.prepare()
+    ids = []
+    for i, (digit, label, verdict) in enumerate(zip(digits, labels, verdicts, strict=True)):
+        png = png_bytes(digit)
+        item_id = f"20261130T120000{i:03d}Z-{i:012x}"
+        (outbox / "processed" / f"in{i}.png").write_bytes(png)
+        item = Item(id=item_id, file=f"in{i}.png", status="low_confidence", digit=0,
+                    confidence=0.5, sha256=hashlib.sha256(png).hexdigest(), batch="b",
+                    received_at="", processed_at="", model="m", preview="")
+        writer.record(VerdictRequest(item_id, verdict, label, None), item, f"in{i}.png")
+        ids.append(item_id)
+    return ids
+
+
+def train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "digitd", "train", "--data", str(SAMPLE), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_reads_the_last_usable_verdict_per_image(tmp_path):
+    x, y = sample_digits(6)
+    outbox = tmp_path / "outbox"
+    verdicts = ["corrected", "confirmed", "not_a_digit", "corrected", "corrected", "confirmed"]
+    labels = [int(y[0]), int(y[1]), None, int(y[3]), int(y[4]), int(y[5])]
+    ids = write_corrections(outbox, x, labels, verdicts)
+    writer = Corrections(outbox, "test", 40_000_000)
+    with open(outbox / "corrections.csv", encoding="utf-8", newline="") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    # a newer verdict on digit 3 (undone: it no longer counts) and on digit 4 (another label)
+    for item_id, verdict, label in ((ids[3], "undone", None), (ids[4], "corrected", 9)):
+        row = rows[item_id]
+        item = Item(id=item_id, file=row["file"], status="low_confidence", digit=0,
+                    confidence=0.5, sha256=row["sha256"], batch="b", received_at="",
+                    processed_at="", model="m", preview="")
+        writer.record(VerdictRequest(item_id, verdict, label, None), item, row["file"])
+    (outbox / "corrections" / f"{ids[5]}.png").write_bytes(b"not the image")
+    loaded = read_corrections([outbox])
+    assert sorted(loaded.y.tolist()) == sorted([int(y[0]), int(y[1]), 9])
+    assert loaded.x.shape == (3, 28, 28) and loaded.x.dtype == np.float32
+    assert loaded.skipped == {"not_a_digit": 1, "undone": 1,
+                              "image does not match its sha256": 1}
+    assert loaded.digest == read_corrections([outbox, outbox]).digest  # an image counts once
+
+
+def test_held_out_fifth_is_stable():
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1000)]
+    loaded = Loaded(np.zeros((1000, 28, 28), np.float32), np.zeros(1000, np.int64), shas, [], {})
+    held = loaded.held_out()
+    assert 150 < held.sum() < 250
+    part = Loaded(loaded.x[:500], loaded.y[:500], shas[:500], [], {})
+    assert (part.held_out() == held[:500]).all()  # more corrections do not reshuffle the split
+
+
+def test_fine_tunes_and_records_the_corrections_in_the_card(tmp_path):
+    x, y = sample_digits(60, offset=100)
+    outbox = tmp_path / "outbox"
+    write_corrections(outbox, x, [int(v) for v in y], ["corrected"] * 60)
+    models = tmp_path / "models"
+    done = train("--corrections", str(outbox), "--out", str(models), "--steps", "15")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "before: held-out corrections" in done.stdout and "after:" in done.stdout
+    model = models / "digitd-cnn-corrected.keras"
+    card = json.loads((models / "digitd-cnn-corrected.card.json").read_text())
+    expected = read_corrections([outbox])
+    assert card["corrections"]["count"] == 60
+    assert card["corrections"]["sha256"] == expected.digest
+    assert card["corrections"]["held_out"] + card["corrections"]["trained"] == 60
+    assert card["model_id"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    after = card["held_out_accuracy"]["after"]
+    assert after >= card["held_out_accuracy"]["before"]
+    drop = card["mnist_test_accuracy"]["before"] - card["mnist_test_accuracy"]["after"]
+    assert drop <= 0.001 + 1e-9
+    predicted = subprocess.run(
+        [sys.executable, "-m", "digitd", "predict", "--model", str(model), "--json",
+         str(outbox / "processed" / "in0.png")], capture_output=True, text=True, timeout=300)
+    assert json.loads(predicted.stdout.splitlines()[0])["digit"] == int(y[0]), predicted.stderr
+
+
+def test_refuses_a_model_that_forgets_mnist(tmp_path):
+    """Corrections that contradict MNIST (every label shifted by one) wreck MNIST accuracy:
+    the command must say so, exit non-zero, and write nothing."""
+    x, y = sample_digits(200, offset=300)
+    outbox = tmp_path / "outbox"
+    write_corrections(outbox, x, [(int(v) + 1) % 10 for v in y], ["corrected"] * 200)
+    models = tmp_path / "models"
+    done = train("--corrections", str(outbox), "--out", str(models), "--steps", "150")
+    assert done.returncode == 1, done.stderr + done.stdout
+    assert "refused to write the model" in done.stderr and "MNIST" in done.stderr
+    assert not list(models.glob("*.keras")) and not list(models.glob("*.json"))
+
+
+def test_usage_errors(tmp_path):
+    done = train("--corrections", str(tmp_path))
+    assert done.returncode == 2 and "no corrections.csv" in done.stderr
+    done = train("--base", "x.keras")
+    assert done.returncode == 2 and "need --corrections" in done.stderr
