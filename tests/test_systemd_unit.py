@@ -47,6 +47,7 @@ def last(entries: dict[str, list[str]], key: str) -> str:
 def test_unit_runs_digitd_as_a_notify_service():
     entries = unit_entries()
     assert last(entries, "Type") == "notify"
+    assert shlex.split(last(entries, "ExecReload"))[1:] == ["-HUP", "$MAINPID"]  # hot reload
     assert last(entries, "NotifyAccess") == "main"
     argv = shlex.split(last(entries, "ExecStart"))
     assert Path(argv[0]).name == "digitd" and Path(argv[0]).is_absolute(), argv
@@ -94,11 +95,12 @@ def _fake_root(tmp_path: Path) -> Path:
     shutil.copytree(HOST_UNITS, root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
     shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
-    binary = Path(shlex.split(last(unit_entries(), "ExecStart"))[0].lstrip("@-:+!"))
-    stub = root / binary.relative_to("/")
-    stub.parent.mkdir(parents=True)
-    stub.write_text("#!/bin/sh\nexit 0\n")
-    stub.chmod(0o755)
+    for key in ("ExecStart", "ExecReload"):  # verify checks each command is executable
+        binary = Path(shlex.split(last(unit_entries(), key))[0].lstrip("@-:+!"))
+        stub = root / binary.relative_to("/")
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
     return root
 
 

@@ -26,9 +26,11 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import structlog
@@ -42,6 +44,7 @@ from digitd.intake import Intake, take_in
 from digitd.model import ModelError, load_classifier
 from digitd.notify import Notifier
 from digitd.outputs import Outbox, OutboxError
+from digitd.reload import ModelReloader, model_name
 from digitd.result import Result, printable_name
 from digitd.run import ONE_PROCESS, WorkerId
 from digitd.watcher import Arrival, InboxWatcher
@@ -72,6 +75,7 @@ class WriteJob:
     previews: list[Future]  # each gives, per result, the PNG its write failed for, or None
     timings: dict[str, float]
     recognised_at: float  # monotonic
+    classifier: Any  # the model that answered the whole batch (a reload swaps between batches)
 
 
 @dataclass
@@ -92,8 +96,10 @@ class _Counts:
 class Daemon:
     """Holds the daemon's parts; `run()` returns the process exit code."""
 
-    def __init__(self, config: Config, worker: WorkerId = ONE_PROCESS) -> None:
+    def __init__(self, config: Config, worker: WorkerId = ONE_PROCESS,
+                 reread: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self._reread = reread or (lambda: config)  # the configuration, read again on SIGHUP
         self.notifier = Notifier()
         self.work = WorkFolder(config.inbox)
         self.outbox = Outbox(config.outbox, config.outputs, self.work.aside)
@@ -116,7 +122,9 @@ class Daemon:
         self._outbox_failing = False  # the writer is backing off from an outbox error
         self.counts = _Counts()
         self.stopping = False
-        self.classifier = None
+        self.classifier = None  # each batch takes it once: a reload swaps it between batches
+        self.reloader = ModelReloader(self._load_configured_model, self._install,
+                                      self._notify_with_counts, lambda: self.classifier)
         self._next_ping = 0.0
         self._next_status = 0.0
 
@@ -125,6 +133,8 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        # A reload asked for while starting is done once started (it may name a newer model).
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.reloader.request())
         started = time.monotonic()
         try:
             self._start()
@@ -189,6 +199,20 @@ class Daemon:
         self._recover()
         self.watcher.start()
 
+    def _load_configured_model(self):
+        """The reload's work, on its own thread: the model the configuration names now,
+        loaded and warmed (any failure raises, and the old model keeps serving)."""
+        model = self._reread().model
+        classifier = load_classifier(model, threads=self.model_threads)
+        if classifier.fallback:
+            log.warning("model_fallback", served=str(classifier.served),
+                        reason=classifier.fallback, runtime="tensorflow")
+        classifier.warm_up(self.config.batch.max_size)
+        return classifier
+
+    def _install(self, classifier) -> None:
+        self.classifier = classifier  # the next batch takes it; batches under way keep theirs
+
     def _recover(self) -> None:
         """Finish batches this daemon's earlier run, or any dead daemon, left in hand."""
         redo, finish = plan_recovery(self.work, self.outbox)
@@ -222,6 +246,7 @@ class Daemon:
             self.watcher.wait(min(MAX_WAIT_SLICE_S, max(0.0, timeout)))
 
     def _housekeeping(self, now: float) -> None:
+        self.reloader.poll()
         interval = self.notifier.watchdog_interval_s
         if interval is not None and now >= self._next_ping:
             self.notifier.send(WATCHDOG=1)
@@ -232,18 +257,23 @@ class Daemon:
             self.notifier.send(STATUS=self._status(), **self._counts_field())
             self._next_status = now + STATUS_EVERY_S
 
+    def _notify_with_counts(self, **fields) -> None:
+        self.notifier.send(**fields, **self._counts_field())
+
     def _counts_field(self) -> dict[str, str]:
         """X_DIGITD_COUNTS=<ok> <low> <rejected> <waiting>, for a supervisor to sum up."""
         if not self.supervised:
             return {}
         c = self.counts
-        return {"X_DIGITD_COUNTS": f"{c.ok} {c.low_confidence} {c.rejected} {len(self.batcher)}"}
+        return {"X_DIGITD_COUNTS": f"{c.ok} {c.low_confidence} {c.rejected} {len(self.batcher)}",
+                "X_DIGITD_MODEL": model_name(self.classifier)}
 
     def _status(self) -> str:
         c = self.counts
         return (
             f"{c.total} processed ({c.ok} ok, {c.low_confidence} low confidence, "
-            f"{c.rejected} rejected); {len(self.batcher)} waiting"
+            f"{c.rejected} rejected); {len(self.batcher)} waiting; "
+            f"model {model_name(self.classifier)}"
         )
 
     def _claim_and_process(self, arrivals: list[Arrival]) -> None:
@@ -277,22 +307,24 @@ class Daemon:
     def _recognise(self, job: ReadJob) -> None:
         """Stage 2: run the model once on the batch; start the previews on the pool."""
         intakes: list[Intake] = [value for future in job.reads for value in future.result()]
+        classifier = self.classifier  # this batch's model, whatever a reload does meanwhile
         t1 = time.monotonic()
         good = [i for i, intake in enumerate(intakes) if intake.ok]
         probabilities = np.zeros((len(intakes), 10), np.float32)
         if good:
             inputs = np.stack([intakes[i].model_input for i in good]).astype(np.float32)
-            probabilities[good] = self.classifier.predict(inputs)
+            probabilities[good] = classifier.predict(inputs)
         t2 = time.monotonic()
         processed_at = datetime.now(timezone.utc)
         results = [
-            self._result(job.batch, item, intake, probs, processed_at)
+            self._result(job.batch, item, intake, probs, processed_at, classifier)
             for item, intake, probs in zip(job.batch.items, intakes, probabilities, strict=True)
         ]
         previews = self._start_previews(results, intakes)
         timings = {"wait_ms": job.waited_s * 1000, "decode_ms": (t1 - job.started) * 1000}
         timings["infer_ms"] = (t2 - t1) * 1000
-        self._put(self._to_writer, WriteJob(job.batch, results, previews, timings, t2))
+        self._put(self._to_writer,
+                  WriteJob(job.batch, results, previews, timings, t2, classifier))
 
     def _map_async(self, function, items) -> list[Future]:
         """Start `function` over `items` on the pool, one task per thread (not one per item);
@@ -332,7 +364,7 @@ class Daemon:
         return intake
 
     def _result(self, batch: Batch, item: Claimed, intake: Intake, probs: np.ndarray,
-                processed_at: datetime) -> Result:
+                processed_at: datetime, classifier) -> Result:
         identity = dict(
             id=item.id,
             file=item.name,
@@ -340,7 +372,7 @@ class Daemon:
             batch=batch.id,
             received_at=item.received_at,
             processed_at=processed_at,
-            model=self.classifier.model_id,
+            model=classifier.model_id,
             source=item.path,
         )
         if not intake.ok:
@@ -372,7 +404,7 @@ class Daemon:
         """Stage 3 (writer thread): deliver the batch by the commit protocol."""
         unwritten = [png for future in job.previews for png in future.result()]
         job.timings["write_ms"] = (time.monotonic() - job.recognised_at) * 1000
-        document = self._batch_document(job.batch, job.results, job.timings)
+        document = self._batch_document(job.batch, job.results, job.timings, job.classifier)
         delivery = Delivery(job.batch, job.results, document, unwritten)
         if self._retrying(job.batch.id, lambda: deliver(delivery, self.work, self.outbox)):
             self._report(job.batch, job.results, job.timings)
@@ -404,10 +436,11 @@ class Daemon:
                     return False
                 delay = min(delay * 2, self.config.retry.max_s)
 
-    def _batch_document(self, batch: Batch, results: list[Result], timings: dict) -> dict:
-        card = self.classifier.card
+    def _batch_document(self, batch: Batch, results: list[Result], timings: dict,
+                        classifier) -> dict:
+        card = classifier.card
         summary = {
-            "id": self.classifier.model_id,
+            "id": classifier.model_id,
             "arch": card.get("arch"),
             "parameters": card.get("parameters"),
             "test_accuracy": card.get("test", {}).get("accuracy"),

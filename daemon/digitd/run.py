@@ -14,7 +14,7 @@ import sys
 from typing import NamedTuple
 
 from digitd.codes import ExitCode
-from digitd.config import ConfigError, load_config, worker_processes
+from digitd.config import Config, ConfigError, load_config, worker_processes
 from digitd.logs import configure_logging
 
 
@@ -50,7 +50,10 @@ def run_command(args: argparse.Namespace) -> int:
         return Supervisor(config, args, processes).run()
     from digitd.daemon import Daemon
 
-    code = Daemon(config, worker or ONE_PROCESS).run()
+    def reread() -> Config:  # on SIGHUP: the model it names now (digitd.reload)
+        return load_config(args.config, inbox=args.inbox, outbox=args.outbox)
+
+    code = Daemon(config, worker or ONE_PROCESS, reread).run()
     # Everything is filed and flushed by now: leave without the interpreter's teardown
     # (seconds with TensorFlow loaded, the fallback runtime).
     sys.stdout.flush()

@@ -9,7 +9,9 @@ of the model and prefers its own share of the file names (digitd.watcher).
 The supervisor loads no model and touches no file. It owns the systemd notify protocol: the
 workers notify it over a socket of its own, and it tells the service manager READY=1 once every
 worker is ready, WATCHDOG=1 while each keeps pinging, and STATUS= with their summed counts.
-SIGTERM is passed on, and it exits 0 once every worker has drained and exited 0. A worker that
+SIGTERM is passed on, and it exits 0 once every worker has drained and exited 0. SIGHUP
+(a hot reload, digitd.reload) is passed on to every ready worker: RELOADING=1 goes to
+systemd at once, READY=1 once each worker has reloaded (or refused the new model). A worker that
 dies is started again (the new one adopts the batches it left); one that fails before the
 service was ever ready, or keeps dying soon after starting, ends the service with exit code 1.
 """
@@ -33,6 +35,7 @@ import structlog
 from digitd.codes import ExitCode
 from digitd.config import Config
 from digitd.notify import Notifier
+from digitd.reload import monotonic_usec
 
 log = structlog.get_logger("digitd")
 
@@ -57,6 +60,10 @@ class _Worker:
     status: str = ""  # its last STATUS= text
     quick_deaths: int = 0
     restart_at: float | None = None
+    model: str = ""  # the model it serves (X_DIGITD_MODEL=)
+    reload_due: bool = False  # to be sent SIGHUP once ready
+    reloading: bool = False  # sent SIGHUP; its READY=1 ends its reload
+    reload_error: str = ""
 
 
 class Supervisor:
@@ -70,6 +77,8 @@ class Supervisor:
         self.retired = [0, 0, 0]  # counts of exited workers, so STATUS never goes backwards
         self.stopping = False
         self.failed = False
+        self._reload_requested = False  # set by SIGHUP's handler
+        self._reloading = False  # RELOADING=1 sent, READY=1 not yet
         self._ready_sent = False
         self._stop_deadline: float | None = None
         self._next_ping = 0.0
@@ -84,6 +93,7 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_reload)
         self._sock.bind(self._address)
         log.info("starting", processes=len(self.workers), inbox=str(self.config.inbox),
                  outbox=str(self.config.outbox))
@@ -101,6 +111,7 @@ class Supervisor:
             if self._stop_deadline is None:
                 self._restart_due(now)
                 self._kill_hung(now)
+                self._reload_step()
             elif now > self._stop_deadline:
                 self._kill_all("did not stop in time")
             self._housekeeping(now)
@@ -116,6 +127,33 @@ class Supervisor:
         self.stopping = True
         for worker in self._running():
             worker.proc.send_signal(signal.SIGTERM)
+
+    def _on_reload(self, signum: int, frame) -> None:
+        self._reload_requested = True  # the loop passes it on within SLICE_S
+
+    def _reload_step(self) -> None:
+        """Pass a requested reload on to the workers, and tell systemd when all are done."""
+        if self._reload_requested:
+            self._reload_requested = False
+            log.info("reloading", processes=len(self.workers))
+            if not self._reloading:
+                self.notifier.send(RELOADING=1, MONOTONIC_USEC=monotonic_usec(),
+                                   STATUS="Reloading the model")
+            self._reloading = True
+            for worker in self._running():
+                worker.reload_due, worker.reload_error = True, ""
+        for worker in self._running():
+            if worker.reload_due and worker.ready and not worker.reloading:
+                worker.reload_due, worker.reloading = False, True
+                worker.proc.send_signal(signal.SIGHUP)
+        pending = [w for w in self._running() if w.reload_due or w.reloading]
+        if self._reloading and not pending:
+            self._reloading = False
+            errors = "; ".join(f"worker {w.index}: {w.reload_error}"
+                               for w in self.workers if w.reload_error)
+            status = self._status()
+            log.info("reloaded", models=self._models(), errors=errors or None)
+            self.notifier.send(READY=1, STATUS=f"{errors}; {status}" if errors else status)
 
     def _begin_stop(self, now: float) -> None:
         self.notifier.send(STOPPING=1, STATUS="Stopping")
@@ -152,6 +190,7 @@ class Supervisor:
         worker.started_at = worker.last_ping = time.monotonic()
         worker.ready = False
         worker.restart_at = None
+        worker.reload_due = worker.reloading = False  # it reads the configuration afresh
         log.info("worker_started", worker=worker.index, pid=worker.proc.pid)
 
     def _running(self) -> list[_Worker]:
@@ -229,6 +268,12 @@ class Supervisor:
             worker.ready = True
             log.info("worker_ready", worker=worker.index,
                      seconds=round(now - worker.started_at, 2))
+        elif fields.get("READY") == "1" and worker.reloading:
+            worker.reloading = False
+            status = fields.get("STATUS", "")
+            worker.reload_error = status if status.startswith("Reload failed") else ""
+        if fields.get("X_DIGITD_MODEL"):
+            worker.model = fields["X_DIGITD_MODEL"]
         if fields.get("WATCHDOG") == "1" or "READY" in fields:
             worker.last_ping = now
         if "STATUS" in fields:
@@ -247,7 +292,8 @@ class Supervisor:
         if interval is not None and now >= self._next_ping:
             self.notifier.send(WATCHDOG=1)
             self._next_ping = now + interval
-        if now >= self._next_status and self._ready_sent and not self.stopping:
+        busy = self.stopping or self._reloading
+        if now >= self._next_status and self._ready_sent and not busy:
             self.notifier.send(STATUS=self._status())
             self._next_status = now + STATUS_EVERY_S
 
@@ -257,12 +303,18 @@ class Supervisor:
             totals = [a + b for a, b in zip(totals, worker.counts, strict=True)]
         return totals
 
+    def _models(self) -> list[str]:
+        return sorted({w.model for w in self.workers if w.model and w.proc is not None})
+
     def _status(self) -> str:
         ok, low, rejected, waiting = self._counts()
         running = len([w for w in self.workers if w.ready and w.proc is not None])
+        models = self._models()
+        model = f"; model {models[0]}" if len(models) == 1 else (
+            f"; models {', '.join(models)}" if models else "")
         return (f"{ok + low + rejected} processed ({ok} ok, {low} low confidence, "
                 f"{rejected} rejected); {waiting} waiting; "
-                f"{running} of {len(self.workers)} worker processes running")
+                f"{running} of {len(self.workers)} worker processes running{model}")
 
 
 def die_with_parent() -> None:

@@ -1,0 +1,149 @@
+"""Hot reload: SIGHUP to the real daemon (a subprocess with a real notify socket) while files
+keep arriving. Nothing is lost or answered twice, no batch is answered by two models, systemd
+hears RELOADING=1 then READY=1, and a broken model is refused while the old one serves on."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daemonproc import SAMPLE, DaemonProcess, drop, png_bytes, read_rows, sample_digits
+from digitd.model import default_model_path, file_sha256
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory) -> Path:
+    """A second real model: the classroom MLP, one epoch on the committed sample."""
+    out = tmp_path_factory.mktemp("models")
+    done = subprocess.run([sys.executable, "-m", "digitd", "train", "--arch", "mlp", "--epochs",
+                           "1", "--data", str(SAMPLE), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return out / "digitd-mlp.keras"
+
+
+def set_model(daemon: DaemonProcess, model: Path | None) -> None:
+    """Point the daemon's configuration file at another model (replaced atomically)."""
+    settings = yaml.safe_load(daemon.config_path.read_text())
+    settings["model"] = None if model is None else str(model)
+    tmp = daemon.config_path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(settings))
+    os.replace(tmp, daemon.config_path)
+
+
+def reload_messages(daemon: DaemonProcess, timeout: float = 120.0) -> tuple[str, str]:
+    """The RELOADING=1 message and the READY=1 that ends it (waits for both)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        daemon.collect(timeout=0.2)
+        messages = [m.split("\n") for m in daemon.messages]
+        start = next((i for i, m in enumerate(messages) if "RELOADING=1" in m), None)
+        if start is not None:
+            end = next((i for i in range(start + 1, len(messages))
+                        if "READY=1" in messages[i]), None)
+            if end is not None:
+                return daemon.messages[start], daemon.messages[end]
+        if daemon.proc.poll() is not None:
+            raise AssertionError(f"daemon exited {daemon.proc.returncode}:\n{daemon.log()}")
+    raise AssertionError(f"no RELOADING=1 then READY=1 within {timeout}s:\n{daemon.log()}")
+
+
+def by_batch(rows: list[dict[str, str]]) -> dict[str, set[str]]:
+    models = defaultdict(set)
+    for row in rows:
+        models[row["batch"]].add(row["model"])
+    return models
+
+
+@pytest.mark.parametrize("processes", [2])
+def test_reload_under_a_burst(tmp_path, other_model, processes):
+    daemon = DaemonProcess(tmp_path, processes=processes,
+                           batch={"max_size": 16, "max_wait_ms": 5})
+    old_id, new_id = file_sha256(default_model_path()), file_sha256(other_model)
+    x, _ = sample_digits(400)
+    names = [f"burst-{i:04d}.png" for i in range(len(x))]
+    try:
+        daemon.start()
+        daemon.wait_ready(120)
+        daemon.messages.clear()
+
+        def dropping() -> None:
+            for name, digit in zip(names, x, strict=True):
+                drop(daemon.inbox, name, png_bytes(digit))
+                time.sleep(0.02)
+
+        dropper = threading.Thread(target=dropping)
+        dropper.start()
+        time.sleep(1.0)
+        set_model(daemon, other_model)
+        daemon.signal(signal.SIGHUP)
+        reloading, ready = reload_messages(daemon)
+        dropper.join()
+        after = [f"after-{i}.png" for i in range(20)]
+        for name, digit in zip(after, x, strict=False):
+            drop(daemon.inbox, name, png_bytes(digit))
+        rows = daemon.wait_rows(len(names) + len(after), timeout=120)
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+    assert re.search(r"^MONOTONIC_USEC=\d+$", reloading, re.M), reloading
+    assert other_model.name in ready and new_id[:12] in ready, ready
+    # every input exactly once
+    assert sorted(r["file"] for r in rows) == sorted(names + after)
+    assert len({r["id"] for r in rows}) == len(rows)
+    # each batch by one model, in its rows and in its batch JSON alike
+    models = by_batch(rows)
+    assert all(len(m) == 1 for m in models.values()), models
+    for batch, (model,) in models.items():
+        document = json.loads((daemon.outbox / "results" / f"{batch}.json").read_bytes())
+        assert document["model"]["id"] == model
+    served = {r["model"] for r in rows}
+    assert served == {old_id, new_id}
+    # once READY=1 came, new inputs are answered by the new model
+    assert {r["model"] for r in rows if r["file"].startswith("after-")} == {new_id}
+    assert not list(daemon.inbox.glob("*.png"))
+
+
+def test_a_broken_model_is_refused_and_the_old_one_serves_on(tmp_path):
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"PK\x03\x04 not really a model")
+    daemon = DaemonProcess(tmp_path, processes=1)
+    old_id = file_sha256(default_model_path())
+    x, _ = sample_digits(10)
+    try:
+        daemon.start()
+        daemon.wait_ready(120)
+        daemon.messages.clear()
+        for model in (broken, tmp_path / "missing.keras"):
+            set_model(daemon, model)
+            daemon.signal(signal.SIGHUP)
+            reloading, ready = reload_messages(daemon)
+            assert "Reload failed" in ready and old_id[:12] in ready, ready
+            daemon.messages.clear()
+        for i, digit in enumerate(x):
+            drop(daemon.inbox, f"d{i}.png", png_bytes(digit))
+        rows = daemon.wait_rows(len(x))
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    assert {r["model"] for r in rows} == {old_id}
+    events = [json.loads(line) for line in daemon.log_path.read_text().splitlines()
+              if line.startswith("{")]
+    failed = [e for e in events if e.get("event") == "reload_failed"]
+    assert len(failed) == 2 and all(e["level"] == "error" for e in failed), failed
+    assert any("missing.keras" in e["error"] for e in failed)
+    assert read_rows(daemon.outbox) == rows
