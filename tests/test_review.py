@@ -150,6 +150,8 @@ def test_a_second_verdict_appends_and_the_last_wins(server, outbox):
     status, answer = server.request("POST", "/api/undo", {"id": item["id"]})
     assert status == 200 and answer["row"]["verdict"] == "undone"
     assert item["id"] in {i["id"] for i in server.queue(limit=500)["items"]}
+    assert server.request("POST", "/api/undo", {"id": item["id"]})[0] == 409  # nothing to undo
+    assert len(read_csv(outbox / "corrections.csv")) == 3
 
 
 def test_a_correction_to_the_predicted_digit_is_a_confirmation(server, outbox):

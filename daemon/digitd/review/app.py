@@ -5,7 +5,8 @@
                                 ?digit=0-9, ?limit=N, ?session=S (hold the items for S)
     POST /api/verdict           {"id", "verdict", "label"}: 200 with the row written,
                                 400 bad request, 404 unknown id, 403 without the token
-    POST /api/undo              {"id"}: withdraw the verdict on id (appends a row "undone")
+    POST /api/undo              {"id"}: withdraw the verdict on id (appends a row "undone");
+                                409 if it has none
     GET  /preview/<id>.png      the preview of a result under review, by id only
     GET  /input/<id>.png        its input (from processed/, checked by SHA-256), by id only
     GET  /static/...            the page's script and style, from the package
@@ -121,6 +122,8 @@ class ReviewStation:
             item = self.index.get(request.id)
             if item is None:
                 return 404, {"error": f"no result under review has the id {request.id!r}"}
+            if undo and not self.index.reviewed(item.id):
+                return 409, {"error": f"{item.id} has no verdict to undo"}
             try:
                 request = check_against(request, item)
             except BadVerdict as exc:

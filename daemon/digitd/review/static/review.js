@@ -125,7 +125,9 @@ function post(path, body) {
 function give(verdict, label) {
   const item = state.items.shift();
   if (!item) return;
-  const body = { id: item.id, verdict, reviewer: $("reviewer").value };
+  const body = { id: item.id, verdict };
+  const reviewer = $("reviewer").value.trim();
+  if (reviewer) body.reviewer = reviewer;
   if (label !== undefined) body.label = label;
   state.judged.add(item.id);
   state.history.push({ item, verdict: body });
@@ -136,6 +138,9 @@ function give(verdict, label) {
   say(`${item.file}: ${what}  (u to undo)`);
   post("/api/verdict", body).catch((error) => {
     say(`${item.file}: verdict not recorded: ${error.message}`, true);
+    state.history = state.history.filter((h) => h.item.id !== item.id);
+    state.mine -= 1;
+    $("count-mine").textContent = state.mine;
     state.judged.delete(item.id);
     state.items.unshift(item);
     render();
@@ -155,7 +160,10 @@ function undo() {
   $("count-mine").textContent = state.mine;
   state.items = [last.item, ...state.items.filter((i) => i.id !== last.item.id)];
   say(`${last.item.file}: verdict withdrawn`);
-  post("/api/undo", { id: last.item.id, reviewer: $("reviewer").value }).catch((error) => {
+  const body = { id: last.item.id };
+  const reviewer = $("reviewer").value.trim();
+  if (reviewer) body.reviewer = reviewer;
+  post("/api/undo", body).catch((error) => {
     say(`${last.item.file}: undo failed: ${error.message}`, true);
   });
   render();
