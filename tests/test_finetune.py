@@ -95,6 +95,9 @@ def test_fine_tunes_and_records_the_corrections_in_the_card(tmp_path):
     assert card["corrections"]["sha256"] == expected.digest
     assert card["corrections"]["held_out"] + card["corrections"]["trained"] == 60
     assert card["model_id"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    tflite = models / "digitd-cnn-corrected.tflite"  # what serving runs, vouched for by the card
+    assert card["tflite"]["sha256"] == hashlib.sha256(tflite.read_bytes()).hexdigest()
+    assert card["tflite"]["parity"]["same_answers"] == card["tflite"]["parity"]["n"]
     after = card["held_out_accuracy"]["after"]
     assert after >= card["held_out_accuracy"]["before"]
     drop = card["mnist_test_accuracy"]["before"] - card["mnist_test_accuracy"]["after"]

@@ -13,8 +13,8 @@ The steps, each a function below:
 4. judge: accuracy on the held-out corrections and on the MNIST test set, before and after.
    A model that is worse on the held-out corrections, or loses more than MAX_MNIST_DROP on
    MNIST, is refused (exit code 1) and nothing is written.
-5. write the .keras, its card (with the corrections' count and hash) and, when the export is
-   available, its .tflite.
+5. write the .keras, the .tflite converted from it (parity checked by digitd.export) and the
+   card (with the corrections' count and hash).
 """
 
 from __future__ import annotations
@@ -202,6 +202,7 @@ class Judgement:
 
 def fine_tune_command(args: argparse.Namespace) -> int:
     """`digitd train --corrections DIR ...`: report before/after; write the model or refuse."""
+    from digitd.export import tflite_card_entry
     from digitd.model import default_model_path, file_sha256, import_keras
     from digitd.train import library_versions, metrics, save_model, to_input, write_atomically
 
@@ -284,6 +285,9 @@ def fine_tune_command(args: argparse.Namespace) -> int:
         "library_versions": library_versions(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    # the .tflite that serving runs, converted and checked against the .keras (digitd.export)
+    card["tflite"] = tflite_card_entry(target, x_test, mnist.y_test,
+                                       f"MNIST test set ({mnist.source})")
     card_file = target.with_name(f"{name}.card.json")
     write_atomically(card_file, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
     print(f"wrote {target} (model id {model_id[:12]}) and {card_file.name}")
