@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from daemonproc import DaemonProcess, drop, png_bytes, sample_digits
+from harness import DaemonProcess, drop, png_bytes, sample_digits
 
 
 def make_outbox(root: Path, n: int = 40, **config) -> Path:

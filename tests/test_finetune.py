@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemonproc import SAMPLE, png_bytes, sample_digits
 from digitd.finetune import Corrections as Loaded
 from digitd.finetune import read_corrections
 from digitd.review.index import Item
 from digitd.review.verdicts import Corrections, VerdictRequest
+from harness import SAMPLE, png_bytes, sample_digits
 
 pytestmark = pytest.mark.slow
 

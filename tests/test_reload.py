@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemonproc import SAMPLE, DaemonProcess, drop, png_bytes, read_rows, sample_digits
 from digitd.model import default_model_path, file_sha256
+from harness import SAMPLE, DaemonProcess, drop, png_bytes, read_rows, sample_digits
 
 pytestmark = pytest.mark.slow
 

@@ -29,13 +29,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from digitd.codes import ExitCode
 from digitd.dataset import DatasetError, Mnist, load_mnist
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = ExitCode.OK, ExitCode.FAILURE, ExitCode.USAGE
 MAX_MNIST_DROP = 0.001  # 0.1 point of MNIST test accuracy
 HELD_OUT = 5  # one correction in five is held out
 BATCH = 128  # half corrections, half MNIST
@@ -74,8 +74,7 @@ class Corrections:
 
 def read_corrections(folders: list[Path], max_pixels: int = 40_000_000) -> Corrections:
     """The usable corrections of these outboxes (see the module docstring)."""
-    from digitd.pngcheck import Rejected
-    from digitd.preprocess import prepare
+    from digitd.intake import take_in
 
     latest: dict[str, tuple[str, int, Path]] = {}  # image sha256 -> (reviewed_at, label, png)
     skipped: dict[str, int] = {}
@@ -107,15 +106,14 @@ def read_corrections(folders: list[Path], max_pixels: int = 40_000_000) -> Corre
                 latest[sha] = (row.get("reviewed_at", ""), int(label), png)
     xs, ys, shas = [], [], []
     for sha, (_, label, png) in sorted(latest.items()):
-        data = png.read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha:
+        intake = take_in(png, max_pixels)  # exactly as the daemon takes an input in
+        if intake.sha256 and intake.sha256 != sha:
             skip("image does not match its sha256")
             continue
-        try:
-            xs.append(prepare(data, max_pixels).model_input)
-        except Rejected:
-            skip("image not readable")
+        if not intake.ok:
+            skip(f"image rejected ({intake.error})")
             continue
+        xs.append(intake.model_input)
         ys.append(label)
         shas.append(sha)
     if not xs:
@@ -203,8 +201,9 @@ class Judgement:
 def fine_tune_command(args: argparse.Namespace) -> int:
     """`digitd train --corrections DIR ...`: report before/after; write the model or refuse."""
     from digitd.export import tflite_card_entry
-    from digitd.model import default_model_path, file_sha256, import_keras
-    from digitd.train import library_versions, metrics, save_model, to_input, write_atomically
+    from digitd.fsutil import write_atomic
+    from digitd.model import default_model_path, file_sha256, import_keras, read_card
+    from digitd.train import library_versions, metrics, save_model, to_input
 
     if args.epochs is not None or args.limit is not None:
         print("digitd train: --epochs and --limit train from scratch; with --corrections "
@@ -261,7 +260,7 @@ def fine_tune_command(args: argparse.Namespace) -> int:
     name = f"{base.name.removesuffix('.keras')}-corrected"
     target = out / f"{name}.keras"
     model_id = save_model(keras, model, target)
-    base_card = _read_card(base)
+    base_card = read_card(base)
     card = {
         **{k: base_card[k] for k in ("arch", "architecture", "parameters", "input", "output")
            if k in base_card},
@@ -289,15 +288,7 @@ def fine_tune_command(args: argparse.Namespace) -> int:
     card["tflite"] = tflite_card_entry(target, x_test, mnist.y_test,
                                        f"MNIST test set ({mnist.source})")
     card_file = target.with_name(f"{name}.card.json")
-    write_atomically(card_file, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+    write_atomic(card_file, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
     print(f"wrote {target} (model id {model_id[:12]}) and {card_file.name}")
     return EXIT_OK
 
-
-def _read_card(model_path: Path) -> dict[str, Any]:
-    from digitd.model import card_path
-
-    try:
-        return json.loads(card_path(model_path).read_text())
-    except (OSError, ValueError):
-        return {}

@@ -41,10 +41,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from digitd.codes import ExitCode, Rejected
 from digitd.config import Config, ConfigError, load_config, parse_listen
-from digitd.fsutil import read_input_file
-from digitd.outputs import OutboxError, printable_name
-from digitd.pngcheck import Rejected
+from digitd.intake import read_input_file
+from digitd.outputs import OutboxError
+from digitd.result import printable_name
 from digitd.review.index import ID_PATTERN, Item, ReviewIndex
 from digitd.review.verdicts import BadVerdict, Corrections, check_against, parse_verdict
 
@@ -259,12 +260,12 @@ def review_command(args: argparse.Namespace) -> int:
         config = load_config(args.config, outbox=args.outbox)
     except ConfigError as exc:
         print(f"digitd: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     listen = args.listen or config.review.listen
     address = parse_listen(listen)
     if address is None:
         print(f"digitd review: --listen {listen!r}: expected HOST:PORT", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     reviewer = args.reviewer or config.review.reviewer or _user()
     configure_logging(config.log.format, config.log.level)
     station = ReviewStation(config, reviewer)
@@ -272,7 +273,7 @@ def review_command(args: argparse.Namespace) -> int:
         station.prepare()
     except (OSError, OutboxError) as exc:
         print(f"digitd review: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     import uvicorn
 
     host, port = address
@@ -284,7 +285,7 @@ def review_command(args: argparse.Namespace) -> int:
                     hint="anyone who can reach this address can give verdicts")
     uvicorn.run(create_app(station, allowed_hosts(host)), host=host, port=port,
                 log_level="warning", access_log=False, server_header=False)
-    return 0
+    return ExitCode.OK
 
 
 def _user() -> str:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from digitd.codes import Status
+
 ID_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")  # the daemon's ids: see claims.new_id
 CORRECTIONS_CSV = "corrections.csv"
 LEASE_S = 120.0  # an item shown to one page is kept from the others this long
@@ -58,7 +60,7 @@ class Item:
 
     @property
     def kind(self) -> str:
-        return "audit" if self.status == "ok" else "low_confidence"
+        return "audit" if self.status == Status.OK else "low_confidence"
 
 
 @dataclass
@@ -165,8 +167,8 @@ class ReviewIndex:
 
     def _item(self, row: dict[str, str]) -> Item | None:
         status = row.get("status")
-        wanted = status == "low_confidence" or (
-            status == "ok" and audit_sampled(row.get("id", ""), self.audit_share)
+        wanted = status == Status.LOW_CONFIDENCE or (
+            status == Status.OK and audit_sampled(row.get("id", ""), self.audit_share)
         )
         if not wanted or not ID_PATTERN.fullmatch(row.get("id", "")):
             return None

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from digitd.fsutil import read_input_file, write_atomic
-from digitd.outputs import append_rows, iso_time, prepare_csv, printable_name, spreadsheet_safe
-from digitd.pngcheck import Rejected
+from digitd.codes import Rejected
+from digitd.fsutil import write_atomic
+from digitd.intake import read_input_file
+from digitd.outputs import append_rows, prepare_csv
+from digitd.result import iso_time, printable_name, spreadsheet_safe
 from digitd.review.index import CORRECTIONS_CSV, ID_PATTERN, Item
 
 VERDICTS = ("confirmed", "corrected", "not_a_digit")  # what POST /api/verdict accepts
