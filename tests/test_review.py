@@ -320,3 +320,29 @@ def test_csv_tail_reads_whole_rows_only(tmp_path):
     assert tail.read() == (False, [{"id": "b", "file": "torn"}])
     path.write_bytes(b"id,file\r\nc,z\r\n")  # replaced: read again from the top
     assert tail.read() == (True, [{"id": "c", "file": "z"}])
+
+
+def test_with_inputs_deleted_the_inputs_under_review_are_kept_for_it(tmp_path):
+    """outputs.inputs: delete empties processed/; the daemon keeps the inputs under review in
+    review/inputs/ instead, and a verdict moves them on to corrections/."""
+    outbox = make_outbox(tmp_path / "daemon", n=12, outputs={"inputs": "delete"},
+                         review={"audit_share": 0.5})
+    assert not any((outbox / "processed").iterdir())
+    rows = read_csv(outbox / "results.csv")
+    kept = {p.stem for p in (outbox / "review" / "inputs").iterdir()}
+    wanted = {r["id"] for r in rows if r["status"] == "low_confidence"
+              or (r["status"] == "ok" and audit_sampled(r["id"], 0.5))}
+    assert kept == wanted and kept
+    server = ReviewServer(outbox).wait_ready()
+    try:
+        item_id = sorted(kept)[0]
+        kind = next(r for r in rows if r["id"] == item_id)["status"]
+        item = next(i for i in server.queue(kind="audit" if kind == "ok" else kind,
+                                            limit=500)["items"] if i["id"] == item_id)
+        assert server.verdict(item_id, "corrected", (item["digit"] + 1) % 10)[0] == 200
+    finally:
+        server.close()
+    copy = outbox / "corrections" / f"{item_id}.png"
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == next(
+        r["sha256"] for r in rows if r["id"] == item_id)
+    assert not (outbox / "review" / "inputs" / f"{item_id}.png").exists()

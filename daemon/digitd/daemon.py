@@ -102,7 +102,8 @@ class Daemon:
         self._reread = reread or (lambda: config)  # the configuration, read again on SIGHUP
         self.notifier = Notifier()
         self.work = WorkFolder(config.inbox)
-        self.outbox = Outbox(config.outbox, config.outputs, self.work.aside)
+        self.outbox = Outbox(config.outbox, config.outputs, self.work.aside,
+                             config.review.audit_share)
         self.watcher = InboxWatcher(config.inbox, config.watch, share=worker)
         self.batcher: Batcher[Arrival] = Batcher(
             config.batch.max_size, config.batch.max_wait_ms / 1000

@@ -26,8 +26,10 @@ from digitd.fsutil import (
     write_in_place,
 )
 from digitd.result import CSV_HEADER, Result
+from digitd.review.index import audit_sampled
 
 FOLDERS = ("results", "previews", "review", "processed", "failed")
+REVIEW_INPUTS = "review/inputs"  # with inputs: delete, the inputs under review are kept here
 
 
 class OutboxError(Exception):
@@ -37,16 +39,20 @@ class OutboxError(Exception):
 class Outbox:
     """Writes one batch's outputs in the crash-safe order described above."""
 
-    def __init__(self, root: Path, config: OutputConfig, aside: Path) -> None:
+    def __init__(self, root: Path, config: OutputConfig, aside: Path,
+                 audit_share: float = 0.0) -> None:
         self.root = root
         self.config = config
         self.aside = aside  # where an entry that cannot be filed across filesystems is put
+        self.audit_share = audit_share  # review.audit_share: `ok` results offered for audit
         self.csv_path = root / "results.csv"
 
     def prepare(self) -> None:
         """Create the folders; repair a torn last line; refuse a CSV with another header."""
         for name in FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
+        if self.config.inputs == "delete" and self.config.review:
+            (self.root / REVIEW_INPUTS).mkdir(exist_ok=True)
         prepare_csv(self.csv_path, CSV_HEADER)
 
     def committed_rows(self) -> dict[str, dict[str, str]]:
@@ -114,11 +120,21 @@ class Outbox:
                 error["kept_at"] = kept_at  # set aside in the inbox, or nothing to keep
                 data = json.dumps(error, ensure_ascii=False, indent=1).encode("utf-8")
                 write_atomic(error_json, data)
+        elif self.config.inputs == "delete" and self._under_review(result):
+            # kept for the review station, which copies it to corrections/ with a verdict
+            move_noreplace(result.source, self.root / REVIEW_INPUTS / f"{result.id}.png")
         elif self.config.inputs == "delete":
             os.unlink(result.source)
         else:
             name = self._free_name("processed", result)
             move_noreplace(result.source, self.root / "processed" / name)
+
+    def _under_review(self, result: Result) -> bool:
+        """Offered on the review page: low confidence, or `ok` and in the audit sample."""
+        if not self.config.review:
+            return False
+        return result.status == Status.LOW_CONFIDENCE or (
+            result.status == Status.OK and audit_sampled(result.id, self.audit_share))
 
     def _free_name(self, folder: str, result: Result) -> str:
         """The input's name if free in `folder`, else <stem>.<id><suffix>. In failed/, a

@@ -17,7 +17,7 @@ from pathlib import Path
 from digitd.codes import Rejected
 from digitd.fsutil import write_atomic
 from digitd.intake import read_input_file
-from digitd.outputs import append_rows, prepare_csv
+from digitd.outputs import REVIEW_INPUTS, append_rows, prepare_csv
 from digitd.result import iso_time, printable_name, spreadsheet_safe
 from digitd.review.index import CORRECTIONS_CSV, ID_PATTERN, Item
 
@@ -152,17 +152,21 @@ class Corrections:
         if data is None:
             return ""
         write_atomic(target, data, durable=True)
+        kept = self.outbox / REVIEW_INPUTS / f"{item.id}.png"
+        if kept.is_file():  # delete mode: the daemon kept it for this; corrections/ has it now
+            kept.unlink()
         return relative
 
     def find_input(self, item: Item, name: str) -> bytes | None:
-        """The input's bytes, looked up in processed/ under the names the daemon gives it
-        (its own name, or <stem>.<id>.<ext> when that was taken), checked by SHA-256."""
+        """The input's bytes, checked by SHA-256: kept in review/inputs/ (outputs.inputs:
+        delete), or in processed/ under the names the daemon gives it (its own name, or
+        <stem>.<id>.<ext> when that was taken)."""
         import hashlib
 
         if not ID_PATTERN.fullmatch(item.id):
             return None
         processed = self.outbox / "processed"
-        candidates = []
+        candidates = [self.outbox / REVIEW_INPUTS / f"{item.id}.png"]
         if name and "/" not in name and name not in (".", ".."):
             candidates.append(processed / name)
         try:
