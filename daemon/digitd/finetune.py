@@ -135,7 +135,7 @@ def fine_tune(keras, model, x: np.ndarray, y: np.ndarray, mnist: Mnist, steps: i
     """Train `model` in place for `steps` batches; returns the seconds taken."""
     import tensorflow as tf
 
-    from digitd.train import augment_batch
+    from digitd.augment import augment_batch
 
     half = BATCH // 2
     keras.utils.set_random_seed(seed)
