@@ -333,7 +333,9 @@ def test_with_inputs_deleted_the_inputs_under_review_are_kept_for_it(tmp_path):
     wanted = {r["id"] for r in rows if r["status"] == "low_confidence"
               or (r["status"] == "ok" and audit_sampled(r["id"], 0.5))}
     assert kept == wanted and kept
-    server = ReviewServer(outbox).wait_ready()
+    config = tmp_path / "review.yaml"  # the review station samples the audit as the daemon did
+    config.write_text("review:\n  audit_share: 0.5\n")
+    server = ReviewServer(outbox, config=config).wait_ready()
     try:
         item_id = sorted(kept)[0]
         kind = next(r for r in rows if r["id"] == item_id)["status"]
