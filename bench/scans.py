@@ -122,8 +122,10 @@ def _lighting(shape, rng: np.random.Generator, shadow: bool) -> np.ndarray:
 
 def _paper_scan(ink: np.ndarray, rng: np.random.Generator, *, colour: bool, blue: bool = False,
                 inverted: bool = False, shadow: bool | None = None, blur: float | None = None,
-                noise: float | None = None) -> np.ndarray:
-    """Render an ink map as a scan or photo: uint8 BGR (colour) or grey."""
+                noise: float | None = None,
+                printed: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Render an ink map as a scan or photo: uint8 BGR (colour) or grey. `printed`: a form's
+    ruling (its coverage map and BGR colour), printed on the paper under the ink."""
     h, w = ink.shape
     if inverted:
         paper = np.full(3, rng.uniform(15, 70), np.float32)
@@ -139,7 +141,11 @@ def _paper_scan(ink: np.ndarray, rng: np.random.Generator, *, colour: bool, blue
             pen = np.full(3, rng.uniform(10, 80), np.float32)
     opacity = rng.uniform(0.8, 1.0)
     a = (ink * opacity)[:, :, None]
-    img = paper * (1 - a) + pen * a
+    if printed is None:
+        img = paper * (1 - a) + pen * a
+    else:
+        cover, tint = printed[0][:, :, None], np.asarray(printed[1], np.float32)
+        img = (paper * (1 - cover) + tint * cover) * (1 - a) + pen * a
     if shadow is None:
         shadow = rng.random() < 0.3
     img *= _lighting((h, w), rng, shadow)[:, :, None]
@@ -284,3 +290,150 @@ def blank_page(index: int, seed: int = 0) -> bytes:
     rng = _rng(seed, index, salt=2)
     h, w = int(rng.integers(60, 600)), int(rng.integers(60, 600))
     return _png(_paper_scan(np.zeros((h, w), np.float32), rng, colour=bool(rng.random() < 0.5)))
+
+
+# --------------------------------------------------------------------------------------------
+# Form fields: one digit written into printed ruling (issue 10)
+
+FORM_FLAVOURS = (
+    "form_box",  # a printed box around the digit (the pen sometimes crosses its edge)
+    "form_comb",  # a comb field: a baseline and short ticks at the cell's sides, open at the top
+    "form_underline",  # a line under the digit across the crop, at, below or through its foot
+    "form_strike",  # a printed line across the crop running through the digit
+    "form_squared",  # squared paper
+    "form_ruled",  # ruled paper, the digit sitting on a line
+    "form_neighbours",  # one box of a row cut out loosely: the neighbours' edges in the crop
+)
+
+
+def _ruling_ink(rng: np.random.Generator, paper_kind: bool) -> tuple[str, np.ndarray]:
+    """Printed ruling's colour (BGR): black, grey or blue; paper ruling more often pale."""
+    kind = rng.choice(["black", "grey", "blue"], p=[0.2, 0.4, 0.4] if paper_kind
+                      else [0.35, 0.3, 0.35])
+    if kind == "black":
+        return kind, np.full(3, rng.uniform(20, 70), np.float32)
+    if kind == "grey":
+        return kind, np.full(3, rng.uniform(110, 170), np.float32)
+    if rng.random() < 0.5:  # dark blue
+        return kind, np.array([rng.uniform(150, 200), rng.uniform(60, 110), rng.uniform(10, 50)],
+                              np.float32)
+    return kind, np.array([rng.uniform(215, 245), rng.uniform(160, 200), rng.uniform(100, 150)],
+                          np.float32)
+
+
+def _ruling_layer(shape: tuple[int, int], segments, thickness: float,
+                  skew: float) -> np.ndarray:
+    """Coverage (0..1) of straight printed lines `thickness` px wide, drawn at twice the size
+    with anti-aliasing, turned by `skew` degrees about the canvas's centre."""
+    h, w = shape
+    big = np.zeros((h * 2, w * 2), np.uint8)
+    t = max(2, round(thickness * 2))
+    for x0, y0, x1, y1 in segments:
+        cv2.line(big, (round(x0 * 2), round(y0 * 2)), (round(x1 * 2), round(y1 * 2)), 255, t,
+                 cv2.LINE_AA)
+    layer = cv2.resize(big, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    if skew:
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), skew, 1.0)
+        layer = cv2.warpAffine(layer, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    return layer
+
+
+def _rect(x: float, y: float, w: float, h: float) -> list[tuple[float, float, float, float]]:
+    return [(x, y, x + w, y), (x, y + h, x + w, y + h), (x, y, x, y + h), (x + w, y, x + w, y + h)]
+
+
+def _form_geometry(flavour: str, dh: int, dw: int, rng: np.random.Generator):
+    """(canvas (h, w), the digit's top-left, the ruling's segments, its thickness) for a digit
+    whose ink is dh x dw px."""
+    thickness = max(1.0, dh * rng.uniform(0.01, 0.05))
+    segs: list[tuple[float, float, float, float]] = []
+    if flavour in ("form_box", "form_comb", "form_neighbours"):
+        bh = dh * rng.uniform(1.15, 1.6)
+        bw = max(dw * rng.uniform(1.15, 1.6), bh * rng.uniform(0.7, 1.2))
+        if flavour == "form_box":
+            ml, mr, mt, mb = (rng.uniform(0.03, 0.3) * bh for _ in range(4))
+        elif flavour == "form_comb":
+            ml, mr = (rng.uniform(0.03, 0.25) * bw for _ in range(2))
+            mt, mb = (rng.uniform(0.05, 0.3) * bh for _ in range(2))
+        else:
+            gap = rng.uniform(0, 0.3) * bw
+            ml, mr = (gap + rng.uniform(0.05, 0.35) * bw for _ in range(2))
+            mt, mb = (rng.uniform(-0.04, 0.2) * bh for _ in range(2))
+        ch, cw = int(mt + bh + mb) + 1, int(ml + bw + mr) + 1
+        bx, by = ml, mt
+        if flavour == "form_box":
+            segs = _rect(bx, by, bw, bh)
+        elif flavour == "form_comb":
+            tooth = rng.uniform(0.2, 0.5) * bh
+            segs = [(-cw, by + bh, 2 * cw, by + bh)]
+            segs += [(x, by + bh - tooth, x, by + bh) for x in (bx - bw, bx, bx + bw, bx + 2 * bw)]
+        else:
+            for k in (-1, 0, 1):
+                segs += _rect(bx + k * (bw + gap), by, bw, bh)
+        # The digit somewhere in its cell; one in four crosses the cell's bottom or a side.
+        x = bx + (bw - dw) / 2 + rng.uniform(-0.45, 0.45) * max(0.0, bw - dw)
+        y = by + (bh - dh) / 2 + rng.uniform(-0.45, 0.45) * max(0.0, bh - dh)
+        if rng.random() < 0.25:
+            if rng.random() < 0.6:
+                y = by + bh - dh + rng.uniform(0.02, 0.15) * dh
+            else:
+                x = bx + bw - dw + rng.uniform(0.02, 0.12) * dw
+        return (ch, cw), (int(y), int(x)), segs, thickness
+    if flavour in ("form_squared", "form_ruled"):
+        thickness = max(1.0, dh * rng.uniform(0.01, 0.03))
+        ml, mr, mt, mb = (rng.uniform(0.2, 0.7) * dh for _ in range(4))
+    else:
+        ml, mr, mt, mb = (rng.uniform(0.1, 0.5) * dh for _ in range(4))
+    ch, cw = int(mt + dh + mb) + 1, int(ml + dw + mr) + 1
+    y, x = mt, ml
+    across = lambda yy: (-cw, yy, 2 * cw, yy)  # noqa: E731
+    if flavour == "form_underline":
+        segs = [across(y + dh + rng.uniform(-0.15, 0.12) * dh)]
+    elif flavour == "form_strike":
+        segs = [across(y + rng.uniform(0.2, 0.9) * dh)]
+    elif flavour == "form_squared":
+        step = dh * rng.uniform(0.45, 1.0)
+        oy, ox = rng.uniform(0, step), rng.uniform(0, step)
+        segs = [across(oy + k * step) for k in range(-2, int(ch / step) + 3)]
+        segs += [(ox + k * step, -ch, ox + k * step, 2 * ch)
+                 for k in range(-2, int(cw / step) + 3)]
+    elif flavour == "form_ruled":
+        step = dh * rng.uniform(0.9, 1.5)
+        base = y + dh + rng.uniform(-0.1, 0.05) * dh
+        segs = [across(base + k * step) for k in range(-int(base / step) - 2,
+                                                         int((ch - base) / step) + 3)]
+    else:
+        raise ValueError(f"unknown form flavour {flavour!r}")
+    return (ch, cw), (int(y), int(x)), segs, thickness
+
+
+def render_form(digit28: np.ndarray | None, index: int, seed: int = 0,
+                flavour: str | None = None) -> tuple[bytes, str]:
+    """MNIST digit number `index` written into a form field of `flavour` (default: one of
+    FORM_FLAVOURS in turn), scanned: (PNG bytes, flavour). `digit28` None: the field is empty
+    (must be no_ink). The digit 36-200 px tall, turned up to +-10 degrees; the ruling 1-5% of
+    its height thick (1-3% on squared and ruled paper), black, grey or blue, skewed up to
+    +-1.5 degrees; paper, light, noise and blur as the scans above."""
+    flavour = flavour or FORM_FLAVOURS[index % len(FORM_FLAVOURS)]
+    rng = _rng(seed, index, salt=3)
+    height = int(round(math.exp(rng.uniform(math.log(36), math.log(200)))))
+    angle = rng.uniform(-10, 10)
+    if digit28 is None:
+        ink = None
+        dh, dw = height, int(height * rng.uniform(0.4, 0.9))
+    else:
+        ink = _rotate(_ink_from_mnist(digit28, height), angle)
+        rows, cols = np.flatnonzero(ink.max(1) > 0.2), np.flatnonzero(ink.max(0) > 0.2)
+        ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        dh, dw = ink.shape
+    shape, (y, x), segs, thickness = _form_geometry(flavour, dh, dw, rng)
+    kind, tint = _ruling_ink(rng, flavour in ("form_squared", "form_ruled"))
+    layer = _ruling_layer(shape, segs, thickness, rng.uniform(-1.5, 1.5))
+    canvas = np.zeros(shape, np.float32)
+    if ink is not None:
+        y, x = min(max(y, 0), shape[0] - dh), min(max(x, 0), shape[1] - dw)
+        canvas[y : y + dh, x : x + dw] = ink
+    colour = kind == "blue" or rng.random() < 0.3
+    img = _paper_scan(canvas, rng, colour=colour, blue=colour and rng.random() < 0.4,
+                      printed=(layer, tint))
+    return _png(img), flavour

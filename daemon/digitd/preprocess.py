@@ -43,6 +43,7 @@ import numpy as np
 
 from digitd.codes import REASONS, Rejected
 from digitd.pngcheck import check_png
+from digitd.ruling import Ruling, remove_ruling
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -196,7 +197,10 @@ def normalise(image: np.ndarray) -> np.ndarray:
         background = _background(small)
         floor = _noise_floor(_residual(background, small), grey)
     ink = _residual(background, small)
-    mask, box = _digit_mask(ink, floor, MIN_CONTRAST if flat else MIN_CONTRAST_PAPER)
+    min_contrast = MIN_CONTRAST if flat else MIN_CONTRAST_PAPER
+    ruling = _without_ruling(ink, floor, min_contrast)
+    ink = ruling.ink
+    mask, box = _digit_mask(ink, floor, min_contrast)
 
     # 2. Extract the digit at a useful resolution.
     x, y, w, h = box
@@ -206,7 +210,8 @@ def normalise(image: np.ndarray) -> np.ndarray:
         crop_mask = cv2.dilate(mask[y0 : y + h + 1, x0 : x + w + 1], np.ones((3, 3), np.uint8))
         crop_floor = floor
     else:
-        crop_ink, crop_mask, crop_floor = _extract(img, background, mask, box, f, floor)
+        crop_ink, crop_mask, crop_floor = _extract(img, background, mask, box, f, floor,
+                                                   ruling.mask)
     digit = _ink_profile(crop_ink, crop_mask, crop_floor)
 
     # 3. MNIST: fit 20x20, centre of mass at (14, 14).
@@ -322,15 +327,30 @@ def _noise_floor(ink: np.ndarray, grey: np.ndarray, base: float = 0.5) -> int:
     return max(MIN_FLOOR, _percentile(_hist(ink), base) + 4 * sigma)
 
 
-def _digit_mask(ink: np.ndarray, floor: int,
-                min_contrast: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The digit's pixels (specks and border lines dropped) and their bounding box."""
+def _ink_level(ink: np.ndarray, floor: int, min_contrast: int) -> tuple[int, int]:
+    """(The strongest ink, the level above which a pixel is ink): Otsu between paper and ink,
+    never below the noise floor. Raises no_ink when nothing is dark enough to be ink."""
     top = int(cv2.minMaxLoc(ink)[1])
     if top < max(min_contrast, floor + 8):
         raise Rejected("no_ink", "no ink found: the image is blank or uniform")
-    # Otsu between paper and ink, but never below the noise floor.
     otsu, _ = cv2.threshold(ink, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-    level = max(floor, min(int(otsu), (floor + top) // 2))
+    return top, max(floor, min(int(otsu), (floor + top) // 2))
+
+
+def _without_ruling(ink: np.ndarray, floor: int, min_contrast: int) -> Ruling:
+    """The ink without a form's printed ruling (digitd.ruling); an empty field is no_ink."""
+    _, level = _ink_level(ink, floor, min_contrast)
+    ruling = remove_ruling(ink, level)
+    if ruling.empty:
+        raise Rejected("no_ink", "only printed ruling (lines, boxes, squares) and no "
+                                 "handwriting: an empty form field")
+    return ruling
+
+
+def _digit_mask(ink: np.ndarray, floor: int,
+                min_contrast: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The digit's pixels (specks and border lines dropped) and their bounding box."""
+    top, level = _ink_level(ink, floor, min_contrast)
     binary = cv2.compare(ink, level, cv2.CMP_GT)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if n <= 1:
@@ -411,9 +431,11 @@ def _select_components(stats: np.ndarray, labels: np.ndarray, ink: np.ndarray,
     return keep
 
 
-def _extract(img, background, mask, box, f, floor):
+def _extract(img, background, mask, box, f, floor, ruling=None):
     """Cut the digit's box (plus a margin) from the full-resolution image, reduced so that the
-    digit's longest side is about WORK_SIZE; return its ink residual, mask and noise floor."""
+    digit's longest side is about WORK_SIZE; return its ink residual, mask and noise floor.
+    `ruling`: the printed ruling found on the small copy, kept out of the digit and of the
+    paper's noise estimate."""
     x, y, w, h = box
     pad = 2  # small pixels: one for the mask's dilation, one of paper to measure the noise on
     sh, sw = mask.shape
@@ -431,9 +453,14 @@ def _extract(img, background, mask, box, f, floor):
     ink = _residual(paper, crop)
     near = cv2.dilate(mask[y0:y1, x0:x1], np.ones((3, 3), np.uint8))
     near = cv2.resize(near, size, interpolation=cv2.INTER_NEAREST)
+    paper_only = cv2.bitwise_not(near)
+    if ruling is not None:
+        printed = cv2.resize(ruling[y0:y1, x0:x1], size, interpolation=cv2.INTER_NEAREST)
+        near = cv2.bitwise_and(near, cv2.bitwise_not(printed))
+        paper_only = cv2.bitwise_and(paper_only, cv2.bitwise_not(printed))
     # The noise at this resolution (more than on the reduced copy): from the paper in the
     # margin, and from neighbouring pixels' differences.
-    paper_hist = _hist(ink, cv2.bitwise_not(near))
+    paper_hist = _hist(ink, paper_only)
     if paper_hist.sum() >= 50:
         p50, p98 = _percentile(paper_hist, 0.5), _percentile(paper_hist, 0.98)
         local = p98 + (p98 - p50) // 2

@@ -1,0 +1,364 @@
+"""Printed form ruling is not ink: find it in an ink map and take it out.
+
+    remove_ruling(ink, level) -> Ruling(ink, mask, lines, empty)
+
+`ink` is an ink-strength map: uint8, 0 for paper, larger for more ink (for dark ink on white
+paper `255 - grey`; digitd.preprocess passes the residual it computes against the paper's
+estimate, so any paper, light and ink colour look alike). `level` is the strength from which a
+pixel counts as ink (default: Otsu's threshold). The result's `ink` is the same map with the
+ruling set to 0 but the handwriting kept, also where a stroke crosses a line; `mask` (uint8
+0/255, None if nothing was removed) marks the pixels taken out; `empty` is True when ruling was
+found and nothing the size of a handwritten mark is left: an empty form field.
+
+Pure functions on arrays (numpy + OpenCV): no state, safe from many threads. digitd.preprocess
+calls it on its located copy (at most 192 px a side) before it looks for the digit; another
+caller (several digits on an underline) can call it on any ink map.
+
+What counts as ruling:
+
+1. Candidates: straight lines at most 2.5 degrees off horizontal or vertical (a crooked scan),
+   found by a Hough transform restricted to those angles, at least LONG of the image's side;
+   along each, the thickness (the run of ink across the line) is measured at every position.
+   A candidate is line-like when it is thin for its length (THIN of it: ruling is a few
+   percent of a digit's height thick and at least about as long as the digit is high; a
+   digit's bar or stem is 10-20%), covered along most of its length, with a steady thickness.
+2. A line-like candidate is ruling when it is clearly thinner than the remaining strokes, or
+   spans the image (underlines, a line through the digit, ruled and squared paper, the edges
+   of neighbouring boxes; a lone vertical line across the middle is left alone: it may be a
+   1), or meets another candidate at a corner (a box's sides).
+3. Removal keeps the strokes: at each position along a line the run of ink across it is taken
+   out only where it is the line's own thickness; where a stroke continues on both sides it
+   crosses the line and stays; where it touches one side only, only the line's band goes.
+   Horizontal lines go first, then vertical ones are found again on what is left, so the
+   crossings of squared paper go with the second pass.
+4. Stubs: short straight pieces, as thin as the ruling, standing on a removed line (the ticks
+   of a comb field, a box's sides too short to be candidates) go too, unless they are as thick
+   as the handwriting.
+
+A plain digit costs little: with no ink run long enough to be a line in any band of rows or
+columns, the Hough transform is never run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["Line", "Ruling", "remove_ruling"]
+
+LONG = 0.4  # a candidate line is at least this share of the image's side long...
+THIN = 0.08  # ...and at most this share of its own length thick
+SPAN = 0.85  # a line this share of the side long spans the image (edge to edge)
+THIN_ACROSS = 0.06  # a spanning line may be this share of the image's other side thick
+THINNER = 0.7  # ruling clearly thinner than the strokes: at most this share of their width
+SKEW_DEG = 2.5  # how far off horizontal/vertical a printed line may run
+STEP_DEG = 0.25
+MARK = 0.15  # a handwritten mark spans at least this share of the image's shorter side
+
+
+@dataclass(frozen=True)
+class Line:
+    """A straight printed line: `vertical` or not; its centre runs through (`start`, `offset`)
+    with `slope` pixels across per pixel along; it covers `start`..`stop` along its axis."""
+
+    vertical: bool
+    offset: float  # across-coordinate of the centre at along-coordinate 0
+    slope: float
+    start: int
+    stop: int
+    thickness: float
+
+
+@dataclass(frozen=True)
+class Ruling:
+    ink: np.ndarray  # the ink map without the ruling (the input itself when none was found)
+    mask: np.ndarray | None  # uint8 0/255: the pixels removed; None when nothing was
+    lines: tuple[Line, ...] = ()
+    empty: bool = False  # ruling found and nothing handwritten left: an empty form field
+
+
+@dataclass
+class _Candidate:
+    line: Line
+    covered: int  # positions with the line's own thickness
+
+
+def remove_ruling(ink: np.ndarray, level: int | None = None) -> Ruling:
+    """The ink map without its printed ruling (see the module's docstring)."""
+    if ink.ndim != 2 or ink.dtype != np.uint8:
+        raise ValueError(f"an ink map is 2-D uint8, not {ink.dtype} {ink.shape}")
+    if level is None:
+        level = int(cv2.threshold(ink, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[0])
+    binary = cv2.compare(ink, level, cv2.CMP_GT)
+    h, w = binary.shape
+    if min(h, w) < 8 or not (_may_hold_line(binary) or _may_hold_line(binary.T)):
+        return Ruling(ink, None)
+
+    # Candidates in both directions, the vertical ones on what the horizontal ones leave.
+    rest = binary.copy()
+    horiz = _candidates(rest)
+    rest_t = np.ascontiguousarray(rest.T)
+    vert = [_transposed(c) for c in _candidates(rest_t)]
+    rest = np.ascontiguousarray(rest_t.T)
+    if not horiz and not vert:
+        return Ruling(ink, None)
+
+    stroke = _stroke_width(rest)
+    accepted = [c.line for c in horiz + vert if _is_ruling(c, horiz + vert, stroke, (h, w))]
+    if not accepted:
+        return Ruling(ink, None)
+
+    # The removal itself, horizontal lines first, vertical ones profiled again afterwards.
+    kept = binary.copy()
+    removed = np.zeros_like(binary)
+    for line in sorted(accepted, key=lambda line: line.vertical):
+        removed |= _erase(kept, line, apply=True)
+    stubs = _stubs(kept, removed, accepted, stroke)
+    if stubs is not None:
+        removed |= stubs
+        kept &= cv2.bitwise_not(stubs)
+    out = ink.copy()
+    out[removed > 0] = 0
+    return Ruling(out, removed, tuple(accepted), empty=not _has_mark(kept))
+
+
+# --------------------------------------------------------------------------------------------
+# Finding candidates
+
+
+def _may_hold_line(binary: np.ndarray) -> bool:
+    """Cheap test: does some band of rows hold ink over LONG of the width? (A band a few rows
+    high, so that a thin line skewed by up to SKEW_DEG still fills it.)"""
+    w = binary.shape[1]
+    band = math.ceil(w * math.tan(math.radians(SKEW_DEG)) / 2)
+    hit = binary if band <= 1 else cv2.dilate(binary, np.ones((band, 1), np.uint8))
+    return int(np.count_nonzero(hit, axis=1).max()) >= LONG * w
+
+
+def _candidates(binary: np.ndarray) -> list[_Candidate]:
+    """Line-like horizontal lines in a binary image, each taken out of it (crossing strokes
+    kept) once found, so that a line is not found twice nor a line at a wrong angle through it
+    (uint8 0/255, modified in place)."""
+    h, w = binary.shape
+    votes = max(8, int(LONG * w * 0.8))
+    step = math.radians(STEP_DEG)
+    k = round(SKEW_DEG / STEP_DEG)
+    found = cv2.HoughLines(binary, 1, step, votes, min_theta=math.pi / 2 - k * step,
+                           max_theta=math.pi / 2 + k * step + step / 2)
+    if found is None:
+        return []
+    out: list[_Candidate] = []
+    seen: list[tuple[float, float, float]] = []  # (y at x=0, y at x=w-1, half-width)
+    for rho, theta in found[:, 0, :2]:
+        # rho = x cos(theta) + y sin(theta): y = rho / sin - x cot
+        offset, slope = rho / math.sin(theta), -1 / math.tan(theta)
+        y0, y1 = offset, offset + slope * (w - 1)
+        if any(abs(y0 - a) <= r and abs(y1 - b) <= r for a, b, r in seen):
+            continue
+        c, t = _measure(binary, Line(False, offset, slope, 0, w - 1, 0.0))
+        seen.append((y0, y1, t / 2 + 2))
+        if c is not None:
+            out.append(c)
+            _erase(binary, c.line, apply=True)
+    return out
+
+
+def _profile(binary: np.ndarray, line: Line):
+    """Runs of ink across a horizontal `line` at every x: (centre row, run above, run below,
+    thickness, ink at the centre, hits the strip's edge), each an array over x."""
+    h, w = binary.shape
+    reach = max(4, math.ceil(0.08 * h))
+    xs = np.arange(w)
+    centre = np.rint(line.offset + line.slope * xs).astype(np.int64)
+    rows = centre[None, :] + np.arange(-reach, reach + 1)[:, None]
+    inside = (rows >= 0) & (rows < h)
+    strip = np.where(inside, binary[np.clip(rows, 0, h - 1), xs[None, :]] > 0, False)
+    n, mid = strip.shape[0], reach
+    # Snap the centre to ink within a pixel (the fit is to a pixel); runs from there.
+    at = np.full(w, -1)
+    above = np.zeros(w, np.int64)
+    below = np.zeros(w, np.int64)
+    for d in (0, -1, 1):
+        pick = (at < 0) & strip[mid + d]
+        at = np.where(pick, mid + d, at)
+        up = np.cumprod(strip[mid + d :: -1], axis=0).sum(axis=0) - 1
+        down = np.cumprod(strip[mid + d :], axis=0).sum(axis=0) - 1
+        above = np.where(pick, up, above)
+        below = np.where(pick, down, below)
+    has = at >= 0
+    thick = np.where(has, above + below + 1, 0)
+    edge = has & ((at - above <= 0) | (at + below >= n - 1))
+    return centre + np.where(has, at - mid, 0), above, below, thick, has, edge
+
+
+def _measure(binary: np.ndarray, line: Line) -> tuple[_Candidate | None, float]:
+    """The candidate's thickness and extent, or None when it is not line-like; and the
+    thickness measured along it."""
+    h, w = binary.shape
+    centre, above, below, thick, has, edge = _profile(binary, line)
+    clean = has & ~edge
+    if np.count_nonzero(clean) < LONG * w * 0.5:
+        return None, 1.0
+    low = float(np.percentile(thick[clean], 30))  # the line's own runs: crossings add to it
+    own = clean & (thick <= low + max(1.0, 0.5 * low))
+    idx = np.flatnonzero(own)
+    if len(idx) < 2:
+        return None, low
+    t = float(np.median(thick[own]))
+    start, stop = int(idx[0]), int(idx[-1])
+    length = stop - start + 1
+    thin = t <= THIN * length or (length >= SPAN * w and t <= THIN_ACROSS * h)
+    if (length < LONG * w or not thin or len(idx) < 0.5 * length
+            or np.count_nonzero(has[start : stop + 1]) < 0.7 * length):
+        return None, t
+    # Fit the centre to the line's own runs (Hough's line is to a pixel and a quarter degree).
+    mids = (centre + (below - above) / 2)[own]
+    slope, offset = np.polyfit(idx, mids, 1)
+    good = np.abs(mids - (offset + slope * idx)) <= 1.0
+    if np.count_nonzero(good) >= 2:
+        slope, offset = np.polyfit(idx[good], mids[good], 1)
+    refined = Line(line.vertical, float(offset), float(slope), start, stop, t)
+    return _Candidate(refined, len(idx)), t
+
+
+def _transposed(c: _Candidate) -> _Candidate:
+    line = c.line
+    return _Candidate(Line(True, line.offset, line.slope, line.start, line.stop,
+                           line.thickness), c.covered)
+
+
+# --------------------------------------------------------------------------------------------
+# Judging and removing
+
+
+def _stroke_width(binary: np.ndarray) -> float | None:
+    """The strokes' typical width: twice the area over the boundary (a stroke w wide and L
+    long has area wL and about 2L boundary pixels). None when too little ink is left."""
+    area = cv2.countNonZero(binary)
+    if area < 12:
+        return None
+    inner = cv2.countNonZero(cv2.erode(binary, None))
+    return 2.0 * area / max(1, area - inner)
+
+
+def _is_ruling(c: _Candidate, everyone: list[_Candidate], stroke: float | None,
+               shape: tuple[int, int]) -> bool:
+    line = c.line
+    h, w = shape
+    side = h if line.vertical else w
+    length = line.stop - line.start + 1
+    if stroke is not None and line.thickness <= THINNER * stroke:
+        return True
+    if length >= SPAN * side:
+        if not line.vertical or len(everyone) > 1 or stroke is not None:
+            return True
+        across = line.offset + line.slope * (line.start + line.stop) / 2
+        return min(across, w - 1 - across) < 0.2 * w  # a box's edge, not a lone 1
+    # A box's side: both ends on perpendicular lines, or a corner (an end on an end).
+    ends = [_meets(line, o.line) for o in everyone if o.line.vertical != line.vertical]
+    starts = any(e[0] for e in ends)
+    stops = any(e[1] for e in ends)
+    return (starts and stops) or any((e[0] or e[1]) and e[2] for e in ends)
+
+
+def _meets(a: Line, b: Line) -> tuple[bool, bool, bool]:
+    """Where perpendicular lines cross, within b's extent: is that at a's start, at a's stop,
+    and at an end of b (a corner)?"""
+    h_line, v_line = (a, b) if not a.vertical else (b, a)
+    # Where they cross: y = oh + sh x and x = ov + sv y.
+    y = (h_line.offset + h_line.slope * v_line.offset) / (1 - h_line.slope * v_line.slope)
+    x = v_line.offset + v_line.slope * y
+    tol = 3 + max(h_line.thickness, v_line.thickness)
+    along_a, along_b = (x, y) if not a.vertical else (y, x)
+    if not b.start - tol <= along_b <= b.stop + tol:
+        return False, False, False
+    corner = min(abs(along_b - b.start), abs(along_b - b.stop)) <= tol
+    return abs(along_a - a.start) <= tol, abs(along_a - a.stop) <= tol, corner
+
+
+def _erase(binary: np.ndarray, line: Line, apply: bool) -> np.ndarray:
+    """The pixels of `line` to remove from `binary` (uint8 0/255 mask); `apply`: clear them in
+    `binary` too. Strokes crossing the line stay, strokes touching it lose the line's band
+    on their side."""
+    if line.vertical:
+        flat = Line(False, line.offset, line.slope, line.start, line.stop, line.thickness)
+        mask = _erase(np.ascontiguousarray(binary.T), flat, apply=False).T
+        if apply:
+            binary &= cv2.bitwise_not(mask)
+        return np.ascontiguousarray(mask)
+    h, w = binary.shape
+    centre, above, below, _, has, _ = _profile(binary, line)
+    t = line.thickness
+    # The run of ink across the line at each x, and the line's own band within it: a stroke
+    # goes on past the band by 2 px or more above and/or below.
+    top, bottom = centre - above, centre + below
+    mid = line.offset + line.slope * np.arange(w)
+    band_top = np.rint(mid - (t - 1) / 2).astype(np.int64)
+    band_bottom = np.rint(mid + (t - 1) / 2).astype(np.int64)
+    up = band_top - top >= 2
+    down = bottom - band_bottom >= 2
+    lo = np.where(up, band_top, top - 1)  # one pixel of fringe beyond a line's own run
+    hi = np.where(down, band_bottom, bottom + 1)
+    span = np.zeros(w, bool)
+    span[max(0, line.start - 2) : line.stop + 3] = True
+    go = span & has & ~(up & down)  # a stroke crossing (or along) the line stays whole
+    mask = np.zeros_like(binary)
+    reach = int(max(np.max(np.where(go, hi - lo, 0), initial=0), 0)) + 1
+    for d in range(reach):
+        rows = lo + d
+        sel = go & (rows <= hi) & (rows >= 0) & (rows < h)
+        mask[rows[sel], np.flatnonzero(sel)] = 255
+    if apply:
+        binary &= cv2.bitwise_not(mask)
+    return mask
+
+
+def _stubs(kept: np.ndarray, removed: np.ndarray, lines: list[Line],
+           stroke: float | None) -> np.ndarray | None:
+    """Short straight pieces as thin as the ruling, standing on a removed line (a comb's
+    ticks), unless as thick as the handwriting or as long as its longest part."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(kept, connectivity=8)
+    if n <= 1:
+        return None
+    near = cv2.dilate(removed, np.ones((5, 5), np.uint8))
+    touching = set(np.unique(labels[(near > 0) & (kept > 0)]).tolist()) - {0}
+    t_h = max((line.thickness for line in lines if not line.vertical), default=0)
+    t_v = max((line.thickness for line in lines if line.vertical), default=0)
+    h, w = kept.shape
+    stubs = []
+    for i in touching:
+        x, y, bw, bh, area = stats[i].tolist()
+        long = max(bw, bh)
+        thin = area / long  # not the box's width: a skewed tick's box is wider
+        ruling_t = t_h if bh > bw else t_v  # a tick on a horizontal line is as thin as it
+        if ruling_t == 0 or thin > ruling_t + 3 or long < 3 * thin:
+            continue
+        if stroke is not None and thin > THINNER * stroke + 1 and thin > ruling_t + 1:
+            continue
+        stubs.append(i)
+    if not stubs:
+        return None
+    others = [max(stats[i, 2], stats[i, 3]) for i in range(1, n) if i not in stubs]
+    longest = max(others, default=0)
+    if longest >= MARK * min(h, w):
+        stubs = [i for i in stubs if max(stats[i, 2], stats[i, 3]) < 0.8 * longest]
+    else:  # nothing else written: ticks are short, a lone stroke (a 1 on a line) is not
+        stubs = [i for i in stubs
+                 if max(stats[i, 2], stats[i, 3]) <= 0.55 * (h if stats[i, 3] > stats[i, 2] else w)]
+    if not stubs:
+        return None
+    lut = np.zeros(n, np.uint8)
+    lut[stubs] = 255
+    return lut[labels]
+
+
+def _has_mark(binary: np.ndarray) -> bool:
+    """Is anything left the size of a handwritten mark?"""
+    n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n <= 1:
+        return False
+    side = MARK * min(binary.shape)
+    return bool(np.any(np.maximum(stats[1:, 2], stats[1:, 3]) >= side))
