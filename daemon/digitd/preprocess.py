@@ -340,7 +340,7 @@ def _ink_level(ink: np.ndarray, floor: int, min_contrast: int) -> tuple[int, int
 def _without_ruling(ink: np.ndarray, floor: int, min_contrast: int) -> Ruling:
     """The ink without a form's printed ruling (digitd.ruling); an empty field is no_ink."""
     _, level = _ink_level(ink, floor, min_contrast)
-    ruling = remove_ruling(ink, level)
+    ruling = remove_ruling(ink, level, faint=max(floor, level // 2))
     if ruling.empty:
         raise Rejected("no_ink", "only printed ruling (lines, boxes, squares) and no "
                                  "handwriting: an empty form field")

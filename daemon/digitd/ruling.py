@@ -50,7 +50,7 @@ import numpy as np
 __all__ = ["Line", "Ruling", "remove_ruling"]
 
 LONG = 0.4  # a candidate line is at least this share of the image's side long...
-THIN = 0.08  # ...and at most this share of its own length thick
+THIN = 0.09  # ...and at most this share of its own length thick
 SPAN = 0.85  # a line this share of the side long spans the image (edge to edge)
 THIN_ACROSS = 0.06  # a spanning line may be this share of the image's other side thick
 THINNER = 0.7  # ruling clearly thinner than the strokes: at most this share of their width
@@ -86,67 +86,70 @@ class _Candidate:
     covered: int  # positions with the line's own thickness
 
 
-def remove_ruling(ink: np.ndarray, level: int | None = None) -> Ruling:
-    """The ink map without its printed ruling (see the module's docstring)."""
+def remove_ruling(ink: np.ndarray, level: int | None = None,
+                  faint: int | None = None) -> Ruling:
+    """The ink map without its printed ruling (see the module's docstring). Lines are traced
+    down to `faint` (default: half of `level`), so that pale ruling near `level` is found whole;
+    `empty` is judged on the pixels above `level`."""
     if ink.ndim != 2 or ink.dtype != np.uint8:
         raise ValueError(f"an ink map is 2-D uint8, not {ink.dtype} {ink.shape}")
     if level is None:
         level = int(cv2.threshold(ink, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[0])
-    binary = cv2.compare(ink, level, cv2.CMP_GT)
-    h, w = binary.shape
-    if min(h, w) < 8 or not (_may_hold_line(binary) or _may_hold_line(binary.T)):
+    faint = max(1, level // 2) if faint is None else min(faint, level)
+    # The work map: the ink above `faint`, 0 elsewhere; lines found are cleared from it.
+    work = cv2.threshold(ink, faint, 255, cv2.THRESH_TOZERO)[1]
+    h, w = work.shape
+    if min(h, w) < 8 or not (_may_hold_line(work) or _may_hold_line(work.T)):
         return Ruling(ink, None)
 
     # Candidates in both directions, the vertical ones on what the horizontal ones leave.
-    rest = binary.copy()
-    horiz = _candidates(rest)
-    rest_t = np.ascontiguousarray(rest.T)
-    vert = [_transposed(c) for c in _candidates(rest_t)]
-    rest = np.ascontiguousarray(rest_t.T)
+    horiz = _candidates(work)
+    work_t = np.ascontiguousarray(work.T)
+    vert = [_transposed(c) for c in _candidates(work_t)]
     if not horiz and not vert:
         return Ruling(ink, None)
 
-    stroke = _stroke_width(rest)
+    stroke = _stroke_width(cv2.compare(work_t.T, level, cv2.CMP_GT))
     accepted = [c.line for c in horiz + vert if _is_ruling(c, horiz + vert, stroke, (h, w))]
     if not accepted:
         return Ruling(ink, None)
 
     # The removal itself, horizontal lines first, vertical ones profiled again afterwards.
-    kept = binary.copy()
-    removed = np.zeros_like(binary)
+    work = cv2.threshold(ink, faint, 255, cv2.THRESH_TOZERO)[1]
+    removed = np.zeros_like(work)
     for line in sorted(accepted, key=lambda line: line.vertical):
-        removed |= _erase(kept, line, apply=True)
+        removed |= _erase(work, line)
+    kept = cv2.compare(work, level, cv2.CMP_GT)
     stubs = _stubs(kept, removed, accepted, stroke)
     if stubs is not None:
         removed |= stubs
-        kept &= cv2.bitwise_not(stubs)
-    out = ink.copy()
-    out[removed > 0] = 0
-    return Ruling(out, removed, tuple(accepted), empty=not _has_mark(kept))
+    out = cv2.bitwise_and(ink, cv2.bitwise_not(removed))
+    return Ruling(out, removed, tuple(accepted),
+                  empty=not _has_mark(cv2.compare(out, level, cv2.CMP_GT)))
 
 
 # --------------------------------------------------------------------------------------------
 # Finding candidates
 
 
-def _may_hold_line(binary: np.ndarray) -> bool:
+def _may_hold_line(work: np.ndarray) -> bool:
     """Cheap test: does some band of rows hold ink over LONG of the width? (A band a few rows
     high, so that a thin line skewed by up to SKEW_DEG still fills it.)"""
-    w = binary.shape[1]
+    w = work.shape[1]
     band = math.ceil(w * math.tan(math.radians(SKEW_DEG)) / 2)
-    hit = binary if band <= 1 else cv2.dilate(binary, np.ones((band, 1), np.uint8))
+    hit = work if band <= 1 else cv2.dilate(work, np.ones((band, 1), np.uint8))
     return int(np.count_nonzero(hit, axis=1).max()) >= LONG * w
 
 
-def _candidates(binary: np.ndarray) -> list[_Candidate]:
-    """Line-like horizontal lines in a binary image, each taken out of it (crossing strokes
-    kept) once found, so that a line is not found twice nor a line at a wrong angle through it
-    (uint8 0/255, modified in place)."""
-    h, w = binary.shape
+def _candidates(work: np.ndarray) -> list[_Candidate]:
+    """Line-like horizontal lines in the work map, each cleared from it (crossing strokes
+    kept) once found, so that a line is not found twice nor a line at a wrong angle through
+    it."""
+    h, w = work.shape
     votes = max(8, int(LONG * w * 0.8))
     step = math.radians(STEP_DEG)
     k = round(SKEW_DEG / STEP_DEG)
-    found = cv2.HoughLines(binary, 1, step, votes, min_theta=math.pi / 2 - k * step,
+    found = cv2.HoughLines(work, 1, step, votes, min_theta=math.pi / 2 - k * step,
                            max_theta=math.pi / 2 + k * step + step / 2)
     if found is None:
         return []
@@ -158,47 +161,52 @@ def _candidates(binary: np.ndarray) -> list[_Candidate]:
         y0, y1 = offset, offset + slope * (w - 1)
         if any(abs(y0 - a) <= r and abs(y1 - b) <= r for a, b, r in seen):
             continue
-        c, t = _measure(binary, Line(False, offset, slope, 0, w - 1, 0.0))
+        c, t = _measure(work, Line(False, offset, slope, 0, w - 1, 0.0))
         seen.append((y0, y1, t / 2 + 2))
         if c is not None:
             out.append(c)
-            _erase(binary, c.line, apply=True)
+            _erase(work, c.line)
     return out
 
 
-def _profile(binary: np.ndarray, line: Line):
+def _profile(work: np.ndarray, line: Line):
     """Runs of ink across a horizontal `line` at every x: (centre row, run above, run below,
-    thickness, ink at the centre, hits the strip's edge), each an array over x."""
-    h, w = binary.shape
+    thickness, ink at the centre, hits the strip's edge), each an array over x. A run is the
+    ink above half the strength found at the line's centre in that column: the full width at
+    half maximum, so that pale and dark lines measure alike and two lines a pixel apart do
+    not merge into one thick one."""
+    h, w = work.shape
     reach = max(4, math.ceil(0.08 * h))
     xs = np.arange(w)
     centre = np.rint(line.offset + line.slope * xs).astype(np.int64)
     rows = centre[None, :] + np.arange(-reach, reach + 1)[:, None]
     inside = (rows >= 0) & (rows < h)
-    strip = np.where(inside, binary[np.clip(rows, 0, h - 1), xs[None, :]] > 0, False)
-    n, mid = strip.shape[0], reach
-    # Snap the centre to ink within a pixel (the fit is to a pixel); runs from there.
-    at = np.full(w, -1)
+    values = np.where(inside, work[np.clip(rows, 0, h - 1), xs[None, :]], 0)
+    n, mid = values.shape[0], reach
+    # The centre snapped to the strongest ink within a pixel (the fit is to a pixel).
+    near = values[mid - 1 : mid + 2]
+    at = mid - 1 + np.argmax(near, axis=0)
+    peak = near.max(axis=0)
+    has = peak > 0
+    strip = values > (peak // 2)[None, :]
     above = np.zeros(w, np.int64)
     below = np.zeros(w, np.int64)
-    for d in (0, -1, 1):
-        pick = (at < 0) & strip[mid + d]
-        at = np.where(pick, mid + d, at)
+    for d in (-1, 0, 1):
+        pick = has & (at == mid + d)
         up = np.cumprod(strip[mid + d :: -1], axis=0).sum(axis=0) - 1
         down = np.cumprod(strip[mid + d :], axis=0).sum(axis=0) - 1
         above = np.where(pick, up, above)
         below = np.where(pick, down, below)
-    has = at >= 0
     thick = np.where(has, above + below + 1, 0)
     edge = has & ((at - above <= 0) | (at + below >= n - 1))
     return centre + np.where(has, at - mid, 0), above, below, thick, has, edge
 
 
-def _measure(binary: np.ndarray, line: Line) -> tuple[_Candidate | None, float]:
+def _measure(work: np.ndarray, line: Line) -> tuple[_Candidate | None, float]:
     """The candidate's thickness and extent, or None when it is not line-like; and the
     thickness measured along it."""
-    h, w = binary.shape
-    centre, above, below, thick, has, edge = _profile(binary, line)
+    h, w = work.shape
+    centre, above, below, thick, has, edge = _profile(work, line)
     clean = has & ~edge
     if np.count_nonzero(clean) < LONG * w * 0.5:
         return None, 1.0
@@ -220,6 +228,11 @@ def _measure(binary: np.ndarray, line: Line) -> tuple[_Candidate | None, float]:
     good = np.abs(mids - (offset + slope * idx)) <= 1.0
     if np.count_nonzero(good) >= 2:
         slope, offset = np.polyfit(idx[good], mids[good], 1)
+    # Not a printed line when the fit leaves the angles a crooked scan gives, or the angle
+    # Hough found within the line's thickness (a stroke running on along the line).
+    if (abs(slope) > math.tan(math.radians(SKEW_DEG + 0.5))
+            or abs(slope - line.slope) > math.radians(1.0) + (t + 2) / length):
+        return None, t
     refined = Line(line.vertical, float(offset), float(slope), start, stop, t)
     return _Candidate(refined, len(idx)), t
 
@@ -279,18 +292,17 @@ def _meets(a: Line, b: Line) -> tuple[bool, bool, bool]:
     return abs(along_a - a.start) <= tol, abs(along_a - a.stop) <= tol, corner
 
 
-def _erase(binary: np.ndarray, line: Line, apply: bool) -> np.ndarray:
-    """The pixels of `line` to remove from `binary` (uint8 0/255 mask); `apply`: clear them in
-    `binary` too. Strokes crossing the line stay, strokes touching it lose the line's band
-    on their side."""
+def _erase(work: np.ndarray, line: Line) -> np.ndarray:
+    """Clear `line` from the work map; return the pixels cleared (uint8 0/255). Strokes
+    crossing the line stay, strokes touching it lose the line's band on their side."""
     if line.vertical:
         flat = Line(False, line.offset, line.slope, line.start, line.stop, line.thickness)
-        mask = _erase(np.ascontiguousarray(binary.T), flat, apply=False).T
-        if apply:
-            binary &= cv2.bitwise_not(mask)
-        return np.ascontiguousarray(mask)
-    h, w = binary.shape
-    centre, above, below, _, has, _ = _profile(binary, line)
+        work_t = np.ascontiguousarray(work.T)
+        mask = np.ascontiguousarray(_erase(work_t, flat).T)
+        work &= cv2.bitwise_not(mask)
+        return mask
+    h, w = work.shape
+    centre, above, below, _, has, _ = _profile(work, line)
     t = line.thickness
     # The run of ink across the line at each x, and the line's own band within it: a stroke
     # goes on past the band by 2 px or more above and/or below.
@@ -305,14 +317,13 @@ def _erase(binary: np.ndarray, line: Line, apply: bool) -> np.ndarray:
     span = np.zeros(w, bool)
     span[max(0, line.start - 2) : line.stop + 3] = True
     go = span & has & ~(up & down)  # a stroke crossing (or along) the line stays whole
-    mask = np.zeros_like(binary)
+    mask = np.zeros_like(work)
     reach = int(max(np.max(np.where(go, hi - lo, 0), initial=0), 0)) + 1
     for d in range(reach):
         rows = lo + d
         sel = go & (rows <= hi) & (rows >= 0) & (rows < h)
         mask[rows[sel], np.flatnonzero(sel)] = 255
-    if apply:
-        binary &= cv2.bitwise_not(mask)
+    work &= cv2.bitwise_not(mask)
     return mask
 
 
