@@ -50,6 +50,7 @@ import numpy as np
 __all__ = ["Line", "Ruling", "remove_ruling"]
 
 LONG = 0.4  # a candidate line is at least this share of the image's side long...
+MIN_LENGTH = 20  # ...and this many pixels (shorter straight runs are a small digit's strokes)
 THIN = 0.09  # ...and at most this share of its own length thick
 SPAN = 0.85  # a line this share of the side long spans the image (edge to edge)
 THIN_ACROSS = 0.06  # a spanning line may be this share of the image's other side thick
@@ -132,13 +133,18 @@ def remove_ruling(ink: np.ndarray, level: int | None = None,
 # Finding candidates
 
 
+def _long(side: int) -> float:
+    """The shortest line worth the name across a side this long."""
+    return max(LONG * side, MIN_LENGTH)
+
+
 def _may_hold_line(work: np.ndarray) -> bool:
     """Cheap test: does some band of rows hold ink over LONG of the width? (A band a few rows
     high, so that a thin line skewed by up to SKEW_DEG still fills it.)"""
     w = work.shape[1]
     band = math.ceil(w * math.tan(math.radians(SKEW_DEG)) / 2)
     hit = work if band <= 1 else cv2.dilate(work, np.ones((band, 1), np.uint8))
-    return int(np.count_nonzero(hit, axis=1).max()) >= LONG * w
+    return int(np.count_nonzero(hit, axis=1).max()) >= _long(w)
 
 
 def _candidates(work: np.ndarray) -> list[_Candidate]:
@@ -146,7 +152,7 @@ def _candidates(work: np.ndarray) -> list[_Candidate]:
     kept) once found, so that a line is not found twice nor a line at a wrong angle through
     it."""
     h, w = work.shape
-    votes = max(8, int(LONG * w * 0.8))
+    votes = int(_long(w) * 0.8)
     step = math.radians(STEP_DEG)
     k = round(SKEW_DEG / STEP_DEG)
     found = cv2.HoughLines(work, 1, step, votes, min_theta=math.pi / 2 - k * step,
@@ -208,7 +214,7 @@ def _measure(work: np.ndarray, line: Line) -> tuple[_Candidate | None, float]:
     h, w = work.shape
     centre, above, below, thick, has, edge = _profile(work, line)
     clean = has & ~edge
-    if np.count_nonzero(clean) < LONG * w * 0.5:
+    if np.count_nonzero(clean) < _long(w) * 0.5:
         return None, 1.0
     low = float(np.percentile(thick[clean], 30))  # the line's own runs: crossings add to it
     own = clean & (thick <= low + max(1.0, 0.5 * low))
@@ -219,7 +225,7 @@ def _measure(work: np.ndarray, line: Line) -> tuple[_Candidate | None, float]:
     start, stop = int(idx[0]), int(idx[-1])
     length = stop - start + 1
     thin = t <= THIN * length or (length >= SPAN * w and t <= THIN_ACROSS * h)
-    if (length < LONG * w or not thin or len(idx) < 0.5 * length
+    if (length < _long(w) or not thin or len(idx) < 0.5 * length
             or np.count_nonzero(has[start : stop + 1]) < 0.7 * length):
         return None, t
     # Fit the centre to the line's own runs (Hough's line is to a pixel and a quarter degree).
@@ -248,12 +254,19 @@ def _transposed(c: _Candidate) -> _Candidate:
 
 
 def _stroke_width(binary: np.ndarray) -> float | None:
-    """The strokes' typical width: twice the area over the boundary (a stroke w wide and L
-    long has area wL and about 2L boundary pixels). None when too little ink is left."""
-    area = cv2.countNonZero(binary)
-    if area < 12:
+    """The handwriting's typical stroke width: twice the area over the boundary of the marks
+    left (a stroke w wide and L long has area wL and about 2L boundary pixels). None when no
+    mark is left: the fringes of removed lines say nothing about strokes."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    side = MARK * min(binary.shape)
+    marks = [i for i in range(1, n) if max(stats[i, 2], stats[i, 3]) >= side]
+    if not marks:
         return None
-    inner = cv2.countNonZero(cv2.erode(binary, None))
+    lut = np.zeros(n, np.uint8)
+    lut[marks] = 255
+    ink = lut[labels]
+    area = cv2.countNonZero(ink)
+    inner = cv2.countNonZero(cv2.erode(ink, None))
     return 2.0 * area / max(1, area - inner)
 
 
