@@ -43,7 +43,7 @@ import numpy as np
 
 from digitd.codes import REASONS, Rejected
 from digitd.pngcheck import check_png
-from digitd.ruling import Ruling, remove_ruling
+from digitd.ruling import remove_ruling
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -198,9 +198,15 @@ def normalise(image: np.ndarray) -> np.ndarray:
         floor = _noise_floor(_residual(background, small), grey)
     ink = _residual(background, small)
     min_contrast = MIN_CONTRAST if flat else MIN_CONTRAST_PAPER
-    ruling = _without_ruling(ink, floor, min_contrast)
-    ink = ruling.ink
-    mask, box = _digit_mask(ink, floor, min_contrast)
+    top, level = _ink_level(ink, floor, min_contrast)
+    ruling = remove_ruling(ink, level, faint=max(floor, level // 2))
+    if ruling.mask is not None:  # a form's printed lines, boxes or squares: not the digit
+        if ruling.empty:
+            raise Rejected("no_ink", "only printed ruling (lines, boxes, squares) and no "
+                                     "handwriting: an empty form field")
+        ink = ruling.ink
+        top, level = _ink_level(ink, floor, min_contrast)
+    mask, box = _digit_mask(ink, floor, top, level)
 
     # 2. Extract the digit at a useful resolution.
     x, y, w, h = box
@@ -337,20 +343,10 @@ def _ink_level(ink: np.ndarray, floor: int, min_contrast: int) -> tuple[int, int
     return top, max(floor, min(int(otsu), (floor + top) // 2))
 
 
-def _without_ruling(ink: np.ndarray, floor: int, min_contrast: int) -> Ruling:
-    """The ink without a form's printed ruling (digitd.ruling); an empty field is no_ink."""
-    _, level = _ink_level(ink, floor, min_contrast)
-    ruling = remove_ruling(ink, level, faint=max(floor, level // 2))
-    if ruling.empty:
-        raise Rejected("no_ink", "only printed ruling (lines, boxes, squares) and no "
-                                 "handwriting: an empty form field")
-    return ruling
-
-
-def _digit_mask(ink: np.ndarray, floor: int,
-                min_contrast: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The digit's pixels (specks and border lines dropped) and their bounding box."""
-    top, level = _ink_level(ink, floor, min_contrast)
+def _digit_mask(ink: np.ndarray, floor: int, top: int,
+                level: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The digit's pixels (specks and border lines dropped) and their bounding box, given the
+    strongest ink and the ink level (_ink_level)."""
     binary = cv2.compare(ink, level, cv2.CMP_GT)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if n <= 1:

@@ -50,7 +50,7 @@ import numpy as np
 __all__ = ["Line", "Ruling", "remove_ruling"]
 
 LONG = 0.4  # a candidate line is at least this share of the image's side long...
-MIN_LENGTH = 20  # ...and this many pixels (shorter straight runs are a small digit's strokes)
+MIN_LENGTH = 32  # ...and this many pixels: a 28x28 digit never holds one, and costs nothing
 THIN = 0.09  # ...and at most this share of its own length thick
 SPAN = 0.85  # a line this share of the side long spans the image (edge to edge)
 THIN_ACROSS = 0.06  # a spanning line may be this share of the image's other side thick
@@ -94,6 +94,8 @@ def remove_ruling(ink: np.ndarray, level: int | None = None,
     `empty` is judged on the pixels above `level`."""
     if ink.ndim != 2 or ink.dtype != np.uint8:
         raise ValueError(f"an ink map is 2-D uint8, not {ink.dtype} {ink.shape}")
+    if max(ink.shape) < MIN_LENGTH:
+        return Ruling(ink, None)
     if level is None:
         level = int(cv2.threshold(ink, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[0])
     faint = max(1, level // 2) if faint is None else min(faint, level)
