@@ -407,14 +407,9 @@ def _form_geometry(flavour: str, dh: int, dw: int, rng: np.random.Generator):
     return (ch, cw), (int(y), int(x)), segs, thickness
 
 
-def render_form(digit28: np.ndarray | None, index: int, seed: int = 0,
-                flavour: str | None = None) -> tuple[bytes, str]:
-    """MNIST digit number `index` written into a form field of `flavour` (default: one of
-    FORM_FLAVOURS in turn), scanned: (PNG bytes, flavour). `digit28` None: the field is empty
-    (must be no_ink). The digit 36-200 px tall, turned up to +-10 degrees; the ruling 1-5% of
-    its height thick (1-3% on squared and ruled paper), black, grey or blue, skewed up to
-    +-1.5 degrees; paper, light, noise and blur as the scans above."""
-    flavour = flavour or FORM_FLAVOURS[index % len(FORM_FLAVOURS)]
+def _form(digit28: np.ndarray | None, index: int, seed: int, flavour: str):
+    """The field drawn as coverage maps: (digit's ink or None, ruling, ruling's kind and
+    colour, the generator to go on with)."""
     rng = _rng(seed, index, salt=3)
     height = int(round(math.exp(rng.uniform(math.log(36), math.log(200)))))
     angle = rng.uniform(-10, 10)
@@ -429,10 +424,35 @@ def render_form(digit28: np.ndarray | None, index: int, seed: int = 0,
     shape, (y, x), segs, thickness = _form_geometry(flavour, dh, dw, rng)
     kind, tint = _ruling_ink(rng, flavour in ("form_squared", "form_ruled"))
     layer = _ruling_layer(shape, segs, thickness, rng.uniform(-1.5, 1.5))
-    canvas = np.zeros(shape, np.float32)
+    canvas = None
     if ink is not None:
+        canvas = np.zeros(shape, np.float32)
         y, x = min(max(y, 0), shape[0] - dh), min(max(x, 0), shape[1] - dw)
         canvas[y : y + dh, x : x + dw] = ink
+    return canvas, layer, kind, tint, rng
+
+
+def form_maps(digit28: np.ndarray | None, index: int, seed: int = 0,
+              flavour: str | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """The geometry of render_form's field, before paper, light and scanning: the digit's ink
+    (None for an empty field) and the printed ruling, as float32 coverage maps (1 = full ink)
+    on the same canvas. For tests that compare a digit with and without its ruling."""
+    canvas, layer, *_ = _form(digit28, index, seed,
+                              flavour or FORM_FLAVOURS[index % len(FORM_FLAVOURS)])
+    return canvas, layer
+
+
+def render_form(digit28: np.ndarray | None, index: int, seed: int = 0,
+                flavour: str | None = None) -> tuple[bytes, str]:
+    """MNIST digit number `index` written into a form field of `flavour` (default: one of
+    FORM_FLAVOURS in turn), scanned: (PNG bytes, flavour). `digit28` None: the field is empty
+    (must be no_ink). The digit 36-200 px tall, turned up to +-10 degrees; the ruling 1-5% of
+    its height thick (1-3% on squared and ruled paper), black, grey or blue, skewed up to
+    +-1.5 degrees; paper, light, noise and blur as the scans above."""
+    flavour = flavour or FORM_FLAVOURS[index % len(FORM_FLAVOURS)]
+    canvas, layer, kind, tint, rng = _form(digit28, index, seed, flavour)
+    if canvas is None:
+        canvas = np.zeros(layer.shape, np.float32)
     colour = kind == "blue" or rng.random() < 0.3
     img = _paper_scan(canvas, rng, colour=colour, blue=colour and rng.random() < 0.4,
                       printed=(layer, tint))

@@ -27,8 +27,9 @@ What counts as ruling:
    of neighbouring boxes; a lone vertical line across the middle is left alone: it may be a
    1), or meets another candidate at a corner (a box's sides).
 3. Removal keeps the strokes: at each position along a line the run of ink across it is taken
-   out only where it is the line's own thickness; where a stroke continues on both sides it
-   crosses the line and stays; where it touches one side only, only the line's band goes.
+   out only where it is the line's own thickness (and a pixel of fringe); where a stroke
+   crosses the line, touches it or runs along it, the run is longer and stays whole (a
+   stroke standing on a line keeps a sliver of the line under its foot, no stroke is cut).
    Horizontal lines go first, then vertical ones are found again on what is left, so the
    crossings of squared paper go with the second pass.
 4. Stubs: short straight pieces, as thin as the ruling, standing on a removed line (the ticks
@@ -50,7 +51,8 @@ import numpy as np
 __all__ = ["Line", "Ruling", "remove_ruling"]
 
 LONG = 0.4  # a candidate line is at least this share of the image's side long...
-MIN_LENGTH = 32  # ...and this many pixels: a 28x28 digit never holds one, and costs nothing
+MIN_LENGTH = 20  # ...and this many pixels (shorter straight runs are a small digit's)
+MIN_SIDE = 32  # smaller images (MNIST's 28x28) hold no ruling, and cost nothing
 THIN = 0.09  # ...and at most this share of its own length thick
 SPAN = 0.85  # a line this share of the side long spans the image (edge to edge)
 THIN_ACROSS = 0.06  # a spanning line may be this share of the image's other side thick
@@ -94,7 +96,7 @@ def remove_ruling(ink: np.ndarray, level: int | None = None,
     `empty` is judged on the pixels above `level`."""
     if ink.ndim != 2 or ink.dtype != np.uint8:
         raise ValueError(f"an ink map is 2-D uint8, not {ink.dtype} {ink.shape}")
-    if max(ink.shape) < MIN_LENGTH:
+    if max(ink.shape) < MIN_SIDE:
         return Ruling(ink, None)
     if level is None:
         level = int(cv2.threshold(ink, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[0])
@@ -226,7 +228,7 @@ def _measure(work: np.ndarray, line: Line) -> tuple[_Candidate | None, float]:
     t = float(np.median(thick[own]))
     start, stop = int(idx[0]), int(idx[-1])
     length = stop - start + 1
-    thin = t <= THIN * length or (length >= SPAN * w and t <= THIN_ACROSS * h)
+    thin = t <= max(THIN * length, 3) or (length >= SPAN * w and t <= THIN_ACROSS * h)
     if (length < _long(w) or not thin or len(idx) < 0.5 * length
             or np.count_nonzero(has[start : stop + 1]) < 0.7 * length):
         return None, t
@@ -285,11 +287,18 @@ def _is_ruling(c: _Candidate, everyone: list[_Candidate], stroke: float | None,
             return True
         across = line.offset + line.slope * (line.start + line.stop) / 2
         return min(across, w - 1 - across) < 0.2 * w  # a box's edge, not a lone 1
-    # A box's side: both ends on perpendicular lines, or a corner (an end on an end).
-    ends = [_meets(line, o.line) for o in everyone if o.line.vertical != line.vertical]
-    starts = any(e[0] for e in ends)
-    stops = any(e[1] for e in ends)
-    return (starts and stops) or any((e[0] or e[1]) and e[2] for e in ends)
+    # A box's side: both ends on perpendicular lines, or a corner (an end on an end), or one
+    # end on a line and the other cut by the image's edge if it is as thick as that line
+    # (lines printed together are alike; a 1 on a line of the grid is thicker).
+    perpendicular = [o.line for o in everyone if o.line.vertical != line.vertical]
+    ends = [_meets(line, o) for o in perpendicular]
+    if (any(e[0] for e in ends) and any(e[1] for e in ends)) or any(
+            (e[0] or e[1]) and e[2] for e in ends):
+        return True
+    alike = [e for e, o in zip(ends, perpendicular, strict=True)
+             if abs(o.thickness - line.thickness) <= max(1.0, 0.35 * o.thickness)]
+    return ((line.start <= 2 and any(e[1] for e in alike))
+            or (line.stop >= side - 3 and any(e[0] for e in alike)))
 
 
 def _meets(a: Line, b: Line) -> tuple[bool, bool, bool]:
@@ -308,8 +317,9 @@ def _meets(a: Line, b: Line) -> tuple[bool, bool, bool]:
 
 
 def _erase(work: np.ndarray, line: Line) -> np.ndarray:
-    """Clear `line` from the work map; return the pixels cleared (uint8 0/255). Strokes
-    crossing the line stay, strokes touching it lose the line's band on their side."""
+    """Clear `line` from the work map; return the pixels cleared (uint8 0/255). Only the
+    runs across it that are the line's own are cleared: strokes crossing or touching it
+    stay whole."""
     if line.vertical:
         flat = Line(False, line.offset, line.slope, line.start, line.stop, line.thickness)
         work_t = np.ascontiguousarray(work.T)
@@ -319,19 +329,16 @@ def _erase(work: np.ndarray, line: Line) -> np.ndarray:
     h, w = work.shape
     centre, above, below, _, has, _ = _profile(work, line)
     t = line.thickness
-    # The run of ink across the line at each x, and the line's own band within it: a stroke
-    # goes on past the band by 2 px or more above and/or below.
+    # The run of ink across the line at each x, and the line's own band within it: where
+    # the run goes on past the band by 2 px or more, a stroke is there and the run stays.
     top, bottom = centre - above, centre + below
     mid = line.offset + line.slope * np.arange(w)
-    band_top = np.rint(mid - (t - 1) / 2).astype(np.int64)
-    band_bottom = np.rint(mid + (t - 1) / 2).astype(np.int64)
-    up = band_top - top >= 2
-    down = bottom - band_bottom >= 2
-    lo = np.where(up, band_top, top - 1)  # one pixel of fringe beyond a line's own run
-    hi = np.where(down, band_bottom, bottom + 1)
+    stroke = ((np.rint(mid - (t - 1) / 2) - top >= 2)
+              | (bottom - np.rint(mid + (t - 1) / 2) >= 2))
+    lo, hi = top - 1, bottom + 1  # and a pixel of fringe
     span = np.zeros(w, bool)
     span[max(0, line.start - 2) : line.stop + 3] = True
-    go = span & has & ~(up & down)  # a stroke crossing (or along) the line stays whole
+    go = span & has & ~stroke
     mask = np.zeros_like(work)
     reach = int(max(np.max(np.where(go, hi - lo, 0), initial=0), 0)) + 1
     for d in range(reach):
