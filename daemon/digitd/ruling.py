@@ -59,6 +59,7 @@ THIN_ACROSS = 0.06  # a spanning line may be this share of the image's other sid
 THINNER = 0.7  # ruling clearly thinner than the strokes: at most this share of their width
 SKEW_DEG = 2.5  # how far off horizontal/vertical a printed line may run
 STEP_DEG = 0.25
+MAX_TRIES = 40  # Hough lines looked at per direction (a grid has a dozen, a stroke many)
 MARK = 0.15  # a handwritten mark spans at least this share of the image's shorter side
 
 
@@ -165,7 +166,7 @@ def _candidates(work: np.ndarray) -> list[_Candidate]:
         return []
     out: list[_Candidate] = []
     seen: list[tuple[float, float, float]] = []  # (y at x=0, y at x=w-1, half-width)
-    for rho, theta in found[:, 0, :2]:
+    for rho, theta in found[:MAX_TRIES, 0, :2]:  # the best-voted first
         # rho = x cos(theta) + y sin(theta): y = rho / sin - x cot
         offset, slope = rho / math.sin(theta), -1 / math.tan(theta)
         y0, y1 = offset, offset + slope * (w - 1)
@@ -186,7 +187,7 @@ def _profile(work: np.ndarray, line: Line):
     half maximum, so that pale and dark lines measure alike and two lines a pixel apart do
     not merge into one thick one."""
     h, w = work.shape
-    reach = max(4, math.ceil(0.08 * h))
+    reach = max(5, math.ceil(0.05 * h) + 2)
     xs = np.arange(w)
     centre = np.rint(line.offset + line.slope * xs).astype(np.int64)
     rows = centre[None, :] + np.arange(-reach, reach + 1)[:, None]
@@ -198,15 +199,16 @@ def _profile(work: np.ndarray, line: Line):
     at = mid - 1 + np.argmax(near, axis=0)
     peak = near.max(axis=0)
     has = peak > 0
-    strip = values > (peak // 2)[None, :]
-    above = np.zeros(w, np.int64)
-    below = np.zeros(w, np.int64)
-    for d in (-1, 0, 1):
-        pick = has & (at == mid + d)
-        up = np.cumprod(strip[mid + d :: -1], axis=0).sum(axis=0) - 1
-        down = np.cumprod(strip[mid + d :], axis=0).sum(axis=0) - 1
-        above = np.where(pick, up, above)
-        below = np.where(pick, down, below)
+    # Pad with a row of paper at both ends: every run ends.
+    strip = np.zeros((n + 2, w), bool)
+    strip[1:-1] = values > (peak // 2)[None, :]
+    steps = np.arange(n + 2)[:, None]
+    up_rows = np.clip(at[None, :] + 1 - steps, 0, n + 1)
+    down_rows = np.clip(at[None, :] + 1 + steps, 0, n + 1)
+    above = np.argmin(strip[up_rows, xs[None, :]], axis=0) - 1
+    below = np.argmin(strip[down_rows, xs[None, :]], axis=0) - 1
+    above = np.where(has, above, 0)
+    below = np.where(has, below, 0)
     thick = np.where(has, above + below + 1, 0)
     edge = has & ((at - above <= 0) | (at + below >= n - 1))
     return centre + np.where(has, at - mid, 0), above, below, thick, has, edge
