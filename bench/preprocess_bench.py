@@ -65,6 +65,12 @@ def main() -> int:
     data, _ = scans.render_scan(digits[3], 3, flavour="paper_grey", canvas_size=(3000, 4000),
                                 height=300)
     cases.append(("4000x3000 scan, grey, digit 300 px", data))
+    # Form fields (issue 10): the digit in printed ruling, which digitd.ruling takes out.
+    for index, flavour, label in ((7, "form_box", "in a box"),
+                                  (4, "form_squared", "on squared paper")):
+        data, _ = scans.render_form(digits[index], index, flavour=flavour)
+        h, w = decode_png(data).shape[:2]
+        cases.append((f"{w}x{h} form field, digit {label}", data))
     cases.append(("60000x60000 header (bomb), rejected", bomb_png()))
 
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())

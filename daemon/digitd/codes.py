@@ -45,7 +45,8 @@ class Reason(_Code):
         "too_large",
         "the PNG declares more pixels than the configured limit; it was not decoded",
     )
-    NO_INK = "no_ink", "the image is blank, uniform or fully transparent: no digit to recognise"
+    NO_INK = "no_ink", ("the image is blank, uniform or fully transparent, or an empty form "
+                        "field (printed lines only): no digit to recognise")
     UNREADABLE = "unreadable", "the file could not be read (permission denied or an I/O error)"
     MISSING = "missing", "the file does not exist (or vanished before it could be read)"
     NOT_REGULAR = "not_regular", "not a regular file (a symlink, directory, FIFO, socket or device)"

@@ -20,12 +20,14 @@ ratio with anti-aliasing, put its centre of mass at the centre of 28x28), made r
    the long one); the paper's brightness, colour and uneven light estimated by a morphological
    closing on a coarser copy (extended past its edges by point reflection so vignetting is
    followed right to the corners) and subtracted per channel, so any ink colour on any paper
-   counts by its strongest channel; a noise floor from the paper's statistics; connected
-   components with hysteresis (some part must be clearly dark), dropping specks (small
-   relative to the largest part unless close to it: a 5's detached bar stays), scanner border
-   lines (thin, along an edge) and shadows (wide along an edge and faint). Paper needs
-   MIN_CONTRAST_PAPER of contrast to count as ink at all: a blank page is no_ink, never a
-   guess.
+   counts by its strongest channel; a noise floor from the paper's statistics; a form's
+   printed ruling taken out of the ink (digitd.ruling: lines, boxes, comb fields, underlines,
+   squared and ruled paper, neighbouring boxes' edges; strokes crossing them kept; a field
+   with nothing but ruling is no_ink); connected components with hysteresis (some part must
+   be clearly dark), dropping specks (small relative to the largest part unless close to it:
+   a 5's detached bar stays), scanner border lines (thin, along an edge) and shadows (wide
+   along an edge and faint). Paper needs MIN_CONTRAST_PAPER of contrast to count as ink at
+   all: a blank page is no_ink, never a guess.
 2. Extract: the ink's box is cut from the full-resolution image and reduced only as far as
    needed (a small digit on a huge canvas keeps its detail); ink strength is mapped to MNIST's
    profile: paper 0, stroke cores saturated at 1.
@@ -149,7 +151,8 @@ def _composite_on_white(image: np.ndarray) -> np.ndarray:
 def normalise(image: np.ndarray) -> np.ndarray:
     """A decoded image (any dtype, grey/BGR/with alpha) -> (28, 28) float32 model input.
 
-    Raises Rejected("no_ink") for a blank, uniform or fully transparent image.
+    Raises Rejected("no_ink") for a blank, uniform or fully transparent image, or an empty
+    form field (printed ruling only).
     """
     img = _to_uint8(image)
     height, width = img.shape[:2]
