@@ -13,6 +13,8 @@ Writes DIR/<set>/NNNNN_<flavour>.png and DIR/<set>/labels.csv (file,label) for:
           with a paper margin (digitd.dataset.usps_page, the same image training uses)
   usps16  the same digits as 16-pixel scans: their own 16x16 values, 2 px of paper around
   scans   the MNIST test digits as realistic scans (bench/scans.py: every flavour in turn)
+  forms   the MNIST test digits written into printed form fields (bench/scans.py render_form:
+          every FORM_FLAVOURS in turn)
   fonts   digits in OpenCV's outline fonts on paper (bench/scans.py)
 Seeded: the same arguments write the same bytes.
 """
@@ -38,7 +40,7 @@ from accuracy import load_test  # noqa: E402
 from digitd.dataset import load_usps, usps_page  # noqa: E402
 from pngwrite import encode_png  # noqa: E402
 
-SETS = ("mnist", "usps", "usps16", "scans", "fonts")
+SETS = ("mnist", "usps", "usps16", "scans", "forms", "fonts")
 
 
 def usps_low_res(digit16: np.ndarray) -> np.ndarray:
@@ -56,6 +58,9 @@ def _write(job) -> tuple[str, int]:
         name, data = f"{index:05d}_usps.png", encode_png(usps_page(payload))
     elif kind == "usps16":
         name, data = f"{index:05d}_usps16.png", encode_png(usps_low_res(payload))
+    elif kind == "forms":
+        data, flavour = scans.render_form(payload, index, seed)
+        name = f"{index:05d}_{flavour}.png"
     elif kind == "scans":
         data, flavour = scans.render_scan(payload, index, seed)
         name = f"{index:05d}_{flavour}.png"
@@ -67,7 +72,7 @@ def _write(job) -> tuple[str, int]:
 
 
 def jobs_for(kind: str, args, folder: Path) -> list[tuple]:
-    if kind in ("mnist", "scans"):
+    if kind in ("mnist", "scans", "forms"):
         x, y = load_test(Path(args.mnist))
         n = min(args.n, len(x))
         return [(kind, i, x[i], int(y[i]), args.seed, str(folder)) for i in range(n)]
@@ -84,7 +89,8 @@ def main() -> int:
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     parser.add_argument("--mnist", default=str(ROOT.parent / "shared/data/mnist"))
     parser.add_argument("--usps", default=str(ROOT.parent / "shared/data/usps"))
-    parser.add_argument("--n", type=int, default=10000, help="MNIST test digits (mnist, scans)")
+    parser.add_argument("--n", type=int, default=10000,
+                        help="MNIST test digits (mnist, scans, forms)")
     parser.add_argument("--fonts", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
