@@ -210,18 +210,19 @@ def need_root(out: Outcome) -> bool:
 
 
 def kill9_storm(root: Path, files: int = 10_000, kills: int = 10, seed: int = 5,
-                model: Path | None = None, **config) -> Outcome:
-    """Drop a burst; kill -9 the daemon at random moments `kills` times, restarting each time;
-    then let a last daemon finish. Most kills come a random 0-1 s after READY (mid-batch,
-    mid-write, mid-filing); about one in four comes during start-up, which is where the
-    previous run's batches are adopted and recovered."""
+                model: Path | None = None, rate: float = 0.0, **config) -> Outcome:
+    """Drop a burst (as fast as possible, or `rate` files per second, so that a small burst
+    outlasts the kills); kill -9 the daemon at random moments `kills` times, restarting each
+    time; then let a last daemon finish. Most kills come a random 0-1 s after READY
+    (mid-batch, mid-write, mid-filing); about one in four comes during start-up, which is
+    where the previous run's batches are adopted and recovered."""
     out = Outcome("kill9_storm")
     rng = random.Random(seed)
     inputs = make_inputs(files, "k")
     staged = stage(root, inputs)
     with Session(root, model, {**FAST, **config}) as s:
         counter = RowCounter(s.outbox)
-        stager = threading.Thread(target=drop_staged, args=(s.inbox, staged, 0.0))
+        stager = threading.Thread(target=drop_staged, args=(s.inbox, staged, rate))
         during_start = 0
         at_kills: list[int] = []
         ready_s = 5.0

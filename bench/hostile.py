@@ -56,21 +56,10 @@ _PHOTO: dict[str, bytes] = {}
 class Unprivileged(DaemonProcess):
     """`digitd run` under setpriv without the capabilities that let root ignore file modes."""
 
-    def start(self, watchdog_usec: int = 2_000_000) -> DaemonProcess:
-        env = dict(os.environ, NOTIFY_SOCKET=self.socket_path, WATCHDOG_USEC=str(watchdog_usec))
-        env.pop("WATCHDOG_PID", None)
-        prefix = []
-        if os.geteuid() == 0:
-            prefix = ["setpriv", "--bounding-set", DROP_CAPS, "--inh-caps", DROP_CAPS, "--"]
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open for the process lifetime
-        self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "digitd", "run", "--config", str(self.config_path)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=self.root,
-        )
-        return self
+    command_prefix = (
+        ("setpriv", "--bounding-set", DROP_CAPS, "--inh-caps", DROP_CAPS, "--")
+        if os.geteuid() == 0 else ()
+    )
 
 
 def encode(image: np.ndarray, level: int = 3) -> bytes:

@@ -163,6 +163,19 @@ def test_kill9_then_restart_loses_and_duplicates_nothing(daemons):
     assert work_leftovers(d.inbox) == []
 
 
+def test_sigterm_while_the_workers_start_is_a_clean_stop(daemons):
+    """systemd stops a service that is still starting: a worker that gets SIGTERM before it
+    has set up its handler dies of it, which is a clean stop, not a failure (exit 0)."""
+    d = daemons(processes=2).start()
+    deadline = time.monotonic() + 120
+    while d.log().count('"worker_started"') < 2:
+        assert time.monotonic() < deadline, "workers not started in 120 s:\n" + d.log()
+        assert d.proc.poll() is None, d.log()
+        time.sleep(0.01)
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=120) == 0, d.log()
+
+
 def test_sigterm_finishes_the_batch_in_hand_and_restart_takes_the_rest(daemons):
     d = daemons()
     d.start()

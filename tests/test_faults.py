@@ -41,7 +41,8 @@ def check(outcome):
 
 
 def test_kill9_at_random_moments_then_at_the_filing_crash_point(tmp_path):
-    outcome = check(kill9_storm(tmp_path, files=1200, kills=3, seed=11))
+    # Paced (8 s of dropping): an unpaced 1,200 files are done in about a second.
+    outcome = check(kill9_storm(tmp_path, files=1200, kills=3, seed=11, rate=150))
     assert outcome.figures["kills_mid_burst"] >= 1, "no kill landed mid-burst"
     # Then a deterministic crash point on the same outbox: kill -9 between filing a batch's
     # last input and removing its work folder. The restart used to redo the (now empty)

@@ -205,9 +205,11 @@ class Supervisor:
             worker.proc = None
             self.retired = [a + b for a, b in zip(self.retired, worker.counts[:3], strict=True)]
             worker.counts = (0, 0, 0, 0)
-            if self._stop_deadline is not None:
+            if self.stopping:
                 log.info("worker_exited", worker=worker.index, code=code)
-                if code != 0:
+                # SIGTERM before a worker set up its handler (it was still starting) ends it
+                # at once: nothing of its own in hand, only batches a restart recovers.
+                if code != 0 and not (code == -signal.SIGTERM and not worker.ready):
                     self.failed = True
                 continue
             log.error("worker_died", worker=worker.index, code=code, status=worker.status)
