@@ -154,6 +154,28 @@ def normalise(image: np.ndarray) -> np.ndarray:
     Raises Rejected("no_ink") for a blank, uniform or fully transparent image, or an empty
     form field (printed ruling only).
     """
+    page = locate(image)
+    mask, box = _digit_mask(page.ink, page.floor, page.top, page.level)
+    return finish(extract(page, mask, box))
+
+
+@dataclass(frozen=True)
+class Located:
+    """Step 1's outcome: the page as dark ink on light paper, and its ink on a small copy."""
+
+    img: np.ndarray  # the full-resolution image, light ink inverted to dark
+    background: np.ndarray  # the paper, on the small copy
+    ink: np.ndarray  # uint8: how much darker than the paper each small pixel is
+    floor: int  # residuals up to this are paper noise
+    top: int  # the strongest ink
+    level: int  # residuals above this are ink (_ink_level)
+    f: int  # full-resolution pixels per small pixel
+    ruling: np.ndarray | None  # a form's printed ruling on the small copy (digitd.ruling)
+
+
+def locate(image: np.ndarray) -> Located:
+    """Step 1: the paper and the ink (without a form's ruling) on a copy at most LOCATE_SIZE
+    pixels wide. Raises Rejected("no_ink") when there is no ink, or only ruling."""
     img = _to_uint8(image)
     height, width = img.shape[:2]
 
@@ -209,22 +231,41 @@ def normalise(image: np.ndarray) -> np.ndarray:
                                      "handwriting: an empty form field")
         ink = ruling.ink
         top, level = _ink_level(ink, floor, min_contrast)
-    mask, box = _digit_mask(ink, floor, top, level)
+    return Located(img=img, background=background, ink=ink, floor=floor, top=top, level=level,
+                   f=f, ruling=ruling.mask)
 
-    # 2. Extract the digit at a useful resolution.
+
+@dataclass(frozen=True)
+class Cut:
+    """Step 2's outcome: ink cut out at a useful resolution, and where it came from."""
+
+    ink: np.ndarray  # uint8 residual
+    mask: np.ndarray  # the ink's parts, dilated by one pixel
+    binary: np.ndarray  # the ink's parts themselves
+    floor: int  # residuals up to this are paper noise
+    origin: tuple[int, int]  # (x, y) of the cut's top-left corner in the input's pixels
+    scale: int  # input pixels per pixel of the cut
+
+
+def extract(page: Located, mask: np.ndarray, box: tuple[int, int, int, int],
+            side: int | None = None) -> Cut:
+    """Step 2: the ink under `mask` within `box` (small-copy pixels) at a useful resolution.
+    `side` (small pixels, default the box's longest side) is the length brought to about
+    WORK_SIZE pixels when the full resolution allows it."""
     x, y, w, h = box
-    if f == 1:
+    if page.f == 1:
         x0, y0 = max(0, x - 1), max(0, y - 1)
-        crop_ink = ink[y0 : y + h + 1, x0 : x + w + 1]
-        crop_mask = cv2.dilate(mask[y0 : y + h + 1, x0 : x + w + 1], np.ones((3, 3), np.uint8))
-        crop_floor = floor
-    else:
-        crop_ink, crop_mask, crop_floor = _extract(img, background, mask, box, f, floor,
-                                                   ruling.mask)
-    digit = _ink_profile(crop_ink, crop_mask, crop_floor)
+        binary = mask[y0 : y + h + 1, x0 : x + w + 1]
+        crop_mask = cv2.dilate(binary, np.ones((3, 3), np.uint8))
+        return Cut(page.ink[y0 : y + h + 1, x0 : x + w + 1], crop_mask, binary, page.floor,
+                   (x0, y0), 1)
+    return _extract(page.img, page.background, mask, box, page.f, page.floor, page.ruling,
+                    side)
 
-    # 3. MNIST: fit 20x20, centre of mass at (14, 14).
-    return _place(digit)
+
+def finish(cut: Cut) -> np.ndarray:
+    """Step 3: ink strength mapped to MNIST's profile, fit 20x20, centre of mass at (14, 14)."""
+    return _place(_ink_profile(cut.ink, cut.mask, cut.floor))
 
 
 def _min_pool(image: np.ndarray, k: int) -> np.ndarray:
@@ -346,10 +387,21 @@ def _ink_level(ink: np.ndarray, floor: int, min_contrast: int) -> tuple[int, int
     return top, max(floor, min(int(otsu), (floor + top) // 2))
 
 
-def _digit_mask(ink: np.ndarray, floor: int, top: int,
-                level: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The digit's pixels (specks and border lines dropped) and their bounding box, given the
-    strongest ink and the ink level (_ink_level)."""
+@dataclass(frozen=True)
+class Components:
+    """The ink's connected components on the small copy (OpenCV's labels and stats, the
+    background being label 0) and those that may be writing: they reach strong ink and are
+    neither a scanner's border line nor a faint shadow along an edge."""
+
+    binary: np.ndarray
+    labels: np.ndarray
+    stats: np.ndarray  # (n, 5): x, y, w, h, area; row 0 is the background
+    candidates: list[int]  # labels (1..n-1)
+
+
+def ink_components(ink: np.ndarray, floor: int, top: int, level: int) -> Components:
+    """The small copy's ink parts, given the strongest ink and the ink level (_ink_level);
+    Rejected("no_ink") if none."""
     binary = cv2.compare(ink, level, cv2.CMP_GT)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if n <= 1:
@@ -362,26 +414,40 @@ def _digit_mask(ink: np.ndarray, floor: int, top: int,
         high = max(level, floor + (top - floor) * 2 // 5)
         strong = np.unique(labels[ink > high])
         strong = strong[strong > 0] - 1
-    keep = _select_components(stats[1:], labels, ink, strong)
-    if not keep:
+    candidates = _drop_edge_lines(stats[1:], labels, ink, strong)
+    if not candidates:
         raise Rejected("no_ink", "no ink found: only specks or lines along the edges")
-    if n == 2:
-        mask = binary
+    return Components(binary, labels, stats, [i + 1 for i in candidates])
+
+
+def mask_of(parts: Components, keep: list[int]) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The pixels of the components `keep` (labels) and their bounding box."""
+    stats = parts.stats
+    if len(stats) == 2:
+        mask = parts.binary
     else:
-        lut = np.zeros(n, np.uint8)
-        lut[np.asarray(keep) + 1] = 255
-        mask = lut[labels]
-    x0 = min(stats[i + 1, 0] for i in keep)
-    y0 = min(stats[i + 1, 1] for i in keep)
-    x1 = max(stats[i + 1, 0] + stats[i + 1, 2] for i in keep)
-    y1 = max(stats[i + 1, 1] + stats[i + 1, 3] for i in keep)
+        lut = np.zeros(len(stats), np.uint8)
+        lut[np.asarray(keep)] = 255
+        mask = lut[parts.labels]
+    x0 = min(stats[i, 0] for i in keep)
+    y0 = min(stats[i, 1] for i in keep)
+    x1 = max(stats[i, 0] + stats[i, 2] for i in keep)
+    y1 = max(stats[i, 1] + stats[i, 3] for i in keep)
     return mask, (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
 
 
-def _select_components(stats: np.ndarray, labels: np.ndarray, ink: np.ndarray,
-                       strong: np.ndarray) -> list[int]:
-    """Indices (into stats, background excluded) of the components that make up the digit,
-    among those that reach strong ink."""
+def _digit_mask(ink: np.ndarray, floor: int, top: int,
+                level: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The digit's pixels (specks and border lines dropped) and their bounding box, given the
+    strongest ink and the ink level (_ink_level)."""
+    parts = ink_components(ink, floor, top, level)
+    return mask_of(parts, _one_digit(parts.stats, parts.candidates))
+
+
+def _drop_edge_lines(stats: np.ndarray, labels: np.ndarray, ink: np.ndarray,
+                     strong: np.ndarray) -> list[int]:
+    """Indices (into stats, background excluded) of the components that reach strong ink,
+    without scanner border lines and faint shadows along the edges."""
     height, width = ink.shape
     if len(strong) > 1:
         # How much of each edge every component lies on, and its mean darkness.
@@ -411,8 +477,12 @@ def _select_components(stats: np.ndarray, labels: np.ndarray, ink: np.ndarray,
             candidates += [i for i in hugging if darkness[i] >= 0.6 * best]
         else:
             candidates = hugging
-    if not candidates:
-        return []
+    return candidates
+
+
+def _one_digit(stats: np.ndarray, candidates: list[int]) -> list[int]:
+    """The labels that make up one digit: the largest part, parts nearly as large, and
+    smaller ones close to it (a 5's detached bar); far specks are dropped."""
     areas = stats[:, 4]
     main = max(candidates, key=lambda i: areas[i])
     mx, my, mw, mh, big = stats[main].tolist()
@@ -430,17 +500,18 @@ def _select_components(stats: np.ndarray, labels: np.ndarray, ink: np.ndarray,
     return keep
 
 
-def _extract(img, background, mask, box, f, floor, ruling=None):
-    """Cut the digit's box (plus a margin) from the full-resolution image, reduced so that the
-    digit's longest side is about WORK_SIZE; return its ink residual, mask and noise floor.
-    `ruling`: the printed ruling found on the small copy, kept out of the digit and of the
-    paper's noise estimate."""
+def _extract(img, background, mask, box, f, floor, ruling=None, side=None) -> Cut:
+    """Cut the digit's box (plus a margin) from the full-resolution image, reduced so that
+    `side` (default the box's longest side) is about WORK_SIZE; with its ink residual, mask
+    and noise floor. `ruling`: the printed ruling found on the small copy, kept out of the
+    digit and of the paper's noise estimate."""
     x, y, w, h = box
     pad = 2  # small pixels: one for the mask's dilation, one of paper to measure the noise on
     sh, sw = mask.shape
     x0, y0 = max(0, x - pad), max(0, y - pad)
     x1, y1 = min(sw, x + w + pad), min(sh, y + h + pad)
-    f2 = max(1, min(f, (max(w, h) * f) // WORK_SIZE))  # full-res pixels per working pixel
+    side = max(w, h) if side is None else side
+    f2 = max(1, min(f, (side * f) // WORK_SIZE))  # full-res pixels per working pixel
     crop = img[y0 * f : y1 * f, x0 * f : x1 * f]
     ch, cw = crop.shape[:2]
     ch, cw = ch // f2 * f2, cw // f2 * f2
@@ -475,8 +546,9 @@ def _extract(img, background, mask, box, f, floor, ruling=None):
         areas = stats[1:, 4]
         keep = np.zeros(n, np.uint8)
         keep[1:][areas >= max(3, 0.02 * areas.max())] = 255
-        near = cv2.dilate(keep[labels], np.ones((3, 3), np.uint8))
-    return ink, near, floor
+        binary = keep[labels]
+        near = cv2.dilate(binary, np.ones((3, 3), np.uint8))
+    return Cut(ink, near, binary, floor, (x0 * f, y0 * f), f2)
 
 
 def _ink_profile(ink: np.ndarray, mask: np.ndarray, floor: int) -> np.ndarray:

@@ -1,0 +1,106 @@
+"""Candidate pieces + the classifier's probabilities -> the number read: the recognition half
+of reading a number (digitd.segment gives the candidates).
+
+Pure functions, no model: the caller runs the classifier on every piece's model input (one
+batch for many images) and passes the probabilities in.
+
+    read_line(line, probabilities) -> Reading
+
+The reading is the chain of pieces covering every unit whose digits the classifier is
+surest of: the largest sum of log(top probability) plus each piece's shape prior (dynamic
+programming over the units; a piece joins up to segment.MAX_RUN units, so this is linear in
+the number of units). The string's confidence is the product of its digits' probabilities
+(each digit read independently: the chance that all of them are right).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from digitd.segment import Box, Line
+
+TOP = 3  # probabilities kept per digit
+
+
+@dataclass(frozen=True)
+class Digit:
+    """One digit of a number: where it is, what it reads, the top-3 alternatives."""
+
+    value: int
+    confidence: float
+    box: Box  # x, y, width, height in the input's pixels
+    cut: bool  # cut from touching ink or joined from parts: its shape is a guess
+    top: tuple[tuple[int, float], ...]  # (digit, probability), best first
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A number read from a line: its digits, left to right, and the string's confidence."""
+
+    digits: tuple[Digit, ...]
+    confidence: float
+
+    @property
+    def text(self) -> str:
+        return "".join(str(d.value) for d in self.digits)
+
+
+def choose(line: Line, pieces: np.ndarray, whole: np.ndarray) -> Reading | None:
+    """The number read from `line`, or None when it is better read as one digit: when the
+    best chain is one piece, or when every digit of it is a guess (cut out of touching ink
+    or joined from parts) and the whole ink read as one digit is at least as sure (a single
+    digit broken in two, a wide 0 with a thin stroke). `pieces`: the probabilities of the
+    line's pieces; `whole`: those of line.whole."""
+    reading = read_line(line, pieces)
+    if len(reading.digits) <= 1:
+        return None
+    if all(d.cut for d in reading.digits) and float(np.max(whole)) >= reading.confidence:
+        return None
+    return reading
+
+
+def read_line(line: Line, probabilities: np.ndarray) -> Reading:
+    """The best chain of pieces; `probabilities` has one row per piece of `line`."""
+    probs = np.asarray(probabilities, np.float64)
+    if len(probs) != len(line.pieces):
+        raise ValueError(f"{len(line.pieces)} pieces but {len(probs)} rows of probabilities")
+    top = probs.argmax(axis=1)
+    score = np.log(np.maximum(probs[np.arange(len(probs)), top], 1e-12))
+    score += np.array([piece.prior for piece in line.pieces])
+    chain, _ = _best_chain(line, score, 0, line.units)
+    if chain is None:  # pragma: no cover - every unit with ink is a piece of its own
+        raise ValueError("no chain of pieces covers the line")
+    digits = []
+    for k in chain:
+        order = np.argsort(-probs[k], kind="stable")[:TOP]
+        piece = line.pieces[k]
+        digits.append(Digit(value=int(top[k]), confidence=float(probs[k, top[k]]),
+                            box=piece.box, cut=piece.cut,
+                            top=tuple((int(d), round(float(probs[k, d]), 6)) for d in order)))
+    confidence = float(np.prod([d.confidence for d in digits]))
+    return Reading(digits=tuple(digits), confidence=confidence)
+
+
+def _best_chain(line: Line, score: np.ndarray, start: int,
+                end: int) -> tuple[list[int] | None, float]:
+    """The best chain of pieces covering units start..end-1 (dynamic programming)."""
+    best = {start: 0.0}
+    back: dict[int, int] = {}
+    for u in range(start + 1, end + 1):
+        for k, piece in enumerate(line.pieces):
+            if piece.last != u - 1 or piece.first < start:
+                continue
+            if piece.first in best:
+                value = best[piece.first] + score[k]
+                if value > best.get(u, -math.inf):
+                    best[u], back[u] = value, k
+    if end not in best:
+        return None, -math.inf
+    chain, u = [], end
+    while u > start:
+        chain.append(back[u])
+        u = line.pieces[back[u]].first
+    return chain[::-1], best[end]

@@ -1,0 +1,338 @@
+"""Ink -> candidate digits along a line: the segmentation half of reading a number.
+
+Pure functions (arrays in, dataclasses out), no model, thread-safe. digitd.reader picks, among
+the candidates, the reading the classifier likes best.
+
+    segment(image) -> Single(model_input) | Line(units, pieces)
+
+The steps, on preprocess's located ink (the same paper, lighting and noise handling as for
+one digit):
+
+1. The ink's parts on the small copy (preprocess.ink_components: scanner border lines and
+   shadows dropped), dust dropped; one part, or parts that are not side by side, is a single
+   digit: the result is exactly preprocess.normalise's.
+2. Several parts along a line: the whole line is cut out at a resolution where its height is
+   about WORK_SIZE (preprocess.extract), and its parts found again there.
+3. Decoration is removed: long horizontal lines (an underline, touching the digits or not),
+   flat strokes (a dash, an equals sign, a stray tick) and small blobs on the baseline
+   (thousands dots and commas). A small part inside a digit's columns and close to it (a 5's
+   detached bar, a broken stroke) joins that digit.
+4. Units: the remaining parts in reading order; a part wider than a digit (touching digits) is
+   over-segmented at the valleys of its column profile.
+5. Pieces: every run of up to MAX_RUN consecutive units that could be one digit (not wider
+   than a digit, no wide gap inside), each normalised exactly as preprocess normalises one
+   digit (preprocess.finish), with its box in the input's pixels and a geometric prior.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from digitd.preprocess import (
+    Cut,
+    Rejected,
+    _one_digit,
+    extract,
+    finish,
+    ink_components,
+    locate,
+    mask_of,
+)
+
+MAX_RUN = 3  # units a piece may join (a digit broken into up to three parts, or cut apart)
+DUST = 0.02  # parts smaller than this share of the largest are dust
+LINE_LENGTH = 1.6  # a horizontal run longer than this many digit heights is a rule, not ink
+FLAT = 0.38  # parts lower than this share of the digit height...
+SMALL = 0.4  # ...or smaller than this in both directions are decoration, unless joined
+PART = 0.45  # a part of a broken digit is at least this share of the digit height
+WIDE = 0.75  # a part wider than this many digit heights may be touching digits
+ALONE = 1.3  # one part alone is read as touching digits only when this much wider than tall
+CUT = math.log(0.4)  # log-penalty for reading a part cut apart as two digits
+VALLEY = 0.9  # a cut goes where the ink is at most this share of the part's median column
+DOUBT = 1.05  # a piece wider than this many digit heights may be two digits read as one
+MAX_WIDTH = 1.15  # a piece wider than this many digit heights is not one digit
+JOIN_GAP = 0.12  # parts further apart than this many heights are never one digit
+
+
+Box = tuple[int, int, int, int]  # x, y, width, height
+
+
+@dataclass(frozen=True)
+class Single:
+    """One digit: the model input, exactly preprocess.normalise's."""
+
+    model_input: np.ndarray
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A candidate digit: units first..last (inclusive) taken together."""
+
+    first: int
+    last: int
+    box: Box  # in the input's pixels
+    model_input: np.ndarray  # (28, 28) float32
+    prior: float  # log-penalty from its shape (0 for a plausible digit)
+    cut: bool  # an edge of it is a cut through touching ink, or it joins several units
+
+
+@dataclass(frozen=True)
+class Line:
+    """Several digits side by side: `units` parts in reading order and the candidate pieces
+    (every piece a run of consecutive units); a reading is a chain of pieces covering
+    units 0..units-1."""
+
+    units: int
+    pieces: tuple[Piece, ...]
+    height: float  # the digits' height in the input's pixels
+    whole: np.ndarray  # all of it read as one digit: exactly preprocess.normalise's input
+
+
+def segment(image: np.ndarray) -> Single | Line:
+    """A decoded image -> one digit, or the candidates for a line of digits.
+
+    Raises preprocess.Rejected("no_ink") as normalise does.
+    """
+    page = locate(image)
+    parts = ink_components(page.ink, page.floor, page.top, page.level)
+    stats = parts.stats
+    areas = stats[:, 4]
+    big = max(areas[i] for i in parts.candidates)
+    kept = [i for i in parts.candidates if areas[i] >= DUST * big]
+    if not _side_by_side(stats, kept):
+        mask, box = mask_of(parts, _one_digit(stats, parts.candidates))
+        return Single(finish(extract(page, mask, box)))
+    line_mask, line_box = mask_of(parts, kept)
+    # the line's digits about WORK_SIZE / 2 tall: ample for 20x20, and cheap
+    cut = extract(page, line_mask, line_box, side=2 * _digit_height(stats, kept))
+    mask, box = mask_of(parts, _one_digit(stats, parts.candidates))
+    whole = finish(extract(page, mask, box))
+    found = _line(cut)
+    if found is None:
+        return Single(whole)
+    units, pieces, height = found
+    return Line(units, pieces, height, whole)
+
+
+def _digit_height(stats: np.ndarray, labels: list[int]) -> int:
+    """The tallest part's height that is not a long flat line."""
+    heights = [stats[i, 3] for i in labels if stats[i, 2] < 3 * stats[i, 3]]
+    return int(max(heights or [stats[i, 3] for i in labels]))
+
+
+def _side_by_side(stats: np.ndarray, labels: list[int]) -> bool:
+    """Could these parts be several digits? Some two of them as tall as a digit and apart
+    along the line, or one part much wider than a digit (touching digits)."""
+    height = _digit_height(stats, labels)
+    tall = [i for i in labels if stats[i, 3] >= 0.5 * height]
+    for i in tall:
+        x, _, w, h, _ = stats[i]
+        if ALONE * h < w < 3 * h:
+            return True
+    tall.sort(key=lambda i: stats[i, 0])
+    for a, b in zip(tall, tall[1:], strict=False):
+        ax, _, aw, _, _ = stats[a]
+        bx, _, bw, _, _ = stats[b]
+        overlap = ax + aw - bx
+        if overlap < 0.5 * min(aw, bw):
+            return True
+    return False
+
+
+def _line(cut: Cut) -> tuple[int, tuple[Piece, ...], float] | None:
+    """Steps 2-5 on the cut-out line; None when it turns out to hold one digit."""
+    binary = cut.binary
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n <= 1:
+        return None
+    height = _digit_height(stats, list(range(1, n)))
+    binary = _remove_rules(binary, height)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n <= 1:
+        return None
+    parts = list(range(1, n))
+    big = stats[1:, 4].max()
+    parts = [i for i in parts if stats[i, 4] >= DUST * big]
+    height = _digit_height(stats, parts)
+    groups = _group(stats, parts, height)
+    if len(groups) <= 1 and all(_width(stats, g) <= ALONE * height for g in groups):
+        return None
+    units = _units(labels, stats, groups, height)
+    if len(units) <= 1:
+        return None
+    pieces = _pieces(cut, labels, units, height)
+    return len(units), tuple(pieces), float(height * cut.scale)
+
+
+def _remove_rules(binary: np.ndarray, height: int) -> np.ndarray:
+    """Wipe long horizontal lines (an underline, a form's rule) and their thickness."""
+    length = max(8, int(LINE_LENGTH * height))
+    if binary.shape[1] <= length:
+        return binary
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
+    rule = cv2.morphologyEx(binary, cv2.MORPH_OPEN, kernel)
+    if not rule.any():
+        return binary
+    thick = max(1, round(0.06 * height))
+    rule = cv2.dilate(rule, np.ones((2 * thick + 1, 3), np.uint8))
+    return cv2.bitwise_and(binary, cv2.bitwise_not(rule))
+
+
+def _width(stats: np.ndarray, group: list[int]) -> int:
+    x0 = min(stats[i, 0] for i in group)
+    x1 = max(stats[i, 0] + stats[i, 2] for i in group)
+    return int(x1 - x0)
+
+
+def _group(stats: np.ndarray, parts: list[int], height: int) -> list[list[int]]:
+    """Digit-sized parts, each with the small parts that belong to it (sharing its columns
+    and close to it). Other small parts are decoration and dropped when they lie outside the
+    line of digits (a stray stroke), low in it (a thousands dot or comma) or are flat (a dash,
+    an equals sign); what is left (part of a digit broken apart) is a unit of its own. In
+    reading order."""
+    def small(i: int) -> bool:
+        w, h = stats[i, 2], stats[i, 3]
+        return h < FLAT * height or (w < SMALL * height and h < SMALL * height) \
+            or h < 0.6 * height and w < 0.45 * height
+
+    digits = [i for i in parts if not small(i)]
+    if not digits:
+        return []
+    top = float(np.median([stats[i, 1] for i in digits]))
+    bottom = float(np.median([stats[i, 1] + stats[i, 3] for i in digits]))
+    middle = (top + bottom) / 2
+    groups = {i: [i] for i in digits}
+    for i in parts:
+        if i in groups:
+            continue
+        x, y, w, h, _ = stats[i]
+        best, best_gap = None, None
+        for d in digits:
+            dx, dy, dw, dh, _ = stats[d]
+            if min(x + w, dx + dw) - max(x, dx) < 0.3 * w:
+                continue
+            gap_y = max(0, dy - (y + h), y - (dy + dh))
+            if gap_y <= JOIN_GAP * height and (best_gap is None or gap_y < best_gap):
+                best, best_gap = d, gap_y
+        if best is not None:
+            groups[best].append(i)
+            continue
+        centre = y + h / 2
+        if centre < top or centre > bottom or y > middle - 0.1 * height or h < PART * height:
+            continue
+        groups[i] = [i]
+    return sorted(groups.values(), key=lambda g: stats[g[0], 0] + stats[g[0], 2] / 2)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    mask: np.ndarray  # uint8 255 where the unit's ink is: the cut's full height, columns x0:x1
+    cut_left: bool  # its left edge is a cut through a part (not the part's own edge)
+    cut_right: bool
+    x0: int
+    x1: int  # columns [x0, x1)
+    y0: int
+    y1: int
+
+
+def _units(labels: np.ndarray, stats: np.ndarray, groups: list[list[int]],
+           height: int) -> list[_Unit]:
+    """Each group as a unit, a group wider than a digit split at its column profile's
+    valleys into several."""
+    units = []
+    for group in groups:
+        lut = np.zeros(len(stats), np.uint8)
+        lut[group] = 255
+        x0 = int(min(stats[i, 0] for i in group))
+        x1 = int(max(stats[i, 0] + stats[i, 2] for i in group))
+        mask = lut[labels[:, x0:x1]]
+        cuts = _valleys(mask, height) if x1 - x0 > WIDE * height else []
+        edges = [x0] + [x0 + c for c in cuts] + [x1]
+        for a, b in zip(edges, edges[1:], strict=False):
+            cut_left, cut_right = a != x0, b != x1
+            part = mask[:, a - x0 : b - x0]
+            rows = np.flatnonzero(part.any(axis=1))
+            if len(rows) == 0:
+                continue
+            units.append(_Unit(part, cut_left, cut_right, a, b, int(rows[0]), int(rows[-1]) + 1))
+    return units
+
+
+def _valleys(mask: np.ndarray, height: int) -> list[int]:
+    """Candidate columns to cut touching digits at: local minima of the (smoothed) column
+    profile where the ink is thin, at least 0.18 digit heights from the ends and 0.3 from
+    each other, lowest first, about two per digit boundary expected."""
+    profile = (mask > 0).sum(axis=0).astype(np.float32)
+    width = len(profile)
+    k = max(1, height // 12) | 1
+    smooth = np.convolve(profile, np.ones(k, np.float32) / k, mode="same")
+    margin = max(2, int(0.18 * height))
+    spacing = max(2, int(0.3 * height))
+    want = max(1, 2 * (int(round(width / (0.6 * height))) - 1))
+    low = VALLEY * float(np.median(smooth[smooth > 0]))
+    inner = np.arange(margin, width - margin)
+    if len(inner) == 0:
+        return []
+    left, right = smooth[inner - 1], smooth[np.minimum(inner + 1, width - 1)]
+    minima = inner[(smooth[inner] <= left) & (smooth[inner] <= right) & (smooth[inner] <= low)]
+    chosen: list[int] = []
+    for c in minima[np.argsort(smooth[minima], kind="stable")].tolist():
+        if len(chosen) >= want:
+            break
+        if all(abs(c - o) >= spacing for o in chosen):
+            chosen.append(c)
+    return sorted(chosen)
+
+
+def _pieces(cut: Cut, labels: np.ndarray, units: list[_Unit], height: int) -> list[Piece]:
+    pieces = []
+    kernel = np.ones((3, 3), np.uint8)
+    rows, cols = cut.binary.shape
+    for first in range(len(units)):
+        for last in range(first, min(len(units), first + MAX_RUN)):
+            run = units[first : last + 1]
+            x0, x1 = min(u.x0 for u in run), max(u.x1 for u in run)
+            if last > first:
+                if x1 - x0 > MAX_WIDTH * height:
+                    break
+                gap = max(0, units[last].x0 - max(u.x1 for u in run[:-1]))
+                if gap > JOIN_GAP * height:
+                    break
+            y0, y1 = min(u.y0 for u in run), max(u.y1 for u in run)
+            # preprocess's convention: the digit's parts with one pixel around, dilated
+            px0, py0 = max(0, x0 - 1), max(0, y0 - 1)
+            px1, py1 = min(cols, x1 + 1), min(rows, y1 + 1)
+            mask = np.zeros((rows, px1 - px0), np.uint8)
+            for u in run:
+                region = mask[:, u.x0 - px0 : u.x1 - px0]
+                np.bitwise_or(region, u.mask, out=region)
+            mask = mask[py0:py1]
+            part = Cut(cut.ink[py0:py1, px0:px1], cv2.dilate(mask, kernel), mask, cut.floor,
+                       cut.origin, cut.scale)
+            try:
+                model_input = finish(part)
+            except Rejected:  # no ink left in the piece (a cut through nothing)
+                continue
+            s = cut.scale
+            box = (cut.origin[0] + x0 * s, cut.origin[1] + y0 * s, (x1 - x0) * s, (y1 - y0) * s)
+            prior = _prior(x1 - x0, y1 - y0, height)
+            prior += CUT / 2 * (run[0].cut_left + run[-1].cut_right)
+            # a guess: cut out of touching ink, or parts that are apart joined into one
+            joined = any(not u.cut_right for u in run[:-1])
+            guess = run[0].cut_left or run[-1].cut_right or joined
+            pieces.append(Piece(first, last, box, model_input, prior, guess))
+    return pieces
+
+
+def _prior(width: int, tall: int, height: int) -> float:
+    """Log-penalty for a piece's shape: too wide or too low for one digit."""
+    penalty = 0.0
+    if width > 0.9 * height:
+        penalty -= 4.0 * (width / height - 0.9)
+    if tall < 0.5 * height:
+        penalty -= 4.0 * (0.5 - tall / height)
+    return penalty
