@@ -48,6 +48,31 @@ class Reading:
         return "".join(str(d.value) for d in self.digits)
 
 
+MODES = ("auto", "digit", "number")  # the `recognise` setting
+
+
+def model_inputs(whole: np.ndarray, line: Line | None) -> np.ndarray:
+    """What the classifier must read for one image: its whole ink as one digit (row 0), then
+    the line's pieces, if any (rows 1..)."""
+    if line is None:
+        return whole[None]
+    return np.stack([whole] + [piece.model_input for piece in line.pieces])
+
+
+def read(line: Line | None, probabilities: np.ndarray, mode: str = "auto") -> Reading | None:
+    """The number an image holds, or None when it holds one digit (read from row 0 of
+    `probabilities` exactly as before numbers existed). `probabilities`: the classifier's
+    rows for model_inputs(); `mode` "number" reads a line as a number even when it might be
+    one broken digit, "auto" lets choose() decide."""
+    if line is None or mode == "digit":
+        return None
+    pieces = probabilities[1:]
+    if mode == "number":
+        reading = read_line(line, pieces)
+        return reading if len(reading.digits) > 1 else None
+    return choose(line, pieces, probabilities[0])
+
+
 def choose(line: Line, pieces: np.ndarray, whole: np.ndarray) -> Reading | None:
     """The number read from `line`, or None when it is better read as one digit: when the
     best chain is one piece, or when every digit of it is a guess (cut out of touching ink

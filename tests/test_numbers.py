@@ -1,0 +1,178 @@
+"""Several digits in one PNG: segmentation (digitd.segment) and the reading (digitd.reader).
+
+Real PNGs from bench/number_scans.py (MNIST test digits of the committed sample, on paper,
+with separators and decoration) through the real decoder, segmentation and shipped model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import number_scans
+import scans
+from digitd.model import load_classifier
+from digitd.preprocess import decode_png, normalise
+from digitd.reader import Reading, choose, model_inputs, read, read_line
+from digitd.segment import Line, Piece, Single, segment
+
+SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
+
+
+@pytest.fixture(scope="module")
+def sample():
+    data = np.load(SAMPLE)
+    return data["x_test"], data["y_test"]
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return load_classifier()
+
+
+def read_png(data: bytes, classifier, mode: str = "auto") -> tuple[str, Reading | None]:
+    """The string digitd reads from PNG bytes, and the Reading (None for one digit)."""
+    found = segment(decode_png(data))
+    line = found if isinstance(found, Line) else None
+    whole = found.whole if line is not None else found.model_input
+    probabilities = classifier.predict(model_inputs(whole, line))
+    reading = read(line, probabilities, mode)
+    return (reading.text if reading else str(int(probabilities[0].argmax()))), reading
+
+
+def test_one_digit_is_exactly_normalise(sample):
+    """A single digit's model input is normalise's, bit for bit, in every scan flavour; all
+    but a few of them are never taken for a line (those that are must still read as one
+    digit, see test_single_digits_read_as_one)."""
+    x, _ = sample
+    lines = 0
+    for i in range(120):
+        image = decode_png(scans.render_scan(x[i], i, seed=3)[0])
+        found = segment(image)
+        whole = found.whole if isinstance(found, Line) else found.model_input
+        assert np.array_equal(whole, normalise(image)), i
+        lines += isinstance(found, Line)
+    assert lines <= 6
+
+
+def test_single_digits_read_as_one(sample, classifier):
+    """`auto` keeps single digits single: of 240 scans, at most 1% read as a number."""
+    x, y = sample
+    numbers = 0
+    for i in range(240):
+        text, reading = read_png(scans.render_scan(x[i], i, seed=5)[0], classifier)
+        numbers += reading is not None
+    assert numbers <= 2
+
+
+def test_numbers_on_paper(sample, classifier):
+    """Numbers of 2-8 digits with gaps from touching to wide: most are read exactly."""
+    x, y = sample
+    right = 0
+    for i in range(40):
+        data, truth, _ = number_scans.render_number(x, y, i, seed=11, flavour="paper_grey",
+                                                    decorations=())
+        right += read_png(data, classifier)[0] == truth
+    assert right >= 30
+
+
+@pytest.mark.parametrize("decoration", ["thousands", "dash", "equals", "underline", "stray"])
+def test_separators_are_not_digits(sample, classifier, decoration):
+    """Thousands dots and commas, a trailing dash or equals sign, an underline and a stray
+    stroke are not read as digits: the count of digits read is right for nearly all."""
+    x, y = sample
+    counted = total = 0
+    for i in range(30):
+        data, truth, info = number_scans.render_number(x, y, i, seed=7, flavour="paper_grey",
+                                                       decorations=(decoration,))
+        if decoration == "thousands" and len(truth) < 4:
+            continue  # separators only between groups of three
+        total += 1
+        counted += len(read_png(data, classifier)[0]) == len(truth)
+    assert counted >= 0.8 * total
+
+
+def test_boxes_are_in_input_pixels(sample, classifier):
+    """Each digit's box lies inside the image, left to right, one per digit read."""
+    x, y = sample
+    data, truth, _ = number_scans.render_number(x, y, 2, seed=11, flavour="paper_grey",
+                                                decorations=())
+    image = decode_png(data)
+    text, reading = read_png(data, classifier)
+    assert reading is not None and text == truth
+    h, w = image.shape[:2]
+    lefts = [d.box[0] for d in reading.digits]
+    assert lefts == sorted(lefts)
+    for d in reading.digits:
+        bx, by, bw, bh = d.box
+        assert min(bx, by) >= 0 and bx + bw <= w and by + bh <= h and min(bw, bh) > 0
+        assert d.top[0] == (d.value, round(d.confidence, 6)) and len(d.top) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# The reading's choice, on hand-made candidates (pure)
+
+
+def _line(spans, units, priors=None, cut=None) -> Line:
+    blank = np.zeros((28, 28), np.float32)
+    pieces = tuple(
+        Piece(a, b, (10 * a, 0, 10 * (b - a + 1), 20), blank,
+              (priors or {}).get((a, b), 0.0), (cut or {}).get((a, b), False))
+        for a, b in spans)
+    return Line(units=units, pieces=pieces, height=20.0, whole=blank)
+
+
+def _probs(*tops):
+    rows = []
+    for digit, p in tops:
+        row = np.full(10, (1 - p) / 9, np.float32)
+        row[digit] = p
+        rows.append(row)
+    return np.array(rows)
+
+
+def test_best_chain_joins_a_broken_digit():
+    """Units 0 and 1 read better together (a 4 broken in two) than apart (1 and 1)."""
+    line = _line([(0, 0), (1, 1), (0, 1), (2, 2)], units=3)
+    reading = read_line(line, _probs((1, 0.6), (1, 0.6), (4, 0.99), (7, 0.95)))
+    assert reading.text == "47"
+    assert reading.confidence == pytest.approx(0.99 * 0.95, rel=1e-6)
+    assert [d.box[0] for d in reading.digits] == [0, 20]
+
+
+def test_best_chain_splits_touching_digits():
+    line = _line([(0, 0), (1, 1), (0, 1)], units=2)
+    assert read_line(line, _probs((3, 0.99), (8, 0.98), (0, 0.4))).text == "38"
+
+
+def test_shape_prior_counts():
+    """A piece that is too wide loses to a split that is only a little less sure."""
+    line = _line([(0, 0), (1, 1), (0, 1)], units=2, priors={(0, 1): -2.0})
+    assert read_line(line, _probs((3, 0.9), (8, 0.9), (0, 0.99))).text == "38"
+
+
+def test_choose_keeps_a_guessed_split_as_one_digit():
+    """Every digit a guess (cut apart) and the whole no less sure: one digit."""
+    line = _line([(0, 0), (1, 1)], units=2, cut={(0, 0): True, (1, 1): True})
+    whole = _probs((0, 0.97))[0]
+    assert choose(line, _probs((6, 0.9), (1, 0.9)), whole) is None
+    natural = _line([(0, 0), (1, 1)], units=2)
+    assert choose(natural, _probs((6, 0.9), (1, 0.9)), whole).text == "61"
+
+
+def test_modes():
+    line = _line([(0, 0), (1, 1)], units=2, cut={(0, 0): True, (1, 1): True})
+    probabilities = np.vstack([_probs((0, 0.97)), _probs((6, 0.9), (1, 0.9))])
+    assert read(line, probabilities, "digit") is None
+    assert read(line, probabilities, "auto") is None
+    assert read(line, probabilities, "number").text == "61"
+    assert read(None, probabilities[:1], "number") is None
+
+
+def test_single_is_the_model_input(sample):
+    x, _ = sample
+    found = segment(x[0])
+    assert isinstance(found, Single)
+    assert np.array_equal(found.model_input, normalise(x[0]))
