@@ -194,10 +194,10 @@ def _group(stats: np.ndarray, parts: list[int], height: int) -> list[list[int]]:
     line of digits (a stray stroke), low in it (a thousands dot or comma) or are flat (a dash,
     an equals sign); what is left (part of a digit broken apart) is a unit of its own. In
     reading order."""
-    def small(i: int) -> bool:
+    def small(i: int) -> bool:  # or low and wide: a dash, an equals sign
         w, h = stats[i, 2], stats[i, 3]
         return h < FLAT * height or (w < SMALL * height and h < SMALL * height) \
-            or h < 0.6 * height and w < 0.45 * height
+            or h < 0.6 * height and (w < 0.45 * height or w > 1.2 * h)
 
     digits = [i for i in parts if not small(i)]
     if not digits:
@@ -206,6 +206,7 @@ def _group(stats: np.ndarray, parts: list[int], height: int) -> list[list[int]]:
     bottom = float(np.median([stats[i, 1] + stats[i, 3] for i in digits]))
     middle = (top + bottom) / 2
     groups = {i: [i] for i in digits}
+    loose = []
     for i in parts:
         if i in groups:
             continue
@@ -220,12 +221,56 @@ def _group(stats: np.ndarray, parts: list[int], height: int) -> list[list[int]]:
                 best, best_gap = d, gap_y
         if best is not None:
             groups[best].append(i)
+        else:
+            loose.append(i)
+    # Loose small parts close together that make up a digit's height: a digit written with
+    # a broken, faint stroke.
+    for cluster in _clusters(stats, loose, JOIN_GAP * height):
+        x0, y0, x1, y1 = _bounds(stats, cluster)
+        if len(cluster) > 1 and y1 - y0 >= 0.6 * height and x1 - x0 <= MAX_WIDTH * height:
+            groups[cluster[0]] = cluster
             continue
-        centre = y + h / 2
-        if centre < top or centre > bottom or y > middle - 0.1 * height or h < PART * height:
-            continue
-        groups[i] = [i]
+        for i in cluster:
+            x, y, w, h, _ = stats[i]
+            centre = y + h / 2
+            if centre < top or centre > bottom or y > middle - 0.1 * height \
+                    or h < PART * height or w > 1.2 * h:
+                continue
+            groups[i] = [i]
     return sorted(groups.values(), key=lambda g: stats[g[0], 0] + stats[g[0], 2] / 2)
+
+
+def _bounds(stats: np.ndarray, labels: list[int]) -> tuple[int, int, int, int]:
+    """x0, y0, x1, y1 of the parts' union."""
+    return (int(min(stats[i, 0] for i in labels)), int(min(stats[i, 1] for i in labels)),
+            int(max(stats[i, 0] + stats[i, 2] for i in labels)),
+            int(max(stats[i, 1] + stats[i, 3] for i in labels)))
+
+
+def _clusters(stats: np.ndarray, labels: list[int], reach: float) -> list[list[int]]:
+    """The parts grouped by proximity: boxes at most `reach` apart are linked."""
+    root = {i: i for i in labels}
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    for a in labels:
+        ax, ay, aw, ah, _ = stats[a]
+        for b in labels:
+            if b <= a:
+                continue
+            bx, by, bw, bh, _ = stats[b]
+            gap_x = max(0, bx - (ax + aw), ax - (bx + bw))
+            gap_y = max(0, by - (ay + ah), ay - (by + bh))
+            if gap_x <= reach and gap_y <= reach:
+                root[find(a)] = find(b)
+    clusters: dict[int, list[int]] = {}
+    for i in labels:
+        clusters.setdefault(find(i), []).append(i)
+    return list(clusters.values())
 
 
 @dataclass(frozen=True)

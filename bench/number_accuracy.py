@@ -1,0 +1,165 @@
+"""Numbers (several digits in one PNG): strings read exactly, silent errors, and time per image.
+
+    nice -n 10 .venv/bin/python bench/number_accuracy.py --data ../shared/data/mnist --n 2000
+        [--seed 0] [--model PATH] [--min-confidence 0.8] [--keep DIR] [--json-out PATH]
+
+1. Renders N numbers of 2-8 MNIST *test* digits (bench/number_scans.py: paper flavours,
+   gaps from overlapping to wide, separators, underlines, currency signs, stray strokes).
+2. Reads each PNG as the daemon does with `recognise: auto`, on one core (OpenCV and the
+   model limited to one thread): decode, segment, one classifier call per image for all its
+   candidate pieces, choose the reading. The time per image covers all of it.
+3. Prints: strings exactly right; silent errors (wrong, yet status `ok`: confidence at least
+   --min-confidence and no doubtful digit); what goes to review; per flavour, per decoration
+   and per length; how the string confidence of `ok` answers compares with their accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "daemon"))
+
+import number_scans  # noqa: E402
+from accuracy import load_test  # noqa: E402
+
+_X = _Y = None
+
+
+def _init(data: str) -> None:
+    global _X, _Y
+    _X, _Y = load_test(Path(data))
+
+
+def _render(job):
+    index, seed, folder = job
+    data, text, info = number_scans.render_number(_X, _Y, index, seed)
+    path = Path(folder) / f"{index:05d}_{text}.png"
+    path.write_bytes(data)
+    return str(path), text, info
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/mnist"))
+    parser.add_argument("--n", type=int, default=2000, help="numbers to render")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", help="a model (default: the shipped one)")
+    parser.add_argument("--min-confidence", type=float, default=None,
+                        help="default: the built-in configuration's min_confidence")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--keep", metavar="DIR", help="render into DIR and keep the files")
+    parser.add_argument("--json-out", metavar="PATH")
+    args = parser.parse_args()
+
+    import cv2
+
+    from digitd.config import Config
+    from digitd.model import load_classifier
+    from digitd.preprocess import Rejected, decode_png
+    from digitd.reader import model_inputs, read
+    from digitd.segment import Line, segment
+
+    min_conf = args.min_confidence if args.min_confidence is not None else Config().min_confidence
+    folder_ctx = tempfile.TemporaryDirectory(prefix="digitd-numbers-") if not args.keep else None
+    folder = Path(args.keep or folder_ctx.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    jobs = [(i, args.seed, str(folder)) for i in range(args.n)]
+    with ProcessPoolExecutor(args.jobs, initializer=_init, initargs=(args.data,)) as pool:
+        rendered = list(pool.map(_render, jobs, chunksize=32))
+    print(f"rendered {len(rendered)} numbers in {time.time() - t0:.0f} s into {folder}",
+          flush=True)
+
+    cv2.setNumThreads(1)
+    classifier = load_classifier(args.model, threads=1)
+    classifier.warm_up(64)
+    rows = []
+    times = []
+    for path, truth, info in rendered:
+        data = Path(path).read_bytes()
+        start = time.perf_counter()
+        try:
+            found = segment(decode_png(data))
+        except Rejected as exc:
+            rows.append((truth, "", 0.0, False, info, exc.code))
+            times.append(time.perf_counter() - start)
+            continue
+        line = found if isinstance(found, Line) else None
+        whole = found.whole if line is not None else found.model_input
+        probabilities = classifier.predict(model_inputs(whole, line))
+        reading = read(line, probabilities, "auto")
+        times.append(time.perf_counter() - start)
+        if reading is None:
+            text, conf = str(int(probabilities[0].argmax())), float(probabilities[0].max())
+            doubt = False
+        else:
+            text, conf = reading.text, reading.confidence
+            doubt = any(d.cut for d in reading.digits)
+        rows.append((truth, text, conf, conf >= min_conf and not doubt, info, ""))
+
+    n = len(rows)
+    right = sum(t == r for t, r, *_ in rows)
+    ok = sum(r[3] for r in rows)
+    silent = sum(t != r and o for t, r, _, o, _, _ in rows)
+    ok_right = sum(t == r and o for t, r, _, o, _, _ in rows)
+    ms = np.array(times) * 1000
+    print(f"\nmodel: {classifier.model_id[:12]} ({classifier.runtime}); min_confidence {min_conf}")
+    print(f"numbers: {n}; strings exactly right: {right / n:.2%}")
+    print(f"status ok: {ok / n:.2%} of all, of which right {ok_right / max(ok, 1):.2%}; "
+          f"silent errors (wrong and ok): {silent / n:.2%}")
+    print(f"to review (low_confidence): {(n - ok) / n:.2%}")
+    print(f"time per number image, one core: mean {ms.mean():.2f} ms, median "
+          f"{np.median(ms):.2f} ms, p95 {np.percentile(ms, 95):.2f} ms")
+
+    table = collections.defaultdict(lambda: [0, 0, 0])  # n, right, silent
+    for truth, text, _, status_ok, info, _ in rows:
+        keys = [("flavour", info["flavour"]), ("length", str(len(truth)))]
+        keys += [("decoration", d) for d in info["decorations"] or ["none"]]
+        for key in keys:
+            cell = table[key]
+            cell[0] += 1
+            cell[1] += truth == text
+            cell[2] += truth != text and status_ok
+    print(f"\n{'group':11s} {'value':17s} {'numbers':>8s} {'right':>8s} {'silent':>8s}")
+    for key in sorted(table):
+        total, good, bad = table[key]
+        print(f"{key[0]:11s} {key[1]:17s} {total:8d} {good / total:8.2%} {bad / total:8.2%}")
+
+    print("\nstring confidence of ok answers vs their accuracy:")
+    bins = [(0.8, 0.9), (0.9, 0.95), (0.95, 0.99), (0.99, 1.01)]
+    calibration = []
+    for lo, hi in bins:
+        sel = [(t == r) for t, r, c, o, _, _ in rows if o and lo <= c < hi]
+        if sel:
+            print(f"  [{lo:.2f}, {min(hi, 1):.2f}): {len(sel):5d} answers, "
+                  f"{np.mean(sel):.2%} right")
+            calibration.append({"from": lo, "to": min(hi, 1.0), "answers": len(sel),
+                                "right": float(np.mean(sel))})
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({
+            "n": n, "seed": args.seed, "min_confidence": min_conf, "right": right / n,
+            "ok": ok / n, "silent": silent / n, "ms_mean": float(ms.mean()),
+            "ms_median": float(np.median(ms)), "ms_p95": float(np.percentile(ms, 95)),
+            "calibration": calibration,
+            "groups": {f"{k[0]}:{k[1]}": v for k, v in table.items()},
+        }, indent=1))
+    if folder_ctx is not None:
+        folder_ctx.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
