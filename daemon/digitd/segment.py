@@ -111,7 +111,7 @@ def segment(image: np.ndarray) -> Single | Line:
     cut = extract(page, line_mask, line_box, side=2 * _digit_height(stats, kept))
     mask, box = mask_of(parts, _one_digit(stats, parts.candidates))
     whole = finish(extract(page, mask, box))
-    found = _line(cut)
+    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale)
     if found is None:
         return Single(whole)
     units, pieces, height = found
@@ -143,14 +143,10 @@ def _side_by_side(stats: np.ndarray, labels: list[int]) -> bool:
     return False
 
 
-def _line(cut: Cut) -> tuple[int, tuple[Piece, ...], float] | None:
-    """Steps 2-5 on the cut-out line; None when it turns out to hold one digit."""
-    binary = cut.binary
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    if n <= 1:
-        return None
-    height = _digit_height(stats, list(range(1, n)))
-    binary = _remove_rules(binary, height)
+def _line(cut: Cut, height: float) -> tuple[int, tuple[Piece, ...], float] | None:
+    """Steps 2-5 on the cut-out line (its digits about `height` pixels tall); None when it
+    turns out to hold one digit."""
+    binary = _remove_rules(cut.binary, int(height))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if n <= 1:
         return None
