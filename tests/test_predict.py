@@ -94,18 +94,22 @@ def test_json_answers_every_file_in_order(answered):
     assert [r["file"] for r in rows] == names
     for row in rows:
         assert set(row) == {"file", "digit", "confidence", "probabilities", "status", "error",
-                            "message"}
+                            "message", "digits", "digit_count", "parts"}
         if row["file"] in labels:
             # recognised: ok at or above the default min_confidence, low_confidence below it
             ok = row["confidence"] >= Config().min_confidence
             assert row["status"] == ("ok" if ok else "low_confidence"), row
             assert row["error"] is None and row["message"] is None
+            # one digit: `digits` is the same digit, and there are no parts
+            assert row["digits"] == str(row["digit"]) and row["digit_count"] == 1
+            assert row["parts"] is None
             assert len(row["probabilities"]) == 10
             assert abs(sum(row["probabilities"]) - 1) < 1e-3
             assert row["confidence"] == max(row["probabilities"])
             assert row["digit"] == row["probabilities"].index(row["confidence"])
         else:
             assert row["status"] == "rejected" and row["digit"] is None
+            assert row["digits"] is None and row["digit_count"] is None
             assert row["error"] == expected[row["file"]] and row["error"] in REASONS
             assert row["message"]
 
@@ -327,14 +331,20 @@ def test_a_decoder_crash_costs_that_file_only(tmp_path, sample, capsys, monkeypa
         files.append(str(tmp_path / f"{i}.png"))
         Path(files[-1]).write_bytes(encode_png(x[i]))
     poison = Path(files[1]).read_bytes()
-    real_prepare = digitd.intake.prepare
+    real_prepare, real_decode = digitd.intake.prepare, digitd.intake.decode_png
 
-    def prepare(data: bytes, max_pixels: int):
+    def prepare(data: bytes, max_pixels: int):  # recognise: digit
         if data == poison:
             raise IndexError("a decoder bug")
         return real_prepare(data, max_pixels)
 
+    def decode_png(data: bytes, max_pixels: int):  # recognise: auto (the default), number
+        if data == poison:
+            raise IndexError("a decoder bug")
+        return real_decode(data, max_pixels)
+
     monkeypatch.setattr(digitd.intake, "prepare", prepare)
+    monkeypatch.setattr(digitd.intake, "decode_png", decode_png)
     code = predict_command(Namespace(files=files, model=None, json=True, preview=None))
     out, err = capsys.readouterr()
     rows = [json.loads(line) for line in out.splitlines()]

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "configured one, else shipped)")
     predict.add_argument("--min-confidence", type=_probability, metavar="P",
                          help="below this a result is low_confidence (default: configured)")
+    predict.add_argument("--recognise", choices=("auto", "digit", "number"),
+                         help="one digit per image, a number (digits side by side), or auto "
+                         "(default: configured)")
     predict.add_argument("--json", action="store_true", help="one JSON object per file")
     predict.add_argument("--preview", metavar="DIR", help="write annotated previews into DIR")
     predict.set_defaults(handler=_command("predict", "predict_command"))

@@ -74,7 +74,7 @@ class Config:
     inbox: Path = Path("inbox")
     outbox: Path = Path("outbox")
     model: Path | None = None  # a .keras file (its .tflite is served); None: the shipped one
-    min_confidence: float = 0.99  # below this a result is "low_confidence" and goes to review
+    recognise: str = "auto"  # "digit": one digit per image; "number": a line of digits; "auto"
     max_pixels: int = 40_000_000  # larger declared PNG sizes are rejected without decoding
     processes: int = 0  # worker processes, each a whole pipeline; 0 means one per CPU core
     watch: WatchConfig = field(default_factory=WatchConfig)
@@ -93,6 +93,7 @@ _RENAMED = {"batch.workers": "batch.threads"}  # "worker" is a process; these ar
 _CHECKS: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "min_confidence": (lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1"),
     "max_pixels": (lambda v: v > 0, "a positive whole number"),
+    "recognise": (lambda v: v in ("auto", "digit", "number"), '"auto", "digit" or "number"'),
     "watch.observer": (lambda v: v in ("inotify", "polling"), '"inotify" or "polling"'),
     "watch.poll_interval_s": (lambda v: v > 0, "a positive number of seconds"),
     "watch.rescan_interval_s": (lambda v: v > 0, "a positive number of seconds"),

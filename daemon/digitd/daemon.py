@@ -44,6 +44,7 @@ from digitd.intake import Intake, take_in
 from digitd.model import ModelError, load_classifier
 from digitd.notify import Notifier
 from digitd.outputs import Outbox, OutboxError
+from digitd.reader import Reading, read_all
 from digitd.reload import ModelReloader, model_name
 from digitd.result import Result, printable_name
 from digitd.run import ONE_PROCESS, WorkerId
@@ -311,15 +312,17 @@ class Daemon:
         classifier = self.classifier  # this batch's model, whatever a reload does meanwhile
         t1 = time.monotonic()
         good = [i for i, intake in enumerate(intakes) if intake.ok]
-        probabilities = np.zeros((len(intakes), 10), np.float32)
-        if good:
-            inputs = np.stack([intakes[i].model_input for i in good]).astype(np.float32)
-            probabilities[good] = classifier.predict(inputs)
+        readings: list = [(None, None)] * len(intakes)
+        answers = read_all([(intakes[i].model_input, intakes[i].line) for i in good],
+                           classifier.predict, self.config.recognise)
+        for i, answer in zip(good, answers, strict=True):
+            readings[i] = answer
         t2 = time.monotonic()
         processed_at = datetime.now(timezone.utc)
         results = [
-            self._result(job.batch, item, intake, probs, processed_at, classifier)
-            for item, intake, probs in zip(job.batch.items, intakes, probabilities, strict=True)
+            self._result(job.batch, item, intake, probs, number, processed_at, classifier)
+            for item, intake, (probs, number) in zip(job.batch.items, intakes, readings,
+                                                     strict=True)
         ]
         previews = self._start_previews(results, intakes)
         timings = {"wait_ms": job.waited_s * 1000, "decode_ms": (t1 - job.started) * 1000}
@@ -359,13 +362,13 @@ class Daemon:
 
     def _take_in(self, item: Claimed) -> Intake:
         """Read one claimed entry and normalise it (on the pool); failures are reason codes."""
-        intake = take_in(item.path, self.config.max_pixels)
+        intake = take_in(item.path, self.config.max_pixels, self.config.recognise)
         if intake.crash is not None:
             log.error("decode_crashed", file=printable_name(item.name), exc_info=intake.crash)
         return intake
 
-    def _result(self, batch: Batch, item: Claimed, intake: Intake, probs: np.ndarray,
-                processed_at: datetime, classifier) -> Result:
+    def _result(self, batch: Batch, item: Claimed, intake: Intake, probs: np.ndarray | None,
+                number: Reading | None, processed_at: datetime, classifier) -> Result:
         identity = dict(
             id=item.id,
             file=item.name,
@@ -379,6 +382,9 @@ class Daemon:
         if not intake.ok:
             return Result.rejected(intake.error, intake.message, **identity)
         preview = f"previews/{item.id}.png" if self.config.outputs.previews else ""
+        if number is not None:
+            return Result.number(number, self.config.min_confidence, preview=preview,
+                                 **identity)
         return Result.recognised(probs, self.config.min_confidence, preview=preview, **identity)
 
     def _start_previews(self, results: list[Result], intakes: list[Intake]) -> list[Future]:
@@ -391,8 +397,8 @@ class Daemon:
             result, intake = pair
             if not result.preview:
                 return None
-            png = render_preview(intake.image, intake.model_input, result.digit,
-                                 result.confidence)
+            png = render_preview(intake.image, intake.model_input, result.digits,
+                                 result.confidence, parts=result.parts)
             try:
                 self.outbox.write_preview(result, png)
             except OSError:

@@ -1,6 +1,7 @@
 """Taking in one dropped file: read it safely, guard, hash, decode and normalise it.
 
-    take_in(path, max_pixels) -> Intake(sha256, image, model_input) or Intake(error, message)
+    take_in(path, max_pixels, recognise) -> Intake(sha256, image, model_input, line)
+                                             or Intake(error, message)
 
 The one way in for the daemon and `digitd predict`, so that both refuse the same files for
 the same reasons. Every failure becomes a reason code (digitd.codes.Reason), never an
@@ -10,7 +11,10 @@ the daemon and not the other files of a `digitd predict` run.
 The read (`read_input_file`) examines the entry with lstat and fstat before any read, so a
 symlink, FIFO (never blocks), socket, folder or device is `not_regular` without being opened
 or read, and checks the PNG header before the rest is read, so a file whose header declares
-too many pixels is not read further. The image work is digitd.preprocess's (pure functions).
+too many pixels is not read further. The image work is digitd.preprocess's and, unless
+`recognise` is "digit", digitd.segment's (pure functions): `model_input` is always the whole
+ink read as one digit, exactly preprocess.normalise's; `line` holds the candidates when the
+ink may be several digits side by side (digitd.reader reads them).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import numpy as np
 
 from digitd.codes import Reason, Rejected
 from digitd.pngcheck import read_header
-from digitd.preprocess import prepare
+from digitd.preprocess import decode_png, prepare
+from digitd.segment import Line, segment
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class Intake:
     sha256: str = ""  # of the file's bytes; "" when they could not be read
     image: np.ndarray | None = None
     model_input: np.ndarray | None = None
+    line: Line | None = None  # several digits side by side may be there (not with "digit")
     error: Reason | None = None
     message: str = ""
     crash: Exception | None = None  # an unexpected decoder exception (error is CORRUPT)
@@ -45,21 +51,28 @@ class Intake:
         return self.model_input is not None
 
 
-def take_in(path: str | os.PathLike, max_pixels: int) -> Intake:
-    """Read, guard, hash, decode and normalise one file; never raises for a bad file."""
+def take_in(path: str | os.PathLike, max_pixels: int, recognise: str = "digit") -> Intake:
+    """Read, guard, hash, decode and normalise (and with `recognise` "auto" or "number",
+    segment) one file; never raises for a bad file."""
     try:
         data = read_input_file(path, max_pixels)
     except Rejected as exc:
         return Intake(error=exc.code, message=exc.message)
     sha256 = hashlib.sha256(data).hexdigest()
     try:
-        prepared = prepare(data, max_pixels)
+        if recognise == "digit":
+            prepared = prepare(data, max_pixels)
+            return Intake(sha256, prepared.image, prepared.model_input)
+        image = decode_png(data, max_pixels)
+        found = segment(image)
     except Rejected as exc:
         return Intake(sha256, error=exc.code, message=exc.message)
     except Exception as exc:  # a decoder bug must cost one file, not the run
         return Intake(sha256, error=Reason.CORRUPT, message=f"could not be decoded ({exc})",
                       crash=exc)
-    return Intake(sha256, prepared.image, prepared.model_input)
+    if isinstance(found, Line):
+        return Intake(sha256, image, found.whole, found)
+    return Intake(sha256, image, found.model_input)
 
 
 def max_file_bytes(max_pixels: int) -> int:

@@ -16,6 +16,8 @@ import json
 import os
 from pathlib import Path
 
+import structlog
+
 from digitd.codes import Status
 from digitd.config import OutputConfig
 from digitd.fsutil import (
@@ -25,11 +27,12 @@ from digitd.fsutil import (
     write_atomic,
     write_in_place,
 )
-from digitd.result import CSV_HEADER, Result
+from digitd.result import CSV_COLUMNS, CSV_COLUMNS_V1, CSV_HEADER, CSV_HEADER_V1, Result
 from digitd.review.index import audit_sampled
 
 FOLDERS = ("results", "previews", "review", "processed", "failed")
 REVIEW_INPUTS = "review/inputs"  # with inputs: delete, the inputs under review are kept here
+log = structlog.get_logger("digitd")
 
 
 class OutboxError(Exception):
@@ -46,14 +49,25 @@ class Outbox:
         self.aside = aside  # where an entry that cannot be filed across filesystems is put
         self.audit_share = audit_share  # review.audit_share: `ok` results offered for audit
         self.csv_path = root / "results.csv"
+        self.columns = len(CSV_COLUMNS)  # the columns of each row written
 
     def prepare(self) -> None:
-        """Create the folders; repair a torn last line; refuse a CSV with another header."""
+        """Create the folders; repair a torn last line; refuse a CSV with another header.
+
+        A results.csv with the header from before numbers were read (CSV_HEADER_V1, without
+        `digits` and `digit_count`) is kept as it is and gets rows of those columns only, so
+        that it stays one table (a number's string is then in the batch JSON only); move it
+        away to get the new columns.
+        """
         for name in FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
         if self.config.inputs == "delete" and self.config.review:
             (self.root / REVIEW_INPUTS).mkdir(exist_ok=True)
-        prepare_csv(self.csv_path, CSV_HEADER)
+        if prepare_csv(self.csv_path, CSV_HEADER, older=(CSV_HEADER_V1,)) == CSV_HEADER_V1:
+            self.columns = len(CSV_COLUMNS_V1)
+            log.warning("results_csv_old_header", path=str(self.csv_path),
+                        hint="rows keep its columns: no digits, digit_count; a number's "
+                        "string is in the batch JSON; move it away for the new columns")
 
     def committed_rows(self) -> dict[str, dict[str, str]]:
         """Rows already in results.csv by id: their batches need filing, not recognising."""
@@ -99,7 +113,7 @@ class Outbox:
         write between pages: the restart then cuts the torn line off and treats each row
         on its own (rows present are committed, the rest are redone).
         """
-        append_rows(self.csv_path, CSV_HEADER, [r.row() for r in results])
+        append_rows(self.csv_path, CSV_HEADER, [r.row()[: self.columns] for r in results])
 
     def file_input(self, result: Result) -> None:
         """Move the input to processed/ (or delete it), or to failed/ beside <name>.error.json.
@@ -155,9 +169,10 @@ class Outbox:
         return _with_id(name, result.id + "-" + os.urandom(3).hex())
 
 
-def prepare_csv(path: Path, header: str) -> None:
+def prepare_csv(path: Path, header: str, older: tuple[str, ...] = ()) -> str:
     """Create an append-only CSV if missing; cut a torn last line (a crash mid-write) off;
-    refuse one whose header is not `header` (OutboxError)."""
+    refuse one whose header is neither `header` nor one of the `older` ones (OutboxError).
+    Returns the header the file has (`header` for a new file)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -165,6 +180,9 @@ def prepare_csv(path: Path, header: str) -> None:
         if size:
             _truncate_torn_tail(fd, size)
         head = os.pread(fd, len(header), 0).decode("utf-8", "replace")
+        for old in older:
+            if head.startswith(old):
+                return old
         if head and head != header:
             raise OutboxError(
                 f"{path}: its header is not digitd's ({header.strip()}); "
@@ -172,6 +190,7 @@ def prepare_csv(path: Path, header: str) -> None:
             )
     finally:
         os.close(fd)
+    return header
 
 
 def append_rows(path: Path, header: str, rows: list[list[str]]) -> None:

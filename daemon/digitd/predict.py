@@ -1,16 +1,17 @@
-"""`digitd predict FILE... [--config PATH] [--model PATH] [--min-confidence P] [--json]
-[--preview DIR]`
+"""`digitd predict FILE... [--config PATH] [--model PATH] [--min-confidence P]
+[--recognise auto|digit|number] [--json] [--preview DIR]`
 
 The daemon's answer for each file, without a daemon: one line per file, in the order given,
-`FILE DIGIT CONFIDENCE` (with ` low_confidence` appended when the confidence is below
-`min_confidence`), or `FILE rejected CODE: MESSAGE` for a file that cannot be recognised
+`FILE DIGITS CONFIDENCE` (the digit, or a number's string such as `4071`; with
+` low_confidence` appended when the answer is unsure), or `FILE rejected CODE: MESSAGE` for a
+file that cannot be recognised
 (reason codes: digitd.codes.Reason); with --json one JSON object per line instead (formats:
 digitd.result). Files are taken in exactly as the daemon takes them (digitd.intake: read
 safely, a FIFO never blocks, a huge PNG header is refused before the rest is read), and the
-status follows the same rule with the same settings: `min_confidence`, the model and
-`max_pixels` come from --config (default: the built-in configuration), --min-confidence and
---model override them. A decoder that crashes on one file makes that file `corrupt`; the
-other files still get their answers.
+status follows the same rule with the same settings: `min_confidence`, `recognise`, the model
+and `max_pixels` come from --config (default: the built-in configuration), --min-confidence,
+--recognise and --model override them. A decoder that crashes on one file makes that file
+`corrupt`; the other files still get their answers.
 
 Exit code (digitd.codes.ExitCode): 1 if any file was rejected, 2 for a bad configuration or a
 model that cannot be loaded, 0 otherwise. The model runs once per chunk of up to CHUNK good
@@ -24,13 +25,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from digitd.codes import ExitCode, Status
 from digitd.config import Config, ConfigError, load_config
 from digitd.fsutil import write_atomic
 from digitd.intake import Intake, take_in
 from digitd.model import ModelError, load_classifier
+from digitd.reader import read_all
 from digitd.result import Result
 
 CHUNK = 512  # files read, prepared and recognised together; bounds memory on huge lists
@@ -44,11 +44,13 @@ def _settings(args) -> Config:
         overrides["model"] = Path(args.model)
     if getattr(args, "min_confidence", None) is not None:
         overrides["min_confidence"] = args.min_confidence
+    if getattr(args, "recognise", None):
+        overrides["recognise"] = args.recognise
     return dataclasses.replace(config, **overrides)
 
 
-def _take_in(file: str, max_pixels: int) -> Intake:
-    intake = take_in(file, max_pixels)
+def _take_in(file: str, max_pixels: int, recognise: str) -> Intake:
+    intake = take_in(file, max_pixels, recognise)
     if intake.crash is not None:
         print(f"digitd predict: {file}: the decoder failed: {intake.crash!r}", file=sys.stderr)
     return intake
@@ -71,7 +73,8 @@ def _write_preview(directory: Path, name: str, result: Result, intake: Intake) -
     from digitd.preview import render_preview
 
     note = f"rejected: {result.error}" if result.status == Status.REJECTED else ""
-    png = render_preview(intake.image, intake.model_input, result.digit, result.confidence, note)
+    png = render_preview(intake.image, intake.model_input, result.digits, result.confidence,
+                         note, parts=result.parts)
     write_atomic(directory / name, png)
 
 
@@ -96,9 +99,9 @@ def predict_command(args) -> int:
     files = list(args.files)
     for start in range(0, len(files), CHUNK):
         chunk = files[start : start + CHUNK]
-        intakes = [_take_in(f, config.max_pixels) for f in chunk]
+        intakes = [_take_in(f, config.max_pixels, config.recognise) for f in chunk]
         good = [i for i, intake in enumerate(intakes) if intake.ok]
-        probabilities = np.zeros((len(intakes), 10), np.float32)
+        readings: list = [(None, None)] * len(intakes)
         if good:
             if classifier is None:
                 try:
@@ -109,11 +112,15 @@ def predict_command(args) -> int:
                 if classifier.fallback:
                     print(f"digitd predict: running {classifier.served.name} with TensorFlow: "
                           f"{classifier.fallback}", file=sys.stderr)
-            probabilities[good] = classifier.predict(
-                np.stack([intakes[i].model_input for i in good])
-            )
-        for file, intake, probs in zip(chunk, intakes, probabilities, strict=True):
-            if intake.ok:
+            answers = read_all([(intakes[i].model_input, intakes[i].line) for i in good],
+                               classifier.predict, config.recognise)
+            for i, answer in zip(good, answers, strict=True):
+                readings[i] = answer
+        for file, intake, (probs, number) in zip(chunk, intakes, readings, strict=True):
+            if number is not None:
+                result = Result.number(number, config.min_confidence, file=file,
+                                       sha256=intake.sha256)
+            elif intake.ok:
                 result = Result.recognised(probs, config.min_confidence, file=file,
                                            sha256=intake.sha256)
             else:

@@ -1,11 +1,13 @@
 """The annotated preview: the input as the user drew it, the answer, and what the model saw.
 
-    render_preview(image, model_input, digit, confidence, note="") -> PNG bytes
+    render_preview(image, model_input, digit, confidence, note="", parts=None) -> PNG bytes
 
 A banner on top says the digit and the confidence (white on black when recognised, black on
 light grey with the note, e.g. "low confidence" or "rejected: no_ink", otherwise); below it the
 original, scaled to fit FIT pixels (nearest-neighbour when a tiny input is enlarged, so its
-pixels stay visible), and the 28x28 model input enlarged twice as an inset on the right.
+pixels stay visible), and the 28x28 model input enlarged twice as an inset on the right. For
+a number the banner says its string, and the original (up to FIT_NUMBER pixels) shows each
+digit's box with its value under it, "?" after a doubtful one, in place of the inset.
 
 It is on the daemon's hot path, so it stays cheap: a small canvas, grey when the input is grey
 (a BGR canvas costs 4x as much to encode), and PNG written at compression 1 without row filters
@@ -21,6 +23,8 @@ import numpy as np
 from digitd.preprocess import _to_uint8
 
 FIT = 140  # the original's longest side in the preview
+FIT_NUMBER = 320  # ...when it holds a number (drawn with each digit's box and value)
+LABEL = 16  # the strip under a number that holds its digits' values
 BANNER = 22  # the banner's height
 INSET = 2  # the model input's enlargement (28 -> 56 px)
 GAP = 4
@@ -30,30 +34,30 @@ DARK, LIGHT, FRAME = 30, 225, 150  # grey levels: banners and the inset's frame
 _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 
 
-def _fit(image: np.ndarray) -> np.ndarray:
-    """Scale to fit FIT x FIT: integer nearest-neighbour enlargement, or area reduction."""
+def _fit(image: np.ndarray, fit: int = FIT) -> np.ndarray:
+    """Scale to fit fit x fit: integer nearest-neighbour enlargement, or area reduction."""
     h, w = image.shape[:2]
     side = max(h, w)
-    if side <= FIT:
-        k = FIT // side
+    if side <= fit:
+        k = fit // side
         if k > 1:
             image = cv2.resize(image, (w * k, h * k), interpolation=cv2.INTER_NEAREST)
         return image
-    size = (max(1, round(w * FIT / side)), max(1, round(h * FIT / side)))
-    step = side // FIT  # an integer area reduction is fast; the remaining <2x is linear
+    size = (max(1, round(w * fit / side)), max(1, round(h * fit / side)))
+    step = side // fit  # an integer area reduction is fast; the remaining <2x is linear
     if step >= 4:  # huge: sample every few pixels first (a preview needs no more)
         image = image[:: step // 2, :: step // 2]
         h, w = image.shape[:2]
-        step = max(h, w) // FIT
+        step = max(h, w) // fit
     if step > 1 and min(h, w) >= step:
         image = cv2.resize(image[: h // step * step, : w // step * step], None, fx=1 / step,
                            fy=1 / step, interpolation=cv2.INTER_AREA)
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
 
-def _label(digit: int | None, confidence: float | None, note: str) -> str:
+def _label(digit: int | str | None, confidence: float | None, note: str) -> str:
     parts = []
-    if digit is not None:
+    if digit is not None and digit != "":
         parts.append(str(digit))
         if confidence is not None:
             parts.append(f"{confidence:.1%}")
@@ -62,26 +66,40 @@ def _label(digit: int | None, confidence: float | None, note: str) -> str:
     return "  ".join(parts) if parts else "?"
 
 
-def render_preview(image: np.ndarray | None, model_input: np.ndarray | None, digit: int | None,
-                   confidence: float | None, note: str = "") -> bytes:
-    """PNG bytes: banner with the answer, the original scaled to ~FIT px, the 28x28 inset."""
+def render_preview(image: np.ndarray | None, model_input: np.ndarray | None,
+                   digit: int | str | None, confidence: float | None, note: str = "",
+                   parts: list[dict] | None = None) -> bytes:
+    """PNG bytes: banner with the answer, the original scaled to ~FIT px, the 28x28 inset.
+
+    `digit` may be a number's string; `parts` (Result.parts) are its digits: each box is
+    drawn on the original with its value under it (followed by "?" when doubtful), and the
+    original is scaled to fit FIT_NUMBER pixels instead, without the inset.
+    """
+    number = bool(parts) and image is not None and np.asarray(image).size > 0
     if image is not None and np.asarray(image).size:
-        original = _fit(_to_uint8(image))
+        original = _fit(_to_uint8(image), FIT_NUMBER if number else FIT)
     else:
         original = np.full((56, 56), 200, np.uint8)
     h, w = original.shape[:2]
     side = 28 * INSET
-    body = max(h, side + 2)
-    width = max(w + GAP + side + 2 + GAP, 120)
+    if number:
+        original = _draw_parts(original, parts, w / np.asarray(image).shape[1])
+        h = original.shape[0]
+        body, width = h, max(w, 120)
+    else:
+        body = max(h, side + 2)
+        width = max(w + GAP + side + 2 + GAP, 120)
     shape = (BANNER + body, width) + original.shape[2:]
     canvas = np.full(shape, 255, np.uint8)
 
-    ok = digit is not None and not note
+    ok = digit is not None and digit != "" and not note
     canvas[:BANNER] = DARK if ok else LIGHT
     ink = (255,) * 3 if ok else (0,) * 3
     cv2.putText(canvas, _label(digit, confidence, note), (4, BANNER - 6),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.5, ink, 1, cv2.LINE_AA)
     canvas[BANNER : BANNER + h, :w] = original
+    if number:
+        return _encode(canvas)
 
     x0, y0 = w + GAP, BANNER + 1
     cv2.rectangle(canvas, (x0, y0), (x0 + side + 1, y0 + side + 1), (FRAME,) * 3, 1)
@@ -91,6 +109,28 @@ def render_preview(image: np.ndarray | None, model_input: np.ndarray | None, dig
         if canvas.ndim == 3:
             inset = inset[:, :, None]
         canvas[y0 + 1 : y0 + 1 + side, x0 + 1 : x0 + 1 + side] = inset
+    return _encode(canvas)
+
+
+def _draw_parts(original: np.ndarray, parts: list[dict], scale: float) -> np.ndarray:
+    """The original with each digit's box and value (below the box, on a strip of paper
+    added under the image so that no value covers the ink)."""
+    h, w = original.shape[:2]
+    strip = np.full((LABEL,) + original.shape[1:], 255, np.uint8)
+    out = np.concatenate([original, strip])
+    for part in parts:
+        x, y, bw, bh = (round(v * scale) for v in part["box"])
+        x1, y1 = min(w - 1, x + max(1, bw)), min(h - 1, y + max(1, bh))
+        doubtful = part.get("doubtful", False)
+        cv2.rectangle(out, (x, y), (x1, y1), (DARK,) * 3 if doubtful else (FRAME,) * 3,
+                      2 if doubtful else 1)
+        text = f"{part['digit']}?" if doubtful else str(part["digit"])
+        cv2.putText(out, text, (x, h + LABEL - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (0,) * 3, 1, cv2.LINE_AA)
+    return out
+
+
+def _encode(canvas: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", canvas, _PNG)
     if not ok:  # pragma: no cover - OpenCV always encodes a small uint8 BGR image
         raise RuntimeError("PNG encoding of the preview failed")

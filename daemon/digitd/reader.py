@@ -4,6 +4,7 @@ of reading a number (digitd.segment gives the candidates).
 Pure functions, no model: the caller runs the classifier on every piece's model input (one
 batch for many images) and passes the probabilities in.
 
+    read_all([(whole, line), ...], classifier.predict, mode) -> [(probabilities, Reading | None)]
     read_line(line, probabilities) -> Reading
 
 The reading is the chain of pieces covering every unit whose digits the classifier is
@@ -57,6 +58,22 @@ def model_inputs(whole: np.ndarray, line: Line | None) -> np.ndarray:
     if line is None:
         return whole[None]
     return np.stack([whole] + [piece.model_input for piece in line.pieces])
+
+
+def read_all(images: list[tuple[np.ndarray, Line | None]], predict,
+             mode: str = "auto") -> list[tuple[np.ndarray, Reading | None]]:
+    """Read many images with one call of `predict` ((N, 28, 28) -> (N, 10), the classifier):
+    for each (whole, line) its whole ink's probabilities and its number (None: one digit)."""
+    if not images:
+        return []
+    inputs = [model_inputs(whole, line) for whole, line in images]
+    probabilities = predict(np.concatenate(inputs).astype(np.float32, copy=False))
+    out, at = [], 0
+    for (_, line), rows in zip(images, inputs, strict=True):
+        mine = probabilities[at : at + len(rows)]
+        at += len(rows)
+        out.append((mine[0], read(line, mine, mode)))
+    return out
 
 
 def read(line: Line | None, probabilities: np.ndarray, mode: str = "auto") -> Reading | None:

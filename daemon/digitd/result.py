@@ -3,7 +3,7 @@
     Result.row()             a results.csv row (CSV_COLUMNS); Result.from_row() reads one back
     Result.batch_item()      its item in outbox/results/<batch>.json
     Result.error_document()  outbox/failed/<name>.error.json, for a rejected input
-    Result.line()            `digitd predict`'s text line
+    Result.line()            `digitd predict`'s text line (the digit, or a number's string)
     Result.answer()          `digitd predict --json`'s object
 
 and the one rule that turns the model's probabilities into a status (`Result.recognised`), so
@@ -26,12 +26,18 @@ from digitd.codes import REASONS, Reason, Status
 
 if TYPE_CHECKING:
     from digitd.claims import Claimed
+    from digitd.reader import Reading
 
 CSV_COLUMNS = (
     "id", "file", "status", "digit", "confidence", "sha256", "batch",
     "received_at", "processed_at", "model", "preview", "error",
+    "digits", "digit_count",
 )  # fmt: skip
 CSV_HEADER = ",".join(CSV_COLUMNS) + "\r\n"
+# The header before numbers were read (`digits` and `digit_count` appended since): an outbox
+# whose results.csv has it keeps getting rows of these columns only (digitd.outputs).
+CSV_COLUMNS_V1 = CSV_COLUMNS[:12]
+CSV_HEADER_V1 = ",".join(CSV_COLUMNS_V1) + "\r\n"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -60,9 +66,13 @@ class Result:
     message: str = ""
     probabilities: list[float] | None = None
     source: Path | None = None  # the claimed input in the work folder
+    digits: str = ""  # the string read: a number, or the one digit; "" when rejected
+    parts: list[dict] | None = None  # a number's digits: box, value, confidence, top-3, doubtful
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)  # a plain "ok" is accepted, an unknown one is not
+        if not self.digits and self.digit is not None:
+            self.digits = str(self.digit)  # one digit: the string is that digit
         if self.error in REASONS:
             self.error = Reason(self.error)
 
@@ -75,8 +85,34 @@ class Result:
         digit = int(np.argmax(probabilities))
         confidence = float(probabilities[digit])
         status = Status.LOW_CONFIDENCE if confidence < min_confidence else Status.OK
-        return cls(status=status, digit=digit, confidence=confidence,
+        return cls(status=status, digit=digit, confidence=confidence, digits=str(digit),
                    probabilities=[round(float(p), 6) for p in probabilities], **fields)
+
+    @classmethod
+    def number(cls, reading: Reading, min_confidence: float, **fields) -> Result:
+        """A number read (digitd.reader): its confidence is the string's (the product of its
+        digits'); `ok` only when that is at least `min_confidence` and no digit is doubtful
+        (below `min_confidence`, or cut out of touching ink or joined from parts: its shape
+        is a guess). `digit` is empty: the string is in `digits`."""
+        parts = [
+            {
+                "box": list(d.box),
+                "digit": d.value,
+                "confidence": round(d.confidence, 6),
+                "top": [[value, p] for value, p in d.top],
+                "doubtful": d.cut or d.confidence < min_confidence,
+            }
+            for d in reading.digits
+        ]
+        doubtful = any(p["doubtful"] for p in parts)
+        low = doubtful or reading.confidence < min_confidence
+        status = Status.LOW_CONFIDENCE if low else Status.OK
+        return cls(status=status, confidence=reading.confidence, digits=reading.text,
+                   parts=parts, **fields)
+
+    @property
+    def digit_count(self) -> int | None:
+        return len(self.digits) if self.digits else None
 
     @classmethod
     def rejected(cls, error: Reason, message: str, **fields) -> Result:
@@ -99,6 +135,8 @@ class Result:
             self.model,
             self.preview,
             self.error,
+            self.digits,
+            "" if self.digit_count is None else str(self.digit_count),
         ]
 
     @classmethod
@@ -121,6 +159,7 @@ class Result:
             error=row["error"],
             message=REASONS.get(row["error"], ""),
             source=item.path,
+            digits=row.get("digits") or row["digit"],  # no `digits` under the old header
         )
 
     # -- the JSON documents ---------------------------------------------------------------
@@ -140,6 +179,9 @@ class Result:
             "preview": self.preview,
             "error": self.error,
             "message": self.message,
+            "digits": self.digits or None,
+            "digit_count": self.digit_count,
+            "parts": self.parts,
         }
 
     def error_document(self) -> dict:
@@ -159,11 +201,11 @@ class Result:
     # -- digitd predict -------------------------------------------------------------------
 
     def line(self) -> str:
-        """`FILE DIGIT CONFIDENCE`, `FILE DIGIT CONFIDENCE low_confidence`, or
-        `FILE rejected CODE: MESSAGE`."""
+        """`FILE DIGITS CONFIDENCE` (one digit, or the number's string), with
+        ` low_confidence` appended when unsure, or `FILE rejected CODE: MESSAGE`."""
         if self.status == Status.REJECTED:
             return f"{self.file} rejected {self.error}: {self.message}"
-        text = f"{self.file} {self.digit} {self.confidence:.4f}"
+        text = f"{self.file} {self.digits} {self.confidence:.4f}"
         return text + " low_confidence" if self.status == Status.LOW_CONFIDENCE else text
 
     def answer(self) -> dict:
@@ -176,6 +218,9 @@ class Result:
             "probabilities": self.probabilities,
             "error": self.error or None,
             "message": self.message or None,
+            "digits": self.digits or None,
+            "digit_count": self.digit_count,
+            "parts": self.parts,
         }
 
 
