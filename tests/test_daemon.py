@@ -406,3 +406,75 @@ def test_predict_tells_the_same_truth_as_the_daemon(daemons, tmp_path, capsys):
             assert answer["digit"] == int(row["digit"])
             assert abs(answer["confidence"] - float(row["confidence"])) <= 1e-4
     assert {r["status"] for r in rows.values()} == {"ok", "low_confidence", "rejected"}
+
+
+def _number_pngs(n: int, seed: int = 21) -> dict[str, tuple[bytes, str]]:
+    """Numbers on paper (bench/number_scans.py) made of the committed sample's test digits."""
+    import numpy as np
+
+    import number_scans
+    from harness import SAMPLE
+
+    data = np.load(SAMPLE)
+    return {f"number-{i}.png": number_scans.render_number(data["x_test"], data["y_test"], i,
+                                                          seed, flavour="paper_grey",
+                                                          decorations=())[:2]
+            for i in range(n)}
+
+
+def test_numbers_through_the_daemon(daemons):
+    """`recognise: auto`: a number's row has its string in `digits`, its length in
+    `digit_count` and `digit` empty; a single digit's row has the digit in both; the batch
+    JSON gives each digit's box, value and top-3; a preview is written for each."""
+    numbers = _number_pngs(6)
+    digits, labels = sample_digits(3)
+    d = daemons(processes=1)
+    for name, (data, _) in numbers.items():
+        drop(d.inbox, name, data)
+    for i in range(3):
+        drop(d.inbox, f"single-{i}.png", png_bytes(digits[i]))
+    d.start()
+    d.wait_ready()
+    rows = {r["file"]: r for r in d.wait_rows(9, timeout=60)}
+    assert d.stop() == 0
+    with open(d.outbox / "results.csv", encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[-2:] == ["digits", "digit_count"] and tuple(header) == CSV_COLUMNS
+    right = 0
+    items = {}
+    for row in rows.values():
+        document = json.loads((d.outbox / "results" / f"{row['batch']}.json").read_text())
+        items.update({item["file"]: item for item in document["items"]})
+        assert (d.outbox / row["preview"]).is_file()
+    for name, (_, truth) in numbers.items():
+        row, item = rows[name], items[name]
+        right += row["digits"] == truth
+        assert row["digit"] == "" and row["digit_count"] == str(len(row["digits"]))
+        assert item["digits"] == row["digits"] and item["digit"] is None
+        assert len(item["parts"]) == len(row["digits"])
+        for part, value in zip(item["parts"], row["digits"], strict=True):
+            assert part["digit"] == int(value) and len(part["box"]) == 4
+            assert [v for v, _ in part["top"]][0] == part["digit"] and len(part["top"]) == 3
+        if row["status"] == "ok":
+            assert not any(p["doubtful"] for p in item["parts"])
+            assert float(row["confidence"]) >= 0.8
+    assert right >= 4
+    for i in range(3):
+        row = rows[f"single-{i}.png"]
+        assert row["digits"] == row["digit"] == str(labels[i]) and row["digit_count"] == "1"
+        assert items[f"single-{i}.png"]["parts"] is None
+
+
+def test_recognise_digit_reads_all_ink_as_one_digit(daemons):
+    """`recognise: digit` is digitd before numbers: a number's ink is one digit."""
+    numbers = _number_pngs(2)
+    d = daemons(processes=1, recognise="digit")
+    for name, (data, _) in numbers.items():
+        drop(d.inbox, name, data)
+    d.start()
+    d.wait_ready()
+    rows = d.wait_rows(2, timeout=60)
+    assert d.stop() == 0
+    for row in rows:
+        assert row["digit"] != "" and row["digits"] == row["digit"]
+        assert row["digit_count"] == "1"

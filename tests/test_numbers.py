@@ -176,3 +176,27 @@ def test_single_is_the_model_input(sample):
     found = segment(x[0])
     assert isinstance(found, Single)
     assert np.array_equal(found.model_input, normalise(x[0]))
+
+
+def test_preview_draws_each_digit_box_and_value():
+    """render_preview with parts: each box is drawn where it is on the (scaled) original and
+    a doubtful one more heavily; without parts the preview is as before."""
+    import cv2
+
+    from digitd.preview import BANNER, FIT_NUMBER, render_preview
+
+    image = np.full((100, 400), 255, np.uint8)
+    parts = [{"box": [40, 20, 60, 60], "digit": 4, "doubtful": False},
+             {"box": [200, 20, 60, 60], "digit": 7, "doubtful": True}]
+    png = render_preview(image, None, "47", 0.5, parts=parts)
+    out = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    scale = FIT_NUMBER / 400
+    assert out.shape[1] == FIT_NUMBER
+    for part in parts:
+        x, y = round(part["box"][0] * scale), round(part["box"][1] * scale)
+        assert out[BANNER + y, x] < 255  # the box's corner is drawn on white paper
+    thin = out[BANNER + round(50 * scale), round(40 * scale) + 1]
+    thick = out[BANNER + round(50 * scale), round(200 * scale) + 1]
+    assert thin == 255 and thick < 255  # only the doubtful box has a 2-pixel frame
+    plain = render_preview(image, np.zeros((28, 28), np.float32), 4, 0.9)
+    assert cv2.imdecode(np.frombuffer(plain, np.uint8), 0).shape[1] < FIT_NUMBER

@@ -172,3 +172,48 @@ def test_recovery_redoes_uncommitted_rows_and_files_committed_ones(folders):
         deliver(delivery, again, outbox)
     assert sorted(p.name for p in (outbox.root / "processed").iterdir()) == ["d.png", "p1.png"]
     assert len(outbox.committed_rows()) == 2  # filing committed rows writes none
+
+
+def test_a_results_csv_with_the_old_header_keeps_its_columns(tmp_path):
+    """An outbox from before numbers were read (no `digits`, `digit_count`): its header is
+    accepted and its rows keep its twelve columns, so that the file stays one table."""
+    from digitd.result import CSV_COLUMNS_V1, CSV_HEADER_V1
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    work = WorkFolder(inbox)
+    work.open()
+    old_row = "id-0,old.png,ok,3,0.9900,ab,b,t,t,m,,\r\n"
+    (tmp_path / "outbox").mkdir()
+    (tmp_path / "outbox" / "results.csv").write_bytes((CSV_HEADER_V1 + old_row).encode())
+    outbox = Outbox(tmp_path / "outbox", OutputConfig(), work.aside)
+    outbox.prepare()
+    batch = claim(inbox, work, "a.png", "b.png")
+    outbox.append_csv([result(batch.items[0], batch.id),
+                       result(batch.items[1], batch.id, Status.REJECTED)])
+    raw = (outbox.root / "results.csv").read_bytes().decode("utf-8")
+    assert raw.startswith(CSV_HEADER_V1 + old_row)
+    table = list(csv.reader(raw.splitlines()))
+    assert len(table) == 4 and all(len(row) == len(CSV_COLUMNS_V1) for row in table)
+    rows = outbox.committed_rows()
+    back = Result.from_row(rows[batch.items[0].id], batch.items[0], batch.id)
+    assert back.digit == 7 and back.digits == "7"
+
+
+def test_rows_of_numbers_and_digits(folders):
+    """`digits` and `digit_count` are appended: a number's string with `digit` empty; a
+    digit's row repeats it; a rejected row leaves both empty."""
+    inbox, work, outbox = folders
+    batch = claim(inbox, work, "n.png", "d.png", "r.png")
+    number = result(batch.items[0], batch.id)
+    number.digit, number.digits = None, "04071"
+    results = [number, result(batch.items[1], batch.id),
+               result(batch.items[2], batch.id, Status.REJECTED)]
+    outbox.append_csv(results)
+    assert CSV_COLUMNS[-2:] == ("digits", "digit_count")
+    rows = outbox.committed_rows()
+    got = [(rows[i.id]["digit"], rows[i.id]["digits"], rows[i.id]["digit_count"])
+           for i in batch.items]
+    assert got == [("", "04071", "5"), ("7", "7", "1"), ("", "", "")]
+    back = Result.from_row(rows[batch.items[0].id], batch.items[0], batch.id)
+    assert back.row() == number.row()

@@ -354,3 +354,44 @@ def test_a_decoder_crash_costs_that_file_only(tmp_path, sample, capsys, monkeypa
     assert "a decoder bug" in rows[1]["message"] and "a decoder bug" in err
     for row, label in ((rows[0], y[0]), (rows[2], y[2])):
         assert row["status"] in ("ok", "low_confidence") and row["digit"] == label
+
+
+def test_numbers_print_their_string(tmp_path, sample):
+    """A PNG holding a number prints its string (auto, the default); `--recognise digit`
+    reads all its ink as one digit as before; --json gives each digit's box and top-3; the
+    preview shows the string and the boxes, wider than a single digit's."""
+    import number_scans
+
+    x, y = sample
+    truths = {}
+    for i in range(4):
+        data, truth, _ = number_scans.render_number(x, y, i, seed=11, flavour="paper_grey",
+                                                    decorations=())
+        (tmp_path / f"n{i}.png").write_bytes(data)
+        truths[f"n{i}.png"] = truth
+    (tmp_path / "one.png").write_bytes(encode_png(x[0]))
+    names = [*truths, "one.png"]
+    text = run(*names, cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    read = dict(line.split()[:2] for line in text.stdout.splitlines())
+    assert sum(read[name] == truth for name, truth in truths.items()) >= 3
+    assert read["one.png"] == str(y[0])
+
+    one_digit = run("--recognise", "digit", *names, cwd=tmp_path)
+    assert all(len(line.split()[1]) == 1 for line in one_digit.stdout.splitlines())
+
+    proc = run("--json", "--preview", "previews", *names, cwd=tmp_path)
+    rows = {row["file"]: row for row in map(json.loads, proc.stdout.splitlines())}
+    for name in truths:
+        row = rows[name]
+        assert row["digit"] is None and row["probabilities"] is None
+        assert row["digit_count"] == len(row["digits"]) == len(row["parts"]) >= 2
+        image = cv2.imread(str(tmp_path / name), cv2.IMREAD_UNCHANGED)
+        h, w = image.shape[:2]
+        for part in row["parts"]:
+            bx, by, bw, bh = part["box"]
+            assert bx >= 0 and by >= 0 and bx + bw <= w and by + bh <= h
+            assert part["top"][0][0] == part["digit"]
+        preview = cv2.imread(str(tmp_path / "previews" / f"{name[:-4]}.preview.png"))
+        single = cv2.imread(str(tmp_path / "previews" / "one.preview.png"))
+        assert preview.shape[1] > single.shape[1]  # the number is shown larger, boxes drawn
