@@ -154,12 +154,13 @@ def test_shape_prior_counts():
 
 
 def test_choose_keeps_a_guessed_split_as_one_digit():
-    """Every digit a guess (cut apart) and the whole no less sure: one digit."""
+    """Every digit a guess (cut apart or joined from parts): one digit, however sure."""
     line = _line([(0, 0), (1, 1)], units=2, cut={(0, 0): True, (1, 1): True})
-    whole = _probs((0, 0.97))[0]
-    assert choose(line, _probs((6, 0.9), (1, 0.9)), whole) is None
+    assert choose(line, _probs((6, 0.99), (1, 0.99))) is None
+    half = _line([(0, 0), (1, 1)], units=2, cut={(0, 0): True})
+    assert choose(half, _probs((6, 0.9), (1, 0.9))).text == "61"
     natural = _line([(0, 0), (1, 1)], units=2)
-    assert choose(natural, _probs((6, 0.9), (1, 0.9)), whole).text == "61"
+    assert choose(natural, _probs((6, 0.9), (1, 0.9))).text == "61"
 
 
 def test_modes():

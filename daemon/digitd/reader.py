@@ -87,19 +87,19 @@ def read(line: Line | None, probabilities: np.ndarray, mode: str = "auto") -> Re
     if mode == "number":
         reading = read_line(line, pieces)
         return reading if len(reading.digits) > 1 else None
-    return choose(line, pieces, probabilities[0])
+    return choose(line, pieces)
 
 
-def choose(line: Line, pieces: np.ndarray, whole: np.ndarray) -> Reading | None:
-    """The number read from `line`, or None when it is better read as one digit: when the
-    best chain is one piece, or when every digit of it is a guess (cut out of touching ink
-    or joined from parts) and the whole ink read as one digit is at least as sure (a single
-    digit broken in two, a wide 0 with a thin stroke). `pieces`: the probabilities of the
-    line's pieces; `whole`: those of line.whole."""
+def choose(line: Line, pieces: np.ndarray) -> Reading | None:
+    """The number read from `line`, or None when it is read as one digit: when the best
+    chain is one piece, or when every digit of it is a guess (cut out of touching ink or
+    joined from parts: far more often a single digit broken in two or a wide 0 cut at a thin
+    stroke than a number of touching digits alone). `pieces`: the probabilities of the
+    line's pieces."""
     reading = read_line(line, pieces)
     if len(reading.digits) <= 1:
         return None
-    if all(d.cut for d in reading.digits) and float(np.max(whole)) >= reading.confidence:
+    if all(d.cut for d in reading.digits):
         return None
     return reading
 

@@ -103,6 +103,7 @@ def segment(image: np.ndarray) -> Single | Line:
     areas = stats[:, 4]
     big = max(areas[i] for i in parts.candidates)
     kept = [i for i in parts.candidates if areas[i] >= DUST * big]
+    kept = [i for i in kept if not _edge_line(stats[i], page.ink.shape)] or kept
     if not _side_by_side(stats, kept):
         mask, box = mask_of(parts, _one_digit(stats, parts.candidates))
         return Single(finish(extract(page, mask, box)))
@@ -116,6 +117,16 @@ def segment(image: np.ndarray) -> Single | Line:
         return Single(whole)
     units, pieces, height = found
     return Line(units, pieces, height, whole)
+
+
+def _edge_line(stat: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """A scanner's border line: along an edge, most of its length, thin."""
+    x, y, w, h, _ = stat
+    rows, cols = shape[:2]
+    near_x, near_y = max(2, 0.06 * cols), max(2, 0.06 * rows)
+    upright = (x <= near_x or x + w >= cols - near_x) and h >= 0.6 * rows and w <= 0.15 * h
+    lying = (y <= near_y or y + h >= rows - near_y) and w >= 0.6 * cols and h <= 0.15 * w
+    return bool(upright or lying)
 
 
 def _digit_height(stats: np.ndarray, labels: list[int]) -> int:
