@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from digitd.claims import set_aside_root
+from digitd.result import CSV_COLUMNS
 from harness import (
     FAST,
     DaemonProcess,
@@ -294,7 +295,7 @@ def parse_csv(path: Path, n_rows: int) -> str:
     """Parse with csv (always) and pandas (here, or in DIGITD_PANDAS_PYTHON's environment)."""
     with open(path, encoding="utf-8", newline="") as f:
         table = list(csv.reader(f))
-    if len(table) != n_rows + 1 or any(len(row) != 12 for row in table):
+    if len(table) != n_rows + 1 or any(len(row) != len(CSV_COLUMNS) for row in table):
         widths = sorted({len(r) for r in table})
         return f"error: csv.reader sees {len(table)} lines, widths {widths}"
     script = (
@@ -312,6 +313,6 @@ def parse_csv(path: Path, n_rows: int) -> str:
             return "csv-ok,pandas-absent"
         return f"error: pandas: {done.stderr.strip().splitlines()[-1]}"
     n, width, version = done.stdout.split()
-    if int(n) != n_rows or int(width) != 12:
+    if int(n) != n_rows or int(width) != len(CSV_COLUMNS):
         return f"error: pandas sees {n} rows x {width} columns"
     return f"csv-ok,pandas-{version}-ok"

@@ -15,7 +15,7 @@ import number_scans
 import scans
 from digitd.model import load_classifier
 from digitd.preprocess import decode_png, normalise
-from digitd.reader import Reading, choose, model_inputs, read, read_line
+from digitd.reader import SHARPNESS, Reading, choose, model_inputs, read, read_line
 from digitd.segment import Line, Piece, Single, segment
 
 SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
@@ -138,7 +138,7 @@ def test_best_chain_joins_a_broken_digit():
     line = _line([(0, 0), (1, 1), (0, 1), (2, 2)], units=3)
     reading = read_line(line, _probs((1, 0.6), (1, 0.6), (4, 0.99), (7, 0.95)))
     assert reading.text == "47"
-    assert reading.confidence == pytest.approx(0.99 * 0.95, rel=1e-6)
+    assert reading.confidence == pytest.approx((0.99 * 0.95) ** SHARPNESS, rel=1e-6)
     assert [d.box[0] for d in reading.digits] == [0, 20]
 
 

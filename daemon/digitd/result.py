@@ -91,9 +91,9 @@ class Result:
     @classmethod
     def number(cls, reading: Reading, min_confidence: float, **fields) -> Result:
         """A number read (digitd.reader): its confidence is the string's (the product of its
-        digits'); `ok` only when that is at least `min_confidence` and no digit is doubtful
-        (below `min_confidence`, or cut out of touching ink or joined from parts: its shape
-        is a guess). `digit` is empty: the string is in `digits`."""
+        digits', sharpened); `ok` only when that is at least `min_confidence` and no digit is
+        doubtful (below `min_confidence`, or cut out of touching ink or joined from parts: its
+        shape is a guess). `digit` is empty: the string is in `digits`."""
         parts = [
             {
                 "box": list(d.box),
