@@ -435,7 +435,7 @@ def test_numbers_through_the_daemon(daemons):
         drop(d.inbox, f"single-{i}.png", png_bytes(digits[i]))
     d.start()
     d.wait_ready()
-    rows = {r["file"]: r for r in d.wait_rows(9, timeout=60)}
+    rows = {r["file"]: r for r in d.wait_rows(9, timeout=180)}
     assert d.stop() == 0
     with open(d.outbox / "results.csv", encoding="utf-8", newline="") as f:
         header = next(csv.reader(f))
@@ -473,7 +473,7 @@ def test_recognise_digit_reads_all_ink_as_one_digit(daemons):
         drop(d.inbox, name, data)
     d.start()
     d.wait_ready()
-    rows = d.wait_rows(2, timeout=60)
+    rows = d.wait_rows(2, timeout=180)
     assert d.stop() == 0
     for row in rows:
         assert row["digit"] != "" and row["digits"] == row["digit"]
