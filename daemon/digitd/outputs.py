@@ -144,8 +144,10 @@ class Outbox:
             move_noreplace(result.source, self.root / "processed" / name)
 
     def _under_review(self, result: Result) -> bool:
-        """Offered on the review page: low confidence, or `ok` and in the audit sample."""
-        if not self.config.review:
+        """Offered on the review page: low confidence, or `ok` and in the audit sample. Not a
+        number: the page judges single digits only (a number's correction would be a string,
+        which it does not take yet), so a number's input is deleted as the others are."""
+        if not self.config.review or result.digit is None:
             return False
         return result.status == Status.LOW_CONFIDENCE or (
             result.status == Status.OK and audit_sampled(result.id, self.audit_share))
