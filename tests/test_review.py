@@ -34,7 +34,9 @@ def server(outbox):
 
 
 def low_rows(outbox: Path) -> list[dict[str, str]]:
-    return [r for r in read_csv(outbox / "results.csv") if r["status"] == "low_confidence"]
+    """The unsure single digits (the page does not take numbers: `digit` empty)."""
+    return [r for r in read_csv(outbox / "results.csv")
+            if r["status"] == "low_confidence" and r["digit"]]
 
 
 def sha(path: Path) -> str:
