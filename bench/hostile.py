@@ -150,8 +150,10 @@ def build(inbox: Path, secret: Path, long_bad_name: bool = True,
 def hostile_inputs(root: Path, model: Path | None = None, outbox_tmpfs: bool = False,
                    long_bad_name: bool = True, only_long_bad_name: bool = False,
                    **config) -> Outcome:
-    """All of it in one batch: everything is in the inbox before the daemon starts, and a
-    batch waits up to 3 s, longer than the 1 s after which incomplete files are taken."""
+    """All of it in one batch: everything is in the inbox before the daemon starts, one
+    worker process takes it (two, ready at the same moment, would each take their own share
+    of the names), and a batch waits up to 3 s, longer than the 1 s after which incomplete
+    files are taken."""
     out = Outcome("hostile_cross_fs" if outbox_tmpfs else "hostile_inputs")
     if outbox_tmpfs and os.geteuid() != 0:
         out.skipped = "needs root (mount)"
@@ -160,7 +162,8 @@ def hostile_inputs(root: Path, model: Path | None = None, outbox_tmpfs: bool = F
 
     secret = root / "secret.txt"
     secret.write_bytes(SECRET + b"\n")
-    settings = {**FAST, "batch": {"max_size": 64, "max_wait_ms": 3000}, **config}
+    settings = {**FAST, "processes": 1, "batch": {"max_size": 64, "max_wait_ms": 3000},
+                **config}
     mount = tmpfs(root / "outbox", "512m") if outbox_tmpfs else _nothing()
     with mount, Session(root, model, settings) as s:
         s.inbox.mkdir(exist_ok=True)
