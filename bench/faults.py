@@ -21,9 +21,7 @@ The scenarios are plain functions returning an `Outcome`, so the tests assert on
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -47,6 +45,7 @@ from harness import (
     Session,
     events,
     guard,
+    lowered_sysctl,
     png_bytes,
     read_rows,
     rss_kb,
@@ -579,25 +578,6 @@ def outbox_readonly(root: Path, files: int = 240, model: Path | None = None,
 # -- more files than the inotify queue holds -----------------------------------------------------
 
 
-@contextlib.contextmanager
-def inotify_queue(limit: int | None):
-    """Lower max_queued_events while a daemon creates its inotify instance (the limit is
-    taken when the instance is created, so the window for other processes stays short)."""
-    if limit is None:
-        yield
-        return
-    # Two runs at once (a bench and `make test`) would interleave save/restore and leave the
-    # low limit in place for good: the window is serialised by a lock file.
-    with open("/tmp/digitd-faults-inotify.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        old = QUEUE_SYSCTL.read_text().strip()
-        QUEUE_SYSCTL.write_text(str(limit))
-        try:
-            yield
-        finally:
-            QUEUE_SYSCTL.write_text(old)
-
-
 def inotify_flood(root: Path, files: int = 100_000, queue_limit: int | None = None,
                   model: Path | None = None, **config) -> Outcome:
     """Stage `files` inputs, then rename them all into the inbox at once."""
@@ -609,7 +589,7 @@ def inotify_flood(root: Path, files: int = 100_000, queue_limit: int | None = No
     queue_len = int(QUEUE_SYSCTL.read_text())
     with Session(root, model, {**FAST, **config}) as s:
         d = s.daemon()
-        with inotify_queue(queue_limit):
+        with lowered_sysctl(QUEUE_SYSCTL, queue_limit, "digitd-faults-inotify"):
             d.start()
             d.wait_ready(300)
             time.sleep(0.5)  # the observer starts its inotify instance after READY

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import signal
@@ -82,6 +83,26 @@ def read_rows(outbox: Path) -> list[dict[str, str]]:
         return []
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
+
+
+@contextlib.contextmanager
+def lowered_sysctl(path: Path, value: int | None, lock: str):
+    """Set the kernel limit at `path` to `value` for the block (None: leave it), then restore
+    it. Limits such as inotify's queue or a socket's datagram queue are taken when the object
+    is created, so the window for other processes stays short. Two runs at once (a bench and
+    `make test`) would interleave save and restore and leave the low limit in place for good:
+    the window is serialised by the lock file `/tmp/<lock>.lock`. Needs root."""
+    if value is None:
+        yield
+        return
+    with open(f"/tmp/{lock}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        old = path.read_text().strip()
+        path.write_text(str(value))
+        try:
+            yield
+        finally:
+            path.write_text(old)
 
 
 class DaemonProcess:

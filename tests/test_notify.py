@@ -7,7 +7,6 @@ reads late must still get READY=1 and STOPPING=1; WATCHDOG=1 and STATUS= may be 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from digitd.notify import Notifier
-from harness import DaemonProcess
+from harness import DaemonProcess, lowered_sysctl
 
 QLEN_SYSCTL = Path("/proc/sys/net/unix/max_dgram_qlen")
 
@@ -39,22 +38,10 @@ def receiver(qlen: int | None = None):
         os.rmdir(folder)
 
 
-@contextlib.contextmanager
 def dgram_queue_limit(limit: int | None):
     """Lower net.unix.max_dgram_qlen while sockets are created in the block (a socket takes
-    the limit when it is created). Serialised by a lock file, so that two test runs at once
-    cannot leave the low limit in place."""
-    if limit is None:
-        yield
-        return
-    with open("/tmp/digitd-test-dgram-qlen.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        old = QLEN_SYSCTL.read_text().strip()
-        QLEN_SYSCTL.write_text(str(limit))
-        try:
-            yield
-        finally:
-            QLEN_SYSCTL.write_text(old)
+    the limit when it is created)."""
+    return lowered_sysctl(QLEN_SYSCTL, limit, "digitd-test-dgram-qlen")
 
 
 def drain(sock: socket.socket, wait_s: float = 0.0) -> list[str]:

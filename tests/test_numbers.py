@@ -6,8 +6,6 @@ with separators and decoration) through the real decoder, segmentation and shipp
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -17,14 +15,6 @@ from digitd.model import load_classifier
 from digitd.preprocess import decode_png, normalise
 from digitd.reader import SHARPNESS, Reading, choose, model_inputs, read, read_line
 from digitd.segment import Line, Piece, Single, segment
-
-SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
-
-
-@pytest.fixture(scope="module")
-def sample():
-    data = np.load(SAMPLE)
-    return data["x_test"], data["y_test"]
 
 
 @pytest.fixture(scope="module")

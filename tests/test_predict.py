@@ -20,18 +20,11 @@ from digitd.preprocess import DEFAULT_MAX_PIXELS, REASONS, Rejected
 from harness import run_cli
 from pngwrite import bomb_png, encode_png
 
-SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
 MODEL = default_model_path()
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return run_cli("predict", *args, cwd=cwd)
-
-
-@pytest.fixture(scope="module")
-def sample():
-    data = np.load(SAMPLE)
-    return data["x_test"], data["y_test"]
 
 
 def bad_files(folder: Path) -> dict[str, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,14 +25,6 @@ from digitd.preprocess import (
     prepare,
 )
 from pngwrite import bomb_png, chunk, encode_png
-
-SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
-
-
-@pytest.fixture(scope="module")
-def sample():
-    data = np.load(SAMPLE)
-    return data["x_test"], data["y_test"]
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,8 @@ from digitd.preprocess import Rejected, normalise, prepare
 from digitd.ruling import Ruling, remove_ruling
 from pngwrite import encode_png
 
-SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
 MODEL = Path(__file__).parent.parent / "daemon" / "digitd" / "models" / "digitd-cnn.keras"
 LEVEL = 127  # ink maps below are 0..255; a pixel is ink above half strength
-
-
-@pytest.fixture(scope="module")
-def sample():
-    data = np.load(SAMPLE)
-    return data["x_test"], data["y_test"]
 
 
 def as_ink(cover: np.ndarray) -> np.ndarray:
