@@ -428,7 +428,7 @@ def test_numbers_through_the_daemon(daemons):
     JSON gives each digit's box, value and top-3; a preview is written for each."""
     numbers = _number_pngs(6)
     digits, labels = sample_digits(3)
-    d = daemons(processes=1)
+    d = daemons(processes=1, recognise="auto")
     for name, (data, _) in numbers.items():
         drop(d.inbox, name, data)
     for i in range(3):

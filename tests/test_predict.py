@@ -331,7 +331,7 @@ def test_a_decoder_crash_costs_that_file_only(tmp_path, sample, capsys, monkeypa
             raise IndexError("a decoder bug")
         return real_prepare(data, max_pixels)
 
-    def decode_png(data: bytes, max_pixels: int):  # recognise: auto (the default), number
+    def decode_png(data: bytes, max_pixels: int):  # recognise: auto, number
         if data == poison:
             raise IndexError("a decoder bug")
         return real_decode(data, max_pixels)
@@ -350,8 +350,8 @@ def test_a_decoder_crash_costs_that_file_only(tmp_path, sample, capsys, monkeypa
 
 
 def test_numbers_print_their_string(tmp_path, sample):
-    """A PNG holding a number prints its string (auto, the default); `--recognise digit`
-    reads all its ink as one digit as before; --json gives each digit's box and top-3; the
+    """A PNG holding a number prints its string (`--recognise auto`); `digit`, the
+    default, reads all its ink as one digit as before; --json gives each digit's box and top-3; the
     preview shows the string and the boxes, wider than a single digit's."""
     import number_scans
 
@@ -364,16 +364,17 @@ def test_numbers_print_their_string(tmp_path, sample):
         truths[f"n{i}.png"] = truth
     (tmp_path / "one.png").write_bytes(encode_png(x[0]))
     names = [*truths, "one.png"]
-    text = run(*names, cwd=tmp_path)
+    text = run("--recognise", "auto", *names, cwd=tmp_path)
     assert text.returncode == 0, text.stderr
     read = dict(line.split()[:2] for line in text.stdout.splitlines())
     assert sum(read[name] == truth for name, truth in truths.items()) >= 3
     assert read["one.png"] == str(y[0])
 
-    one_digit = run("--recognise", "digit", *names, cwd=tmp_path)
+    one_digit = run(*names, cwd=tmp_path)  # the default: digit
     assert all(len(line.split()[1]) == 1 for line in one_digit.stdout.splitlines())
 
-    proc = run("--json", "--preview", "previews", *names, cwd=tmp_path)
+    proc = run("--recognise", "auto", "--json", "--preview", "previews", *names,
+               cwd=tmp_path)
     rows = {row["file"]: row for row in map(json.loads, proc.stdout.splitlines())}
     for name in truths:
         row = rows[name]
