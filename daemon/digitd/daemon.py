@@ -179,7 +179,6 @@ class Daemon:
         """Folders, lock, model (loaded and warmed), then whatever a crash left behind."""
         import cv2
 
-
         cv2.setNumThreads(1)  # the pool gives the parallelism; avoid oversubscription
         self.config.inbox.mkdir(parents=True, exist_ok=True)
         self.outbox.prepare()
@@ -191,26 +190,26 @@ class Daemon:
                 "entry for their common parent)",
             )
         self.work.open()
-        self.classifier = load_classifier(self.config.model, threads=self.model_threads)
-        if self.classifier.fallback:  # said once per process, at start
-            log.warning("model_fallback", served=str(self.classifier.served),
-                        reason=self.classifier.fallback, runtime="tensorflow")
-        self.classifier.warm_up(self.config.batch.max_size)
+        self.classifier = self._load_model(self.config.model)
         self._recogniser.start()
         self._writer.start()
         self._recover()
         self.watcher.start()
 
-    def _load_configured_model(self):
-        """The reload's work, on its own thread: the model the configuration names now,
-        loaded and warmed (any failure raises, and the old model keeps serving)."""
-        model = self._reread().model
-        classifier = load_classifier(model, threads=self.model_threads)
+    def _load_model(self, path):
+        """Load and warm a model (None: the shipped one); a TensorFlow fallback is said once,
+        when the model is loaded (at start, or by a reload)."""
+        classifier = load_classifier(path, threads=self.model_threads)
         if classifier.fallback:
             log.warning("model_fallback", served=str(classifier.served),
                         reason=classifier.fallback, runtime="tensorflow")
         classifier.warm_up(self.config.batch.max_size)
         return classifier
+
+    def _load_configured_model(self):
+        """The reload's work, on its own thread: the model the configuration names now,
+        loaded and warmed (any failure raises, and the old model keeps serving)."""
+        return self._load_model(self._reread().model)
 
     def _install(self, classifier) -> None:
         self.classifier = classifier  # the next batch takes it; batches under way keep theirs
