@@ -40,6 +40,7 @@ class Notifier:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._pending: queue.Queue[bytes | None] = queue.Queue()
         self._sender: threading.Thread | None = None
+        self._starting = threading.Lock()
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
         wanted = usec.isdigit() and (not pid or pid == str(os.getpid()))
@@ -65,11 +66,12 @@ class Notifier:
             except OSError:
                 pass  # gone or congested: the next STATUS or WATCHDOG carries on
             return
-        if self._sender is None or not self._sender.is_alive():
-            self._sender = threading.Thread(target=self._deliver_loop, name="notify",
-                                            daemon=True)
-            self._sender.start()
-        self._pending.put(message)
+        with self._starting:  # the loop and a reload thread may both send: one sender
+            if self._sender is None or not self._sender.is_alive():
+                self._sender = threading.Thread(target=self._deliver_loop, name="notify",
+                                                daemon=True)
+                self._sender.start()
+            self._pending.put(message)
 
     def close(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
         """Wait (up to `timeout`) for queued state changes to go out, then close."""
