@@ -63,8 +63,12 @@ def test_state_changes_wait_for_a_congested_socket_and_keep_their_order():
         notifier.send(READY=1, STATUS="Ready")
         notifier.send(STOPPING=1)
         time.sleep(1.0)  # the manager reads nothing meanwhile
-        got = drain(sock)
-        assert 10 <= len(got) < 30  # max_dgram_qlen (10, the default) + 1: the queue was full
+        # The queue is full of pings (max_dgram_qlen, 10 by default, + 1). Each read makes
+        # room, which the waiting READY=1 takes at once, behind what is queued: so the first
+        # ten read were all queued before it, and none may be READY=1 (it was not dropped
+        # ahead of them either: it comes after, below).
+        sock.settimeout(5.0)
+        got = [sock.recv(4096).decode() for _ in range(10)]
         assert not any("READY=1" in m for m in got)
         got += drain(sock, wait_s=5.0)  # now there is room: the state changes follow
         notifier.close()
