@@ -147,3 +147,59 @@ def test_a_broken_model_is_refused_and_the_old_one_serves_on(tmp_path):
     assert len(failed) == 2 and all(e["level"] == "error" for e in failed), failed
     assert any("missing.keras" in e["error"] for e in failed)
     assert read_rows(daemon.outbox) == rows
+
+
+def set_settings(daemon: DaemonProcess, **changes) -> None:
+    """Change top-level keys of the daemon's configuration file (replaced atomically)."""
+    settings = yaml.safe_load(daemon.config_path.read_text())
+    settings.update(changes)
+    tmp = daemon.config_path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(settings))
+    os.replace(tmp, daemon.config_path)
+
+
+def test_a_reload_applies_min_confidence_and_names_what_needs_a_restart(tmp_path):
+    """min_confidence is re-read with the model: results after READY=1 get their status by
+    the new threshold. A changed setting a reload does not apply is named in a warning."""
+    daemon = DaemonProcess(tmp_path, processes=1, min_confidence=0.0)
+    x, _ = sample_digits(12)
+    damaged = []
+    for i, digit in enumerate(x):  # half of them damaged: the model is unsure of those
+        digit = digit.copy()
+        if i % 2:
+            digit[:, 14:] = 0
+        damaged.append(digit)
+    try:
+        daemon.start()
+        daemon.wait_ready(120)
+        for i, digit in enumerate(damaged):
+            drop(daemon.inbox, f"before-{i}.png", png_bytes(digit))
+        daemon.wait_rows(len(damaged))
+        daemon.messages.clear()
+        settings = yaml.safe_load(daemon.config_path.read_text())
+        batch = {**settings.get("batch", {}), "max_size": 7}
+        set_settings(daemon, min_confidence=1.0, batch=batch)
+        daemon.signal(signal.SIGHUP)
+        _, ready = reload_messages(daemon)
+        assert "Reloaded" in ready, ready
+        for i, digit in enumerate(damaged):
+            drop(daemon.inbox, f"after-{i}.png", png_bytes(digit))
+        rows = daemon.wait_rows(2 * len(damaged))
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    before = [r for r in rows if r["file"].startswith("before-")]
+    after = [r for r in rows if r["file"].startswith("after-")]
+    assert {r["status"] for r in before} == {"ok"}  # min_confidence 0: everything is ok
+    for row in after:  # min_confidence 1: ok only at a probability of exactly 1
+        document = json.loads((daemon.outbox / "results" / f"{row['batch']}.json").read_bytes())
+        confidence = next(i["confidence"] for i in document["items"] if i["id"] == row["id"])
+        assert row["status"] == ("ok" if confidence >= 1.0 else "low_confidence"), row
+    assert sum(r["status"] == "low_confidence" for r in after) >= len(after) // 2
+    events = [json.loads(line) for line in daemon.log_path.read_text().splitlines()
+              if line.startswith("{")]
+    reloaded = [e for e in events if e.get("event") == "reloaded"]
+    assert len(reloaded) == 1 and reloaded[0]["min_confidence"] == 1.0
+    assert reloaded[0]["previous_min_confidence"] == 0.0
+    restart = [e for e in events if e.get("event") == "reload_needs_restart"]
+    assert len(restart) == 1 and restart[0]["settings"] == ["batch"], restart

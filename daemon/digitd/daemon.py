@@ -45,7 +45,7 @@ from digitd.model import ModelError, load_classifier
 from digitd.notify import Notifier
 from digitd.outputs import Outbox, OutboxError
 from digitd.reader import Reading, read_all
-from digitd.reload import ModelReloader, model_name
+from digitd.reload import ModelReloader, Serving, model_name, needs_restart
 from digitd.result import Result, printable_name
 from digitd.run import ONE_PROCESS, WorkerId
 from digitd.watcher import Arrival, InboxWatcher
@@ -124,9 +124,10 @@ class Daemon:
         self._outbox_failing = False  # the writer is backing off from an outbox error
         self.counts = _Counts()
         self.stopping = False
-        self.classifier = None  # each batch takes it once: a reload swaps it between batches
+        # the model and threshold: each batch takes them once; a reload swaps them between
+        self.serving: Serving | None = None
         self.reloader = ModelReloader(self._load_configured_model, self._install,
-                                      self._notify_with_counts, lambda: self.classifier)
+                                      self._notify_with_counts, lambda: self.serving)
         self._next_ping = 0.0
         self._next_status = 0.0
 
@@ -150,6 +151,7 @@ class Daemon:
             outbox=str(self.config.outbox),
             model=self.classifier.model_id,
             runtime=self.classifier.runtime,
+            min_confidence=self.serving.min_confidence,
             instance=self.work.instance,
             seconds=round(time.monotonic() - started, 2),
         )
@@ -190,7 +192,7 @@ class Daemon:
                 "entry for their common parent)",
             )
         self.work.open()
-        self.classifier = self._load_model(self.config.model)
+        self.serving = Serving(self._load_model(self.config.model), self.config.min_confidence)
         self._recogniser.start()
         self._writer.start()
         self._recover()
@@ -206,13 +208,24 @@ class Daemon:
         classifier.warm_up(self.config.batch.max_size)
         return classifier
 
-    def _load_configured_model(self):
-        """The reload's work, on its own thread: the model the configuration names now,
-        loaded and warmed (any failure raises, and the old model keeps serving)."""
-        return self._load_model(self._reread().model)
+    @property
+    def classifier(self):
+        return self.serving.classifier
 
-    def _install(self, classifier) -> None:
-        self.classifier = classifier  # the next batch takes it; batches under way keep theirs
+    def _load_configured_model(self) -> Serving:
+        """The reload's work, on its own thread: the model and min_confidence the
+        configuration names now, the model loaded and warmed (any failure raises, and the old
+        ones keep serving). Other changed settings are named: they need a restart."""
+        config = self._reread()
+        ignored = needs_restart(self.config, config)
+        if ignored:
+            log.warning("reload_needs_restart", settings=ignored,
+                        hint="a reload applies model and min_confidence only; restart digitd "
+                        "for the others")
+        return Serving(self._load_model(config.model), config.min_confidence)
+
+    def _install(self, serving: Serving) -> None:
+        self.serving = serving  # the next batch takes it; batches under way keep theirs
 
     def _recover(self) -> None:
         """Finish batches this daemon's earlier run, or any dead daemon, left in hand."""
@@ -308,7 +321,8 @@ class Daemon:
     def _recognise(self, job: ReadJob) -> None:
         """Stage 2: run the model once on the batch; start the previews on the pool."""
         intakes: list[Intake] = [value for future in job.reads for value in future.result()]
-        classifier = self.classifier  # this batch's model, whatever a reload does meanwhile
+        serving = self.serving  # this batch's model and threshold, whatever a reload does
+        classifier = serving.classifier
         t1 = time.monotonic()
         good = [i for i, intake in enumerate(intakes) if intake.ok]
         readings: list = [(None, None)] * len(intakes)
@@ -319,7 +333,7 @@ class Daemon:
         t2 = time.monotonic()
         processed_at = datetime.now(timezone.utc)
         results = [
-            self._result(job.batch, item, intake, probs, number, processed_at, classifier)
+            self._result(job.batch, item, intake, probs, number, processed_at, serving)
             for item, intake, (probs, number) in zip(job.batch.items, intakes, readings,
                                                      strict=True)
         ]
@@ -367,7 +381,7 @@ class Daemon:
         return intake
 
     def _result(self, batch: Batch, item: Claimed, intake: Intake, probs: np.ndarray | None,
-                number: Reading | None, processed_at: datetime, classifier) -> Result:
+                number: Reading | None, processed_at: datetime, serving: Serving) -> Result:
         identity = dict(
             id=item.id,
             file=item.name,
@@ -375,16 +389,15 @@ class Daemon:
             batch=batch.id,
             received_at=item.received_at,
             processed_at=processed_at,
-            model=classifier.model_id,
+            model=serving.model_id,
             source=item.path,
         )
         if not intake.ok:
             return Result.rejected(intake.error, intake.message, **identity)
         preview = f"previews/{item.id}.png" if self.config.outputs.previews else ""
         if number is not None:
-            return Result.number(number, self.config.min_confidence, preview=preview,
-                                 **identity)
-        return Result.recognised(probs, self.config.min_confidence, preview=preview, **identity)
+            return Result.number(number, serving.min_confidence, preview=preview, **identity)
+        return Result.recognised(probs, serving.min_confidence, preview=preview, **identity)
 
     def _start_previews(self, results: list[Result], intakes: list[Intake]) -> list[Future]:
         """Start rendering and writing the previews on the pool, so the recogniser can move

@@ -1,12 +1,19 @@
-"""Hot reload: SIGHUP (`systemctl reload digitd`) swaps the model without a restart.
+"""Hot reload: SIGHUP (`systemctl reload digitd`) swaps the model and its threshold without
+a restart.
 
 The signal only raises a flag. The daemon's loop then starts a thread that reads the
 configuration file again, loads the model it names and warms it up, while the old model
-keeps answering. The new one is handed over by one assignment: each batch takes the model
-once when its recognition starts and keeps it for its rows and its batch JSON, so batches
-switch between one batch and the next, none is answered by two models, and no input waits
-or is answered twice. A model that is missing or cannot be loaded is refused with a
-`reload_failed` event, and the old one keeps serving.
+keeps answering. What a reload applies is RELOADED: the model and `min_confidence`, which
+belong together (a new model comes with its own operating point); every other setting
+(folders, processes, batch, watch, outputs, recognise, log, review) is read at start only,
+and a reload that finds one changed says so in a `reload_needs_restart` warning.
+
+The new model and threshold are handed over together (a `Serving`) by one assignment: each
+batch takes them once when its recognition starts and keeps them for its rows and its batch
+JSON, so batches switch between one batch and the next, none is answered by two models or
+two thresholds, and no input waits or is answered twice. A model that is missing or cannot
+be loaded, or a configuration that no longer parses, is refused with a `reload_failed`
+event, and the old model and threshold keep serving.
 
 systemd hears RELOADING=1 (with MONOTONIC_USEC=, as sd_notify(3) asks) when the reload
 starts and READY=1 when it is over, with STATUS= naming the model then served.
@@ -17,12 +24,39 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 log = structlog.get_logger("digitd")
+
+
+RELOADED = ("model", "min_confidence")  # the configuration keys a reload applies
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What answers a batch: a loaded classifier and the threshold for its status."""
+
+    classifier: Any
+    min_confidence: float
+
+    @property
+    def path(self) -> Path:
+        return self.classifier.path
+
+    @property
+    def model_id(self) -> str:
+        return self.classifier.model_id
+
+
+def needs_restart(running: Any, reread: Any) -> list[str]:
+    """The top-level configuration keys that differ between the running configuration and
+    the one read again, other than RELOADED: a reload does not apply them."""
+    return [f.name for f in fields(running)
+            if f.name not in RELOADED and getattr(running, f.name) != getattr(reread, f.name)]
 
 
 def monotonic_usec() -> int:
@@ -38,8 +72,9 @@ def model_name(classifier: Any) -> str:
 class ModelReloader:
     """Loads the configured model in the background when asked; `install` swaps it in.
 
-    `load()` returns a loaded, warmed classifier (raising on any failure); `install(c)` makes
-    it the one the next batch takes; `notify(**fields)` speaks to the service manager.
+    `load()` returns a Serving (a loaded, warmed classifier and its threshold; raising on any
+    failure); `install(s)` makes it the one the next batch takes; `notify(**fields)` speaks
+    to the service manager; `current()` is the Serving in use.
     """
 
     def __init__(self, load: Callable[[], Any], install: Callable[[Any], None],
@@ -82,6 +117,7 @@ class ModelReloader:
             return
         self._install(new)
         log.info("reloaded", model=model_name(new), previous=model_name(old),
-                 runtime=getattr(new, "runtime", None),
+                 min_confidence=new.min_confidence, previous_min_confidence=old.min_confidence,
+                 runtime=getattr(new.classifier, "runtime", None),
                  seconds=round(time.monotonic() - started, 2))
         self._notify(READY=1, STATUS=f"Reloaded; serving {model_name(new)}")
