@@ -15,11 +15,13 @@ import pytest
 
 from digitd.finetune import Corrections as Loaded
 from digitd.finetune import read_corrections
+from digitd.model import default_model_path
 from digitd.review.index import Item
 from digitd.review.verdicts import Corrections, VerdictRequest
 from harness import SAMPLE, png_bytes, sample_digits
 
 pytestmark = pytest.mark.slow
+USPS_SAMPLE = Path(__file__).parent / "data" / "usps_sample.gz"
 
 
 def write_corrections(outbox: Path, digits: np.ndarray, labels: list[int | None],
@@ -100,6 +102,14 @@ def test_fine_tunes_and_records_the_corrections_in_the_card(tmp_path):
     assert card["tflite"]["parity"]["same_answers"] == card["tflite"]["parity"]["n"]
     after = card["held_out_accuracy"]["after"]
     assert after >= card["held_out_accuracy"]["before"]
+    base_card = json.loads(Path(default_model_path()).with_suffix(".card.json").read_text())
+    base_t = base_card["calibration"]["temperature"]
+    calib = card["calibration"]
+    assert calib["base_temperature"] == base_t and calib["fitted_on"] == "held_out_corrections"
+    if calib["wrong"] == 0:  # nothing to measure over-confidence against: T is kept
+        assert not calib["refitted"] and calib["temperature"] == base_t
+    else:
+        assert calib["refitted"]
     drop = card["mnist_test_accuracy"]["before"] - card["mnist_test_accuracy"]["after"]
     assert drop <= 0.001 + 1e-9
     predicted = subprocess.run(
@@ -126,3 +136,55 @@ def test_usage_errors(tmp_path):
     assert done.returncode == 2 and "no corrections.csv" in done.stderr
     done = train("--base", "x.keras")
     assert done.returncode == 2 and "need --corrections" in done.stderr
+
+
+def test_refits_the_temperature_on_digits_it_never_trained_on(tmp_path):
+    """Fine-tuning moves the logits: the temperature baked into the written model is fitted
+    again (on the held-out corrections and the USPS calibration part), it minimises the NLL
+    there, and the card records it."""
+    from digitd import calibration
+    from digitd.dataset import load_usps
+    from digitd.finetune import uncalibrated
+    from digitd.model import import_keras
+    from digitd.train import logits_of, usps_inputs
+
+    x, y = sample_digits(60, offset=500)
+    labels = [int(v) for v in y]
+    # three held-out digits labelled wrong (a reviewer's slips): the digits the temperature is
+    # fitted on then hold wrong answers, which is what over-confidence is measured against
+    held = [i for i, d in enumerate(x)
+            if int(hashlib.sha256(png_bytes(d)).hexdigest()[:8], 16) % 5 == 0]
+    for i in held[:3]:
+        labels[i] = (labels[i] + 1) % 10
+    outbox = tmp_path / "outbox"
+    write_corrections(outbox, x, labels, ["corrected"] * 60)
+    models = tmp_path / "models"
+    done = train("--corrections", str(outbox), "--out", str(models), "--steps", "15",
+                 "--usps", str(USPS_SAMPLE))
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "temperature:" in done.stdout
+    card = json.loads((models / "digitd-cnn-corrected.card.json").read_text())
+    calib = card["calibration"]
+    assert calib["fitted_on"] == "held_out_corrections + usps_calibration"
+    assert calib["refitted"] and calib["wrong"] >= 3
+    assert calib["temperature"] != calib["base_temperature"]
+    assert calib["usps_calibration"]["n"] == 120  # the sample's calibration part
+    t = calib["temperature"]
+
+    keras = import_keras()
+    model = keras.saving.load_model(models / "digitd-cnn-corrected.keras", compile=False)
+    scale = model.get_layer("temperature").get_config()["scale"]
+    assert scale == pytest.approx(1 / t, rel=1e-3)  # baked into the graph serving runs
+    loaded = read_corrections([outbox])
+    held = loaded.held_out()
+    x16, y16 = load_usps(USPS_SAMPLE).part("calibration")
+    logits = np.concatenate([logits_of(keras, uncalibrated(keras, model), loaded.x[held]),
+                             logits_of(keras, uncalibrated(keras, model), usps_inputs(x16))])
+    labels = np.concatenate([loaded.y[held], y16.astype(np.int64)])
+    best = calibration.nll(logits, labels, t)
+    assert best <= calibration.nll(logits, labels, t * 1.2)
+    assert best <= calibration.nll(logits, labels, t / 1.2)
+    probabilities = model.predict(loaded.x[held], verbose=0)
+    np.testing.assert_allclose(probabilities, calibration.softmax(logits[: held.sum()], t),
+                               atol=1e-4)
+

@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--usps",
         metavar="PATH",
         help="USPS zip.train.gz (or its folder): train on its train part, calibrate on its "
-        "calibration part, measure the operating point (digitd.dataset's shared split)",
+        "calibration part, measure the operating point (digitd.dataset's shared split); with "
+        "--corrections: refit the temperature on its calibration part too",
     )
     train.add_argument("--arch", choices=("cnn", "mlp"), default="cnn")
     train.add_argument("--epochs", type=int, help="default: 3 for mlp, the tuned value for cnn")

@@ -13,7 +13,13 @@ The steps, each a function below:
 4. judge: accuracy on the held-out corrections and on the MNIST test set, before and after.
    A model that is worse on the held-out corrections, or loses more than MAX_MNIST_DROP on
    MNIST, is refused (exit code 1) and nothing is written.
-5. write the .keras, the .tflite converted from it (parity checked by digitd.export) and the
+5. recalibrate: fine-tuning moves the logits, so the temperature baked into the base model no
+   longer fits them. It is fitted again (digitd.calibration, as `digitd train` does) on digits
+   never trained on: the held-out corrections (the reviewers' own population) and, with
+   --usps, the USPS calibration part; ECE before/after and the operating point the rule of
+   `digitd train` would choose on them go in the card (the temperature does not change which
+   digit wins, so the judgement above holds).
+6. write the .keras, the .tflite converted from it (parity checked by digitd.export) and the
    card (with the corrections' count and hash).
 """
 
@@ -32,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from digitd import calibration
 from digitd.codes import ExitCode
-from digitd.dataset import DatasetError, Mnist, load_mnist
+from digitd.dataset import DatasetError, Mnist, Usps, load_mnist, load_usps
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = ExitCode.OK, ExitCode.FAILURE, ExitCode.USAGE
 MAX_MNIST_DROP = 0.001  # 0.1 point of MNIST test accuracy
@@ -195,6 +202,62 @@ class Judgement:
         return None
 
 
+# --- 5. recalibrating ---------------------------------------------------------------------------
+
+
+def uncalibrated(keras, model):
+    """The same network without its temperature layer (if it has one): logits, then softmax."""
+    layers = model.layers[:-1]
+    if layers and layers[-1].name == "temperature":
+        layers = layers[:-1]
+    return keras.Sequential([keras.Input(shape=(28, 28), name="digits"), *layers,
+                             keras.layers.Activation("softmax", name="probabilities")],
+                            name=model.name)
+
+
+def recalibrate(keras, model, held: tuple[np.ndarray, np.ndarray], usps: Usps | None,
+                base_temperature: float | None):
+    """(the model with a temperature fitted again, the card's "calibration" section).
+
+    Digits that are all answered right carry no evidence about over-confidence (the NLL then
+    falls as T falls, to the search's floor): without a single wrong answer among them the
+    base model's temperature is kept, and the section says so."""
+    from digitd.train import calibrated, logits_of, usps_inputs
+
+    plain = uncalibrated(keras, model)
+    sets = {"held_out_corrections": held}
+    if usps is not None:
+        x16, y16 = usps.part("calibration")
+        sets["usps_calibration"] = (usps_inputs(x16), y16.astype(np.int64))
+    logits = {name: logits_of(keras, plain, x) for name, (x, _) in sets.items()}
+    labels = {name: y for name, (_, y) in sets.items()}
+    all_logits = np.concatenate(list(logits.values()))
+    all_y = np.concatenate(list(labels.values()))
+    wrong = int((all_logits.argmax(1) != all_y).sum())
+    fitted = wrong > 0 or base_temperature is None
+    t = calibration.fit_temperature(all_logits, all_y) if fitted else float(base_temperature)
+    section: dict = {"method": "temperature scaling (logits / T before the softmax), fitted "
+                               "again after fine-tuning",
+                     "fitted_on": " + ".join(sets), "n": int(len(all_y)), "wrong": wrong,
+                     "temperature": round(t, 4), "base_temperature": base_temperature,
+                     "refitted": fitted}
+    if not fitted:
+        section["note"] = ("no wrong answer among these digits: the base model's temperature "
+                           "is kept (give --usps to fit on its calibration part)")
+    for name in sets:
+        before = model.predict(sets[name][0], batch_size=500, verbose=0)  # the old temperature
+        after = calibration.softmax(logits[name], t)
+        section[name] = {"n": int(len(labels[name])),
+                         "ece_before": round(calibration.ece(before, labels[name]), 5),
+                         "ece_after": round(calibration.ece(after, labels[name]), 5),
+                         "nll_after": round(calibration.nll(logits[name], labels[name], t), 5)}
+    point = calibration.choose_threshold(calibration.softmax(all_logits, t), all_y)
+    section["operating_point"] = {
+        "rule": "digitd train's rule (calibration.choose_threshold) on the digits above",
+        "min_confidence": point.threshold, "at": point.as_dict()}
+    return calibrated(keras, plain, t), section
+
+
 # --- the command --------------------------------------------------------------------------------
 
 
@@ -219,6 +282,7 @@ def fine_tune_command(args: argparse.Namespace) -> int:
     try:
         corrections = read_corrections([Path(d) for d in args.corrections])
         mnist = load_mnist(args.data, verify=not args.no_verify)
+        usps = load_usps(args.usps, verify=not args.no_verify) if args.usps else None
     except (CorrectionsError, DatasetError) as exc:
         print(f"digitd train: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -256,6 +320,15 @@ def fine_tune_command(args: argparse.Namespace) -> int:
     if why is not None:
         print(f"digitd train: refused to write the model: {why}", file=sys.stderr)
         return EXIT_REFUSED
+    base_temperature = (read_card(base).get("calibration") or {}).get("temperature")
+    model, calib = recalibrate(keras, model, (x_held, y_held), usps, base_temperature)
+    probabilities = model.predict(x_test, batch_size=500, verbose=0)
+    test = metrics(mnist.y_test, probabilities)
+    test["ece"] = round(calibration.ece(probabilities, mnist.y_test), 5)
+    print(f"temperature: {base_temperature} -> {calib['temperature']} ("
+          f"{'fitted' if calib['refitted'] else 'kept: no wrong answer'} on {calib['fitted_on']},"
+          f" {calib['n']} digits); the operating point there: min_confidence "
+          f"{calib['operating_point']['min_confidence']:.2f}")
 
     name = f"{base.name.removesuffix('.keras')}-corrected"
     target = out / f"{name}.keras"
@@ -280,6 +353,7 @@ def fine_tune_command(args: argparse.Namespace) -> int:
                         "augmentation": True, "replay": mnist.source,
                         "seconds": round(seconds, 1)},
         "dataset": {"source": mnist.source, "sha256": mnist.sha256},
+        "calibration": calib,
         "test": test,
         "library_versions": library_versions(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
