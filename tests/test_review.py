@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from digitd.review.index import CsvTail, audit_sampled
+from digitd.review.leases import Leases
 from digitd.review.verdicts import COLUMNS, BadVerdict, parse_verdict
 from reviewproc import ReviewServer, copy_outbox, make_outbox, read_csv
 
@@ -350,3 +352,57 @@ def test_with_inputs_deleted_the_inputs_under_review_are_kept_for_it(tmp_path):
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == next(
         r["sha256"] for r in rows if r["id"] == item_id)
     assert not (outbox / "review" / "inputs" / f"{item_id}.png").exists()
+
+
+def test_two_review_processes_lease_different_items(written_outbox, tmp_path):
+    """Two `digitd review` processes on one outbox: what one shows a reviewer is kept from
+    the other's reviewers (the lease file), a verdict is still taken from anybody, and an
+    undone verdict hands the item back."""
+    outbox = copy_outbox(written_outbox, tmp_path / "outbox")
+    servers = [ReviewServer(outbox).wait_ready() for _ in range(2)]
+    try:
+        first = [i["id"] for i in servers[0].queue(limit=3, session="ann")["items"]]
+        second = [i["id"] for i in servers[1].queue(limit=3, session="bo")["items"]]
+        assert len(first) == len(second) == 3
+        assert not set(first) & set(second)
+        # without a session (a script), everything pending is listed, leased or not
+        everything = [i["id"] for i in servers[1].queue(limit=500)["items"]]
+        assert set(first) | set(second) <= set(everything)
+        # a reviewer may still judge a leased item; the last verdict wins
+        assert servers[1].verdict(first[0], "not_a_digit")[0] == 200
+        assert servers[0].verdict(first[0], "confirmed")[0] == 200
+        assert [r["verdict"] for r in read_csv(outbox / "corrections.csv")
+                if r["id"] == first[0]] == ["not_a_digit", "confirmed"]
+        status, _ = servers[0].request("POST", "/api/undo", {"id": first[0]})
+        assert status == 200
+        again = [i["id"] for i in servers[1].queue(limit=500, session="bo")["items"]]
+        assert first[0] in again and not set(first[1:]) & set(again)
+    finally:
+        for server in servers:
+            server.close()
+
+
+def test_leases_across_processes_expire_and_never_overlap(tmp_path):
+    """The lease file under many concurrent claims from separate handles (as separate
+    processes hold it): no item is ever held for two sessions; leases expire."""
+    ids = [f"id{i:03d}" for i in range(200)]
+    handles = [Leases(tmp_path, seconds=60) for _ in range(4)]
+    got: dict[str, list[str]] = {}
+
+    def claim(n: int) -> None:
+        for round_ in range(5):
+            session = f"s{n}-{round_}"
+            got[session] = handles[n].claim(ids, session, limit=10)
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    taken = [i for part in got.values() for i in part]
+    assert len(taken) == 200 and len(set(taken)) == 200  # 20 sessions x 10, all different
+    assert handles[0].claim(ids, "late", limit=10) == []
+    assert handles[1].claim(ids, "late", limit=10, now=time.time() + 61) == ids[:10]
+    (tmp_path / "review-leases.json").write_bytes(b'{"torn')  # a crash mid-write: no leases
+    assert handles[2].claim(ids, "after", limit=3) == ids[:3]
+

@@ -2,9 +2,11 @@
 
     GET  /                      the page (it carries the token for the requests below)
     GET  /api/queue             {"items": [...], "counts": {...}}; ?kind=low_confidence|audit,
-                                ?digit=0-9, ?limit=N, ?session=S (hold the items for S)
+                                ?digit=0-9, ?limit=N, ?session=S (hold the items for S, from
+                                every review process on the outbox: review.leases)
     POST /api/verdict           {"id", "verdict", "label"}: 200 with the row written,
-                                400 bad request, 404 unknown id, 403 without the token
+                                400 bad request, 404 unknown id, 403 without the token; a
+                                number's label is its string of digits
     POST /api/undo              {"id"}: withdraw the verdict on id (appends a row "undone");
                                 409 if it has none
     GET  /preview/<id>.png      the preview of a result under review, by id only

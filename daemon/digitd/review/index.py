@@ -25,10 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from digitd.codes import Status
+from digitd.review.leases import Leases
 
 ID_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")  # the daemon's ids: see claims.new_id
 CORRECTIONS_CSV = "corrections.csv"
-LEASE_S = 120.0  # an item shown to one page is kept from the others this long
 _BATCH_CACHE = 64  # batch JSON documents kept in memory for the top-3 probabilities
 
 
@@ -134,7 +134,7 @@ def _pread_all(fd: int, offset: int, length: int) -> bytes:
 class ReviewIndex:
     """The reviewable results of one outbox and their latest verdicts; thread-safe."""
 
-    def __init__(self, outbox: Path, audit_share: float) -> None:
+    def __init__(self, outbox: Path, audit_share: float, leases: Leases | None = None) -> None:
         self.outbox = outbox
         self.audit_share = audit_share
         self._results = CsvTail(outbox / "results.csv")
@@ -142,7 +142,7 @@ class ReviewIndex:
         self.items: dict[str, Item] = {}
         self.verdicts: dict[str, Verdict] = {}
         self._verdict_times: list[float] = []  # epoch seconds of every verdict row
-        self._leases: dict[str, tuple[str, float]] = {}  # id -> (session, monotonic expiry)
+        self.leases = leases or Leases(outbox)  # shared with every review process
         self._batches: OrderedDict[str, dict[str, dict]] = OrderedDict()
         self.lock = threading.RLock()
 
@@ -210,29 +210,21 @@ class ReviewIndex:
 
     def queue(self, kind: str = "low_confidence", digit: int | None = None,
               session: str = "", limit: int = 50) -> list[Item]:
-        """Results not yet reviewed, least confident first. With a session, items shown to
-        another session in the last LEASE_S seconds are left out, and the ones returned are
-        held for this session, so two reviewers do not judge the same digits."""
-        now = time.monotonic()
+        """Results not yet reviewed, least confident first. With a session, items held for
+        another session (by this process or another one on the outbox: digitd.review.leases)
+        are left out, and the ones returned are held for this session, so two reviewers are
+        not shown the same digits."""
         with self.lock:
             self.refresh()
-            chosen = []
-            for item in sorted(self._pending(kind, digit), key=lambda i: (i.confidence, i.id)):
-                holder = self._leases.get(item.id)
-                if session and holder and holder[0] != session and holder[1] > now:
-                    continue
-                chosen.append(item)
-                if len(chosen) >= limit:
-                    break
-            if session:
-                for item in chosen:
-                    self._leases[item.id] = (session, now + LEASE_S)
-                self._leases = {k: v for k, v in self._leases.items() if v[1] > now}
-            return chosen
+            pending = sorted(self._pending(kind, digit), key=lambda i: (i.confidence, i.id))
+            if not session:
+                return pending[:limit]
+            chosen = set(self.leases.claim((i.id for i in pending), session, limit))
+            return [i for i in pending if i.id in chosen]
 
     def release(self, item_id: str) -> None:
         with self.lock:
-            self._leases.pop(item_id, None)
+            self.leases.release(item_id)
 
     def _pending(self, kind: str, digit: int | None):
         for item in self.items.values():
