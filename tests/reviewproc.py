@@ -37,6 +37,30 @@ def make_outbox(root: Path, n: int = 40, **config) -> Path:
     return daemon.outbox
 
 
+def make_number_outbox(root: Path, n: int = 16) -> tuple[Path, dict[str, str]]:
+    """Run the daemon with `recognise: number` on `n` numbers (bench/number_scans.py, 2-8
+    sample digits each, on paper); min_confidence 0.9999, so most have a doubtful digit.
+    Returns the outbox and {file name: the true string}."""
+    import number_scans
+
+    daemon = DaemonProcess(root, processes=1, min_confidence=0.9999, recognise="number").start()
+    truth = {}
+    try:
+        daemon.wait_ready(120)
+        x, y = sample_digits(300)
+        for i in range(n):
+            data, text, _ = number_scans.render_number(x, y, i, seed=7, flavour="paper_grey",
+                                                       decorations=())
+            name = f"n{i:02d}-{text}.png"
+            drop(daemon.inbox, name, data)
+            truth[name] = text
+        daemon.wait_rows(n)
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    return daemon.outbox, truth
+
+
 def copy_outbox(source: Path, target: Path) -> Path:
     shutil.copytree(source, target, symlinks=True)
     return target

@@ -188,3 +188,24 @@ def test_refits_the_temperature_on_digits_it_never_trained_on(tmp_path):
     np.testing.assert_allclose(probabilities, calibration.softmax(logits[: held.sum()], t),
                                atol=1e-4)
 
+
+def test_corrections_of_numbers_are_skipped_and_counted(tmp_path):
+    """A number's correction (a string label, or a number predicted) holds a whole line:
+    it is not learnt from, and the skip is counted by its own reason."""
+    x, y = sample_digits(4, offset=700)
+    outbox = tmp_path / "outbox"
+    write_corrections(outbox, x[:2], [int(y[0]), int(y[1])], ["corrected", "confirmed"])
+    writer = Corrections(outbox, "test", 40_000_000)
+    for i, (predicted, label) in enumerate((("12", "172"), ("45", "45")), start=2):
+        png = png_bytes(np.hstack([x[i], x[i]]))
+        item_id = f"20261130T130000{i:03d}Z-{i:012x}"
+        (outbox / "processed" / f"num{i}.png").write_bytes(png)
+        item = Item(id=item_id, file=f"num{i}.png", status="low_confidence", digit=None,
+                    confidence=0.5, sha256=hashlib.sha256(png).hexdigest(), batch="b",
+                    received_at="", processed_at="", model="m", preview="", digits=predicted)
+        verdict = "confirmed" if predicted == label else "corrected"
+        row = writer.record(VerdictRequest(item_id, verdict, label, None), item, f"num{i}.png")
+        assert row["predicted"] == predicted and row["label"] == label and row["image"]
+    loaded = read_corrections([outbox])
+    assert sorted(loaded.y.tolist()) == sorted([int(y[0]), int(y[1])])
+    assert loaded.skipped == {"number": 2}

@@ -15,7 +15,7 @@ import pytest
 from digitd.review.index import CsvTail, audit_sampled
 from digitd.review.leases import Leases
 from digitd.review.verdicts import COLUMNS, BadVerdict, parse_verdict
-from reviewproc import ReviewServer, copy_outbox, make_outbox, read_csv
+from reviewproc import ReviewServer, copy_outbox, make_number_outbox, make_outbox, read_csv
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def server(outbox):
 
 
 def low_rows(outbox: Path) -> list[dict[str, str]]:
-    """The unsure single digits (the page does not take numbers: `digit` empty)."""
+    """The unsure single digits (numbers, `digit` empty, are tested on their own outbox)."""
     return [r for r in read_csv(outbox / "results.csv")
             if r["status"] == "low_confidence" and r["digit"]]
 
@@ -303,7 +303,12 @@ def test_refuses_a_folder_that_is_not_an_outbox(tmp_path):
 
 
 def test_parse_verdict():
-    assert parse_verdict({"id": "a", "verdict": "corrected", "label": "7"}).label == 7
+    assert parse_verdict({"id": "a", "verdict": "corrected", "label": "7"}).label == "7"
+    assert parse_verdict({"id": "a", "verdict": "corrected", "label": 7}).label == "7"
+    assert parse_verdict({"id": "a", "verdict": "corrected", "label": "0071"}).label == "0071"
+    for bad in (10, -1, "7 ", "٣", "1e3", "9" * 65):
+        with pytest.raises(BadVerdict):
+            parse_verdict({"id": "a", "verdict": "corrected", "label": bad})
     assert parse_verdict({"id": "a", "verdict": "not_a_digit", "label": None}).label is None
     assert parse_verdict({"id": "a", "verdict": "confirmed"}).label is None
     assert parse_verdict({"id": "a"}, undo=True).verdict == "undone"
@@ -406,3 +411,58 @@ def test_leases_across_processes_expire_and_never_overlap(tmp_path):
     (tmp_path / "review-leases.json").write_bytes(b'{"torn')  # a crash mid-write: no leases
     assert handles[2].claim(ids, "after", limit=3) == ids[:3]
 
+
+# -- numbers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def number_outbox(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    return make_number_outbox(tmp_path_factory.mktemp("numbers"))
+
+
+def test_numbers_are_reviewed_as_strings(number_outbox, tmp_path):
+    """A number result is in the queue with its string and its digits (the doubtful ones
+    flagged, as the batch JSON has them); a correction is the whole string, of any length;
+    a label that is not digits is a 400 and writes nothing."""
+    written, truth = number_outbox
+    outbox = copy_outbox(written, tmp_path / "outbox")
+    server = ReviewServer(outbox).wait_ready()
+    try:
+        items = server.queue(limit=500)["items"]
+        rows = {r["id"]: r for r in read_csv(outbox / "results.csv")}
+        assert len(items) == sum(r["status"] == "low_confidence" for r in rows.values()) > 4
+        for item in items:
+            row = rows[item["id"]]
+            assert item["digit"] is None and item["digits"] == row["digits"]
+            assert len(item["parts"]) == len(item["digits"])
+            assert "".join(str(p["digit"]) for p in item["parts"]) == item["digits"]
+            assert item["top"] == [[item["digits"], item["confidence"]]]
+        assert any(p["doubtful"] for i in items for p in i["parts"])
+        wrong = next(i for i in items if truth[i["file"]] != i["digits"]) if any(
+            truth[i["file"]] != i["digits"] for i in items) else items[0]
+        right = next(i for i in items if i["id"] != wrong["id"])
+        for label in ("12a", "", " 12", "１２", 12.5, ["1"]):
+            status, _ = server.verdict(wrong["id"], "corrected", label)
+            assert status == 400, label
+        assert not read_csv(outbox / "corrections.csv")
+        label = truth[wrong["file"]] if truth[wrong["file"]] != wrong["digits"] else "4071"
+        status, answer = server.verdict(wrong["id"], "corrected", label)
+        assert status == 200 and answer["row"]["verdict"] == "corrected", answer
+        status, _ = server.verdict(right["id"], "corrected", right["digits"])  # = confirmed
+        assert status == 200
+        status, _ = server.verdict(right["id"], "confirmed", "9" + right["digits"])
+        assert status == 400  # confirming while saying it is something else
+        got = [(r["id"], r["predicted"], r["label"], r["verdict"])
+               for r in read_csv(outbox / "corrections.csv")]
+        assert got == [(wrong["id"], wrong["digits"], label, "corrected"),
+                       (right["id"], right["digits"], right["digits"], "confirmed")]
+        assert (outbox / "corrections" / f"{wrong['id']}.png").is_file()
+    finally:
+        server.close()
+
+
+def test_a_digit_result_takes_a_one_digit_label(server, outbox):
+    item = server.queue()["items"][0]
+    status, answer = server.verdict(item["id"], "corrected", "12")
+    assert status == 400 and "one digit" in answer["error"]
+    assert not read_csv(outbox / "corrections.csv")

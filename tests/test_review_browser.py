@@ -1,5 +1,6 @@
 """The review page in a real headless browser (Debian's chromium, driven by chromedriver
 through Selenium), by keyboard only: correct one, confirm one, undo; then corrections.csv.
+Numbers too: the doubtful digits marked, a correction typed as a string and sent with Enter.
 
 .ci/run installs chromium and chromium-driver when they are missing, and sets
 DIGITD_REQUIRE_BROWSER=1 so that CI fails rather than skips without them.
@@ -14,7 +15,7 @@ import time
 
 import pytest
 
-from reviewproc import ReviewServer, make_outbox, read_csv
+from reviewproc import ReviewServer, make_number_outbox, make_outbox, read_csv
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -104,6 +105,56 @@ def test_review_by_keyboard(tmp_path):
              == "0", what="the request to finish")
         last = read_csv(outbox / "corrections.csv")[-1]
         assert (last["id"], last["verdict"], last["label"]) == (second, "not_a_digit", "")
+        assert driver.find_element("id", "status").get_attribute("class") != "error"
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+        server.close()
+
+
+def test_review_numbers_by_keyboard(tmp_path):
+    outbox, truth = make_number_outbox(tmp_path / "daemon", n=8)
+    server = ReviewServer(outbox, "--reviewer", "kb").wait_ready()
+    driver, profile = browser()
+    try:
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        driver.get(server.url + "/")
+        card = driver.find_element("id", "card")
+        shown = lambda: card.get_attribute("data-id")  # noqa: E731
+        first = wait(shown, what="the first result")
+        queue = {i["id"]: i for i in server.queue(limit=500)["items"]}
+        item = queue[first]
+        digit = driver.find_element("id", "digit")
+        assert digit.text == item["digits"]
+        marked = [s.text for s in digit.find_elements("css selector", "span.doubtful")]
+        assert marked == [str(p["digit"]) for p in item["parts"] if p["doubtful"]]
+        assert marked  # the daemon ran at 0.9999: every number here has a doubtful digit
+        typed = driver.find_element("id", "typed")
+        assert typed.is_displayed() and typed.text == ""
+
+        label = truth[item["file"]]
+        if label == item["digits"]:
+            label = item["digits"] + "1"  # a digit the reader missed
+        keys = ActionChains(driver)
+        keys.send_keys("9" + Keys.BACKSPACE + label[:-1] + "5").perform()
+        keys.send_keys(Keys.BACKSPACE + label[-1]).perform()
+        wait(lambda: typed.text == label, what=f"{label!r} typed")
+        keys.send_keys(Keys.ENTER).perform()  # Enter sends the string
+        second = wait(lambda: shown() != first and shown(), what="the second result")
+        wait(lambda: typed.text == "", what="the typed string cleared")
+        keys.send_keys("12" + Keys.ESCAPE).perform()  # Escape clears what was typed
+        wait(lambda: typed.text == "", what="Escape to clear")
+        keys.send_keys(Keys.ENTER).perform()  # nothing typed: Enter confirms the string
+        wait(lambda: shown() not in (first, second), what="the third result")
+        wait(lambda: driver.find_element("tag name", "body").get_attribute("data-inflight")
+             == "0", what="the requests to finish")
+        rows = read_csv(outbox / "corrections.csv")
+        assert [(r["id"], r["predicted"], r["label"], r["verdict"]) for r in rows] == [
+            (first, item["digits"], label, "corrected"),
+            (second, queue[second]["digits"], queue[second]["digits"], "confirmed"),
+        ]
         assert driver.find_element("id", "status").get_attribute("class") != "error"
     finally:
         driver.quit()

@@ -5,7 +5,9 @@ The steps, each a function below:
 1. read_corrections: in each outbox, the last row per id of corrections.csv whose verdict gives
    a digit (confirmed or corrected), with its image corrections/<id>.png (SHA-256 checked),
    normalised exactly as the daemon normalises an input; an image given verdicts in several
-   outboxes counts once, with its latest label.
+   outboxes counts once, with its latest label. Corrections of numbers (a label or a
+   prediction of several digits) are skipped and counted: the image holds a whole line, and
+   which of its pieces a wrong digit is cannot be told from a string of another length.
 2. split: a fifth is held out, chosen by a hash of the image (stable as corrections grow).
 3. fine_tune: the base model (default: the shipped one) trains on batches that are half
    corrections and half MNIST (replayed so that nothing is forgotten), both augmented, with a
@@ -101,6 +103,9 @@ def read_corrections(folders: list[Path], max_pixels: int = 40_000_000) -> Corre
                 skip(row.get("verdict") or "no verdict")  # not_a_digit, undone
                 continue
             label, sha = row.get("label", ""), row.get("sha256", "")
+            if len(label) > 1 or len(row.get("predicted", "")) > 1:
+                skip("number")  # a whole number's image: not one digit to learn from
+                continue
             if len(label) != 1 or label not in "0123456789" or len(sha) != 64:
                 skip("malformed row")
                 continue
@@ -124,8 +129,9 @@ def read_corrections(folders: list[Path], max_pixels: int = 40_000_000) -> Corre
         ys.append(label)
         shas.append(sha)
     if not xs:
-        raise CorrectionsError("no usable corrections (confirmed or corrected, with their "
-                               f"images) in {', '.join(map(str, folders))}")
+        raise CorrectionsError("no usable corrections (single digits confirmed or corrected, "
+                               f"with their images) in {', '.join(map(str, folders))}; "
+                               f"skipped: {skipped or 'none'}")
     return Corrections(np.stack(xs).astype(np.float32), np.array(ys, dtype=np.int64), shas,
                        [str(f) for f in folders], skipped)
 
@@ -308,6 +314,9 @@ def fine_tune_command(args: argparse.Namespace) -> int:
                                                                            mnist.y_test)
     print(f"corrections: {len(corrections.y)} usable ({len(x_train)} to train on, "
           f"{len(x_held)} held out); skipped: {corrections.skipped or 'none'}")
+    if corrections.skipped.get("number"):
+        print(f"skipped {corrections.skipped['number']} corrections of numbers: only single "
+              "digits are learnt from")
     print(f"before: held-out corrections {before_held:.2%}, MNIST test {before_mnist:.2%}")
     seconds = fine_tune(keras, model, x_train, y_train, mnist, steps, args.seed)
     probabilities = model.predict(x_test, batch_size=500, verbose=0)

@@ -104,9 +104,11 @@ class ReviewStation:
         return {
             "id": item.id,
             "file": entry.get("file") or item.file,
-            "digit": item.digit,
+            "digit": item.digit,  # None for a number
+            "digits": item.digits,  # the string read: the digit, or the number
             "confidence": item.confidence,
             "top": self.index.top(item),
+            "parts": self.index.parts(item),  # a number's digits (doubtful ones flagged)
             # previews off (outputs.previews: false): the input itself, if it can be found
             "preview": f"/preview/{item.id}.png" if item.preview else f"/input/{item.id}.png",
             "kind": item.kind,
@@ -137,7 +139,7 @@ class ReviewStation:
             if undo:
                 self.index.release(item.id)
         log.info("verdict", id=item.id, verdict=row["verdict"], label=row["label"],
-                 predicted=item.digit, reviewer=row["reviewer"], image=bool(row["image"]))
+                 predicted=item.digits, reviewer=row["reviewer"], image=bool(row["image"]))
         return 200, {"row": row, "counts": self.index.counts()}
 
     def image(self, folder: str, item_id: str) -> bytes | None:

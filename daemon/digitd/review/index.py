@@ -1,5 +1,8 @@
 """What there is to review, read from the outbox as it grows.
 
+A result is one digit (`digit`) or a number (`digit` empty, the string in `digits`: see
+digitd.result); both are reviewed, a number as the string it is.
+
 results.csv and corrections.csv are append-only, so each is read from where the last read
 stopped, under a shared lock (writers append whole batches under an exclusive one, so a read
 never sees half a batch). Only results a person may review are kept in memory: every
@@ -49,7 +52,7 @@ class Item:
     id: str
     file: str
     status: str  # "low_confidence", or "ok" for an audited result
-    digit: int
+    digit: int | None  # None for a number
     confidence: float
     sha256: str
     batch: str
@@ -57,10 +60,19 @@ class Item:
     processed_at: str
     model: str
     preview: str
+    digits: str = ""  # the string read: the digit, or a number's digits
+
+    def __post_init__(self) -> None:
+        if not self.digits and self.digit is not None:
+            self.digits = str(self.digit)
 
     @property
     def kind(self) -> str:
         return "audit" if self.status == Status.OK else "low_confidence"
+
+    @property
+    def is_number(self) -> bool:
+        return self.digit is None
 
 
 @dataclass
@@ -172,15 +184,19 @@ class ReviewIndex:
         )
         if not wanted or not ID_PATTERN.fullmatch(row.get("id", "")):
             return None
+        digits = row.get("digits") or row.get("digit", "")  # no `digits` under the old header
         try:
-            digit, confidence = int(row["digit"]), float(row["confidence"])
+            digit = int(row["digit"]) if row.get("digit") else None
+            confidence = float(row["confidence"])
         except (KeyError, ValueError):
+            return None
+        if not digits.isascii() or not digits.isdigit() or (digit is None and not digits):
             return None
         return Item(
             id=row["id"], file=row.get("file", ""), status=status, digit=digit,
             confidence=confidence, sha256=row.get("sha256", ""), batch=row.get("batch", ""),
             received_at=row.get("received_at", ""), processed_at=row.get("processed_at", ""),
-            model=row.get("model", ""), preview=row.get("preview", ""),
+            model=row.get("model", ""), preview=row.get("preview", ""), digits=digits,
         )  # fmt: skip
 
     def _take_verdict(self, row: dict[str, str]) -> None:
@@ -279,12 +295,35 @@ class ReviewIndex:
             return entries.get(item.id, {})
 
     def top(self, item: Item, n: int = 3) -> list[list]:
-        """The model's n most probable digits, [[digit, probability], ...]."""
+        """The model's n most probable digits, [[digit, probability], ...]; for a number, its
+        string and the string's confidence."""
+        if item.is_number:
+            return [[item.digits, item.confidence]]
         probabilities = self.batch_entry(item).get("probabilities")
         if not isinstance(probabilities, list) or len(probabilities) != 10:
             return [[item.digit, item.confidence]]
         order = sorted(range(10), key=lambda d: -probabilities[d])[:n]
         return [[d, round(float(probabilities[d]), 4)] for d in order]
+
+    def parts(self, item: Item) -> list[dict] | None:
+        """A number's digits as the batch JSON gives them (box, digit, confidence, top,
+        doubtful), checked; None for a single digit or when the document is gone."""
+        if not item.is_number:
+            return None
+        parts = self.batch_entry(item).get("parts")
+        if not isinstance(parts, list):
+            return None
+        out = []
+        for part in parts:
+            try:
+                out.append({"digit": int(part["digit"]),
+                            "confidence": round(float(part["confidence"]), 4),
+                            "doubtful": bool(part["doubtful"]),
+                            "box": [int(v) for v in part["box"]][:4],
+                            "top": [[int(d), round(float(p), 4)] for d, p in part["top"]][:3]})
+            except (KeyError, TypeError, ValueError):
+                return None
+        return out
 
 
 def _parse_time(text: str) -> float | None:

@@ -6,6 +6,9 @@ run). The input's bytes are copied to outbox/corrections/<id>.png before the row
 so a row never names a missing image and training never depends on processed/.
 
 The last row for an id wins; `undone` withdraws the verdict before it (the `u` key).
+
+A label is a string of digits: one digit for a single-digit result, the whole number (as
+many digits as there really are) for a number; `predicted` is the string the model read.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ COLUMNS = (
 HEADER = ",".join(COLUMNS) + "\r\n"
 IMAGES = "corrections"  # outbox/corrections/<id>.png
 MAX_REVIEWER = 64
+MAX_DIGITS = 64  # the longest number label taken
 
 
 class BadVerdict(ValueError):
@@ -40,16 +44,17 @@ class BadVerdict(ValueError):
 class VerdictRequest:
     id: str
     verdict: str  # one of VERDICTS, or UNDONE
-    label: int | None  # the true digit; None for not_a_digit and undone
+    label: str | None  # the true digit or number, as digits; None for not_a_digit and undone
     reviewer: str | None  # None: the server's --reviewer
 
 
 def parse_verdict(body: object, undo: bool = False) -> VerdictRequest:
     """{"id", "verdict", "label"} (optionally "reviewer") -> a VerdictRequest, or BadVerdict.
 
-    confirmed: the label, if given, must be the predicted digit (checked by the caller, who
-    knows it); corrected: the label is required, a digit 0-9 (a number or a one-character
-    string); not_a_digit: no label.
+    confirmed: the label, if given, must be what was predicted (checked against the item by
+    check_against); corrected: the label is required: a string of digits (one for a digit
+    result, the whole number for a number result), or a digit 0-9 as a JSON number;
+    not_a_digit: no label.
     """
     if not isinstance(body, dict):
         raise BadVerdict("the body must be a JSON object")
@@ -61,7 +66,7 @@ def parse_verdict(body: object, undo: bool = False) -> VerdictRequest:
         raise BadVerdict(f'"verdict" must be one of {", ".join(VERDICTS)}')
     label = _label(body.get("label"))
     if verdict == "corrected" and label is None:
-        raise BadVerdict('"corrected" needs a "label": the digit it really is, 0-9')
+        raise BadVerdict('"corrected" needs a "label": the digit (or number) it really is')
     if verdict in ("not_a_digit", UNDONE) and label is not None:
         raise BadVerdict(f'"{verdict}" takes no "label"')
     reviewer = body.get("reviewer")
@@ -72,16 +77,17 @@ def parse_verdict(body: object, undo: bool = False) -> VerdictRequest:
     return VerdictRequest(item_id, verdict, label, reviewer)
 
 
-def _label(value: object) -> int | None:
+def _label(value: object) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
-        raise BadVerdict('"label" must be a digit 0-9')
+        raise BadVerdict('"label" must be a digit 0-9, or a number as a string of digits')
     if isinstance(value, int) and 0 <= value <= 9:
+        return str(value)
+    if (isinstance(value, str) and 0 < len(value) <= MAX_DIGITS and value.isascii()
+            and value.isdigit()):
         return value
-    if isinstance(value, str) and len(value) == 1 and value in "0123456789":
-        return int(value)
-    raise BadVerdict('"label" must be a digit 0-9')
+    raise BadVerdict('"label" must be a digit 0-9, or a number as a string of digits')
 
 
 def _clean_reviewer(name: str) -> str:
@@ -92,17 +98,21 @@ def _clean_reviewer(name: str) -> str:
 
 
 def check_against(request: VerdictRequest, item: Item) -> VerdictRequest:
-    """Settle the label against the prediction: `confirmed` takes the predicted digit (a
-    different label is a contradiction: 400), and `corrected` to the predicted digit is a
-    confirmation, recorded as one."""
+    """Settle the label against the prediction: a single digit's label is one digit (a
+    longer one is a 400: the result was read as one digit); `confirmed` takes the predicted
+    string (a different label is a contradiction: 400), and `corrected` to the predicted
+    string is a confirmation, recorded as one."""
+    label = None if request.label is None else str(request.label)
+    if label is not None and not item.is_number and len(label) != 1:
+        raise BadVerdict(f'{item.id} was read as one digit: "label" must be a digit 0-9')
     if request.verdict == "confirmed":
-        if request.label is not None and request.label != item.digit:
-            raise BadVerdict(f'"confirmed" means the digit is {item.digit}; '
-                             f'use "corrected" for {request.label}')
-        return VerdictRequest(request.id, "confirmed", item.digit, request.reviewer)
-    if request.verdict == "corrected" and request.label == item.digit:
-        return VerdictRequest(request.id, "confirmed", item.digit, request.reviewer)
-    return request
+        if label is not None and label != item.digits:
+            raise BadVerdict(f'"confirmed" means it is {item.digits}; '
+                             f'use "corrected" for {label}')
+        return VerdictRequest(request.id, "confirmed", item.digits, request.reviewer)
+    if request.verdict == "corrected" and label == item.digits:
+        return VerdictRequest(request.id, "confirmed", item.digits, request.reviewer)
+    return VerdictRequest(request.id, request.verdict, label, request.reviewer)
 
 
 class Corrections:
@@ -132,7 +142,7 @@ class Corrections:
             spreadsheet_safe(printable_name(name)),
             item.sha256,
             item.model,
-            str(item.digit),
+            item.digits,
             f"{item.confidence:.4f}",
             "" if request.label is None else str(request.label),
             request.verdict,

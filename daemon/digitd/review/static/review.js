@@ -1,4 +1,5 @@
-// digitd review: the page. One result at a time; every verdict is one key.
+// digitd review: the page. One result at a time; a digit's verdict is one key, a number's
+// correction is typed as its digits and sent with Enter (its doubtful digits are marked).
 // Verdicts are shown as done at once and sent in order in the background, so a fast reviewer
 // never waits for the server; `u` sends an undo after them and brings the result back.
 "use strict";
@@ -16,6 +17,7 @@ const state = {
   mine: 0,
   started: Date.now(),
   filterKey: false,   // `f` was pressed: the next digit picks the filter
+  typed: "",          // a number's correction being typed
   loading: null,
 };
 let sending = Promise.resolve();
@@ -47,6 +49,39 @@ function percent(p) {
   return `${(100 * p).toFixed(p >= 0.995 || p < 0.1 ? 1 : 0)}%`;
 }
 
+function isNumber(item) {
+  return item.digit === null;
+}
+
+function showDigits(item) {
+  // The string read, one span per digit; a number's doubtful digits are marked.
+  const parts = item.parts && item.parts.length === item.digits.length ? item.parts : null;
+  $("digit").replaceChildren(...Array.from(item.digits, (ch, k) => {
+    const span = document.createElement("span");
+    span.textContent = ch;
+    if (parts && parts[k].doubtful) {
+      span.className = "doubtful";
+      span.title = `doubtful: ${percent(parts[k].confidence)}`;
+    }
+    return span;
+  }));
+}
+
+function showTyped(item) {
+  const typed = $("typed");
+  typed.hidden = !isNumber(item);
+  typed.textContent = state.typed;
+  typed.classList.toggle("empty", state.typed === "");
+}
+
+function topRows(item) {
+  // A digit: its three most probable values. A number: for each doubtful digit, its three.
+  if (!isNumber(item)) return item.top;
+  return (item.parts || []).flatMap((part, k) => part.doubtful
+    ? [[`${k + 1}: ${part.top.map(([d, p]) => `${d} ${percent(p)}`).join(" · ")}`,
+      part.confidence]] : []);
+}
+
 function render() {
   const item = state.items[0];
   $("card").hidden = !item;
@@ -55,11 +90,13 @@ function render() {
   if (!item) return;
   const preview = $("preview");
   if (item.preview) preview.src = item.preview; else preview.removeAttribute("src");
-  $("digit").textContent = item.digit;
+  showDigits(item);
+  showTyped(item);
+  $("card").classList.toggle("number", isNumber(item));
   $("confidence").textContent = percent(item.confidence);
   $("kind").textContent = item.kind === "audit" ? "audit sample" : "";
   const top = $("top");
-  top.replaceChildren(...item.top.map(([digit, p]) => {
+  top.replaceChildren(...topRows(item).map(([digit, p]) => {
     const li = document.createElement("li");
     const d = document.createElement("span");
     d.textContent = digit;
@@ -132,9 +169,10 @@ function give(verdict, label) {
   state.judged.add(item.id);
   state.history.push({ item, verdict: body });
   state.mine += 1;
+  state.typed = "";
   $("count-mine").textContent = state.mine;
   const what = verdict === "not_a_digit" ? "not a digit"
-    : verdict === "confirmed" ? `confirmed ${item.digit}` : `corrected ${item.digit} → ${label}`;
+    : verdict === "confirmed" ? `confirmed ${item.digits}` : `corrected ${item.digits} → ${label}`;
   say(`${item.file}: ${what}  (u to undo)`);
   post("/api/verdict", body).catch((error) => {
     say(`${item.file}: verdict not recorded: ${error.message}`, true);
@@ -156,6 +194,7 @@ function undo() {
     return;
   }
   state.judged.delete(last.item.id);
+  state.typed = "";
   state.mine -= 1;
   $("count-mine").textContent = state.mine;
   state.items = [last.item, ...state.items.filter((i) => i.id !== last.item.id)];
@@ -172,6 +211,7 @@ function undo() {
 function skip() {
   const item = state.items.shift();
   if (!item) return;
+  state.typed = "";
   state.skipped.add(item.id);
   say(`${item.file}: skipped`);
   render();
@@ -193,6 +233,27 @@ function switchView(kind, digit) {
   load();
 }
 
+function typing(item, key) {
+  // A number under review: digits build the correction, Backspace and Escape edit it, Enter
+  // sends it (nothing typed: a confirmation). Returns false for the keys it leaves alone.
+  if (/^[0-9]$/.test(key)) {
+    if (state.typed.length < 64) state.typed += key;
+  } else if (key === "Backspace") {
+    state.typed = state.typed.slice(0, -1);
+  } else if (key === "Escape") {
+    state.typed = "";
+  } else if (key === "Enter") {
+    const typed = state.typed;
+    if (typed === "" || typed === item.digits) give("confirmed");
+    else give("corrected", typed);
+    return true;
+  } else {
+    return false;
+  }
+  showTyped(item);
+  return true;
+}
+
 document.addEventListener("keydown", (event) => {
   if (event.target instanceof HTMLInputElement) {
     if (event.key === "Enter" || event.key === "Escape") event.target.blur();
@@ -207,8 +268,12 @@ document.addEventListener("keydown", (event) => {
     event.preventDefault();
     return;
   }
+  const item = state.items[0];
+  if (item && isNumber(item) && typing(item, key)) {
+    event.preventDefault();
+    return;
+  }
   if (/^[0-9]$/.test(key)) {
-    const item = state.items[0];
     if (item) give(Number(key) === item.digit ? "confirmed" : "corrected", Number(key));
   } else if (key === "Enter") {
     give("confirmed");
