@@ -8,6 +8,7 @@ DIGITD_REQUIRE_BROWSER=1 so that CI fails rather than skips without them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -53,17 +54,30 @@ def wait(condition, timeout: float = 30.0, what: str = ""):
     raise AssertionError(f"timed out waiting for {what or condition}")
 
 
-def test_review_by_keyboard(tmp_path):
-    outbox = make_outbox(tmp_path / "daemon")
+@contextlib.contextmanager
+def review_page(outbox):
+    """`digitd review --reviewer kb` on the outbox and the page open in the browser: yields
+    (server, driver, shown), shown() giving the id of the result on screen."""
     server = ReviewServer(outbox, "--reviewer", "kb").wait_ready()
-    driver, profile = browser()
     try:
-        from selenium.webdriver.common.action_chains import ActionChains
-        from selenium.webdriver.common.keys import Keys
+        driver, profile = browser()
+        try:
+            driver.get(server.url + "/")
+            card = driver.find_element("id", "card")
+            yield server, driver, lambda: card.get_attribute("data-id")
+        finally:
+            driver.quit()
+            shutil.rmtree(profile, ignore_errors=True)
+    finally:
+        server.close()
 
-        driver.get(server.url + "/")
-        card = driver.find_element("id", "card")
-        shown = lambda: card.get_attribute("data-id")  # noqa: E731
+
+def test_review_by_keyboard(tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    outbox = make_outbox(tmp_path / "daemon")
+    with review_page(outbox) as (server, driver, shown):
         first = wait(shown, what="the first result")
         queue = {i["id"]: i for i in server.queue(limit=500)["items"]}
         assert first == min(queue.values(), key=lambda i: i["confidence"])["id"]
@@ -106,23 +120,14 @@ def test_review_by_keyboard(tmp_path):
         last = read_csv(outbox / "corrections.csv")[-1]
         assert (last["id"], last["verdict"], last["label"]) == (second, "not_a_digit", "")
         assert driver.find_element("id", "status").get_attribute("class") != "error"
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-        server.close()
 
 
 def test_review_numbers_by_keyboard(tmp_path):
-    outbox, truth = make_number_outbox(tmp_path / "daemon", n=8)
-    server = ReviewServer(outbox, "--reviewer", "kb").wait_ready()
-    driver, profile = browser()
-    try:
-        from selenium.webdriver.common.action_chains import ActionChains
-        from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
 
-        driver.get(server.url + "/")
-        card = driver.find_element("id", "card")
-        shown = lambda: card.get_attribute("data-id")  # noqa: E731
+    outbox, truth = make_number_outbox(tmp_path / "daemon", n=8)
+    with review_page(outbox) as (server, driver, shown):
         first = wait(shown, what="the first result")
         queue = {i["id"]: i for i in server.queue(limit=500)["items"]}
         item = queue[first]
@@ -144,7 +149,9 @@ def test_review_numbers_by_keyboard(tmp_path):
         keys.send_keys(Keys.ENTER).perform()  # Enter sends the string
         second = wait(lambda: shown() != first and shown(), what="the second result")
         wait(lambda: typed.text == "", what="the typed string cleared")
-        keys.send_keys("12" + Keys.ESCAPE).perform()  # Escape clears what was typed
+        keys.send_keys("12").perform()
+        wait(lambda: typed.text == "12", what="12 typed")
+        keys.send_keys(Keys.ESCAPE).perform()  # Escape clears what was typed
         wait(lambda: typed.text == "", what="Escape to clear")
         keys.send_keys(Keys.ENTER).perform()  # nothing typed: Enter confirms the string
         wait(lambda: shown() not in (first, second), what="the third result")
@@ -156,7 +163,3 @@ def test_review_numbers_by_keyboard(tmp_path):
             (second, queue[second]["digits"], queue[second]["digits"], "confirmed"),
         ]
         assert driver.find_element("id", "status").get_attribute("class") != "error"
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-        server.close()
