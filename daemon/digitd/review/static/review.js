@@ -222,6 +222,7 @@ function switchView(kind, digit) {
   state.kind = kind;
   state.digit = digit;
   state.items = [];
+  state.typed = "";
   state.skipped.clear();
   for (const b of document.querySelectorAll("button.view")) {
     b.classList.toggle("on", b.dataset.kind === kind);
