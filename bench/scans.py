@@ -17,6 +17,8 @@ import math
 import cv2
 import numpy as np
 
+from digitd.synth import ink_from_mnist as _ink_from_mnist  # one home for both generators
+from digitd.synth import rotate as _rotate
 from pngwrite import encode_png
 
 FLAVOURS = (
@@ -47,18 +49,6 @@ def _rng(seed: int, index: int, salt: int = 0) -> np.random.Generator:
 # The digit as an ink map (float32, 1 = full ink), at its final size and angle
 
 
-def _ink_from_mnist(digit28: np.ndarray, height: int) -> np.ndarray:
-    """Enlarge an MNIST digit so that its ink is `height` px tall, with pen-like edges."""
-    rows = np.flatnonzero(digit28.max(1))
-    cols = np.flatnonzero(digit28.max(0))
-    crop = digit28[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32) / 255
-    crop = np.pad(crop, 1)
-    scale = height / (rows[-1] - rows[0] + 1)
-    size = (max(2, round(crop.shape[1] * scale)), max(2, round(crop.shape[0] * scale)))
-    big = cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC)
-    return np.clip((big - 0.25) / 0.35, 0, 1)  # sharper edges than a plain enlargement
-
-
 def _ink_from_font(digit: int, height: int, font: int, rng: np.random.Generator) -> np.ndarray:
     """A digit drawn in font number `font` of FONTS, its ink about `height` px tall."""
     name, (lo, hi) = FONTS[font]
@@ -69,17 +59,6 @@ def _ink_from_font(digit: int, height: int, font: int, rng: np.random.Generator)
                 weight)
     rows, cols = np.flatnonzero(canvas.max(1)), np.flatnonzero(canvas.max(0))
     return canvas[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32) / 255
-
-
-def _rotate(ink: np.ndarray, degrees: float) -> np.ndarray:
-    h, w = ink.shape
-    rad = math.radians(abs(degrees))
-    nw = int(math.ceil(w * math.cos(rad) + h * math.sin(rad))) + 2
-    nh = int(math.ceil(h * math.cos(rad) + w * math.sin(rad))) + 2
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
-    m[0, 2] += (nw - w) / 2
-    m[1, 2] += (nh - h) / 2
-    return cv2.warpAffine(ink, m, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=0)
 
 
 def _on_canvas(ink: np.ndarray, rng: np.random.Generator, spread=(1.3, 2.6),
