@@ -1,17 +1,21 @@
 """Numbers (several digits in one PNG): strings read exactly, silent errors, and time per image.
 
     nice -n 10 .venv/bin/python bench/number_accuracy.py --data ../shared/data/mnist --n 2000
-        [--seed 0] [--model PATH] [--min-confidence 0.8] [--keep DIR] [--json-out PATH]
+        [--seed 0] [--model PATH] [--numbers PATH] [--segmentation-only]
+        [--recognise auto|number] [--min-confidence 0.99] [--keep DIR] [--json-out PATH]
 
 1. Renders N numbers of 2-8 MNIST *test* digits (bench/number_scans.py: paper flavours,
    gaps from overlapping to wide, separators, underlines, currency signs, stray strokes).
-2. Reads each PNG as the daemon does with `recognise: auto`, on one thread (OpenCV and the
-   model limited to one): decode, segment, one classifier call per image for all its
-   candidate pieces, choose the reading. The time per image covers all of it, as CPU time
-   of the process (robust on a shared machine) and as wall time.
+2. Reads each PNG as the daemon does (digitd.reader.read_all: the number model and the
+   segmentation reader, or with --segmentation-only the latter alone), on one thread (OpenCV
+   and the models limited to one): decode, segment, one classifier call and one number-model
+   call per image, greedy decoding, the readers compared. The time per image covers all of
+   it, as CPU time of the process (robust on a shared machine) and as wall time.
 3. Prints: strings exactly right; silent errors (wrong, yet status `ok`: confidence at least
    --min-confidence and no doubtful digit); what goes to review; per flavour, per decoration
-   and per length; how the string confidence of `ok` answers compares with their accuracy.
+   and per length; how the string confidence compares with accuracy; how often the two
+   readers agree, and the operating points (silent errors and share ok) of the rule "both
+   agree and confidence >= t" against "confidence >= t" alone.
 """
 
 from __future__ import annotations
@@ -57,7 +61,11 @@ def main() -> int:
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/mnist"))
     parser.add_argument("--n", type=int, default=2000, help="numbers to render")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", help="a model (default: the shipped one)")
+    parser.add_argument("--model", help="a digit model (default: the shipped one)")
+    parser.add_argument("--numbers", help="a number model (default: the shipped one)")
+    parser.add_argument("--segmentation-only", action="store_true",
+                        help="read numbers by segmentation alone (no number model)")
+    parser.add_argument("--recognise", choices=("auto", "number"), default="auto")
     parser.add_argument("--min-confidence", type=float, default=None,
                         help="default: the built-in configuration's min_confidence")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -67,10 +75,11 @@ def main() -> int:
 
     import cv2
 
+    from digitd import ctc
     from digitd.config import Config
     from digitd.model import load_classifier
     from digitd.preprocess import Rejected, decode_png
-    from digitd.reader import model_inputs, read
+    from digitd.reader import read_all
     from digitd.segment import Line, segment
 
     min_conf = args.min_confidence if args.min_confidence is not None else Config().min_confidence
@@ -87,6 +96,10 @@ def main() -> int:
     cv2.setNumThreads(1)
     classifier = load_classifier(args.model, threads=1)
     classifier.warm_up(64)
+    numbers = None
+    if not args.segmentation_only:
+        numbers = ctc.load(args.numbers, threads=1)
+        numbers.warm_up(1)
     rows = []
     times = []
     for path, truth, info in rendered:
@@ -95,29 +108,33 @@ def main() -> int:
         try:
             found = segment(decode_png(data))
         except Rejected as exc:
-            rows.append((truth, "", 0.0, False, info, exc.code))
+            rows.append((truth, "", 0.0, False, info, exc.code, None))
             times.append((time.perf_counter() - start, time.process_time() - cpu))
             continue
         line = found if isinstance(found, Line) else None
         whole = found.whole if line is not None else found.model_input
-        probabilities = classifier.predict(model_inputs(whole, line))
-        reading = read(line, probabilities, "auto")
+        [(probabilities, reading)] = read_all([(whole, line)], classifier.predict,
+                                              args.recognise,
+                                              numbers.predict if numbers else None)
         times.append((time.perf_counter() - start, time.process_time() - cpu))
         if reading is None:
-            text, conf = str(int(probabilities[0].argmax())), float(probabilities[0].max())
-            doubt = False
+            text, conf = str(int(probabilities.argmax())), float(probabilities.max())
+            doubt, agreed = False, None
         else:
             text, conf = reading.text, reading.confidence
-            doubt = any(d.cut for d in reading.digits)
-        rows.append((truth, text, conf, conf >= min_conf and not doubt, info, ""))
+            doubt = any(d.cut or not d.agreed for d in reading.digits)
+            agreed = reading.agreed
+        rows.append((truth, text, conf, conf >= min_conf and not doubt, info, "", agreed))
 
     n = len(rows)
     right = sum(t == r for t, r, *_ in rows)
     ok = sum(r[3] for r in rows)
-    silent = sum(t != r and o for t, r, _, o, _, _ in rows)
-    ok_right = sum(t == r and o for t, r, _, o, _, _ in rows)
+    silent = sum(t != r and o for t, r, _, o, *_ in rows)
+    ok_right = sum(t == r and o for t, r, _, o, *_ in rows)
     ms, cpu_ms = np.array(times).T * 1000
-    print(f"\nmodel: {classifier.model_id[:12]} ({classifier.runtime}); min_confidence {min_conf}")
+    print(f"\nmodel: {classifier.model_id[:12]} ({classifier.runtime}); number model: "
+          f"{numbers.model_id[:12] + ' (' + numbers.runtime + ')' if numbers else 'none'}; "
+          f"recognise {args.recognise}; min_confidence {min_conf}")
     print(f"numbers: {n}; strings exactly right: {right / n:.2%}")
     print(f"status ok: {ok / n:.2%} of all, of which right {ok_right / max(ok, 1):.2%}; "
           f"silent errors (wrong and ok): {silent / n:.2%}")
@@ -127,7 +144,7 @@ def main() -> int:
           f"{ms.mean():.2f} ms (load {os.getloadavg()[0]:.1f})")
 
     table = collections.defaultdict(lambda: [0, 0, 0])  # n, right, silent
-    for truth, text, _, status_ok, info, _ in rows:
+    for truth, text, _, status_ok, info, *_ in rows:
         keys = [("flavour", info["flavour"]), ("length", str(len(truth)))]
         keys += [("decoration", d) for d in info["decorations"] or ["none"]]
         for key in keys:
@@ -144,20 +161,47 @@ def main() -> int:
     bins = [(0.8, 0.9), (0.9, 0.95), (0.95, 0.99), (0.99, 1.01)]
     calibration = []
     for lo, hi in bins:
-        sel = [(t == r) for t, r, c, o, _, _ in rows if o and lo <= c < hi]
+        sel = [(t == r) for t, r, c, o, *_ in rows if o and lo <= c < hi]
         if sel:
             print(f"  [{lo:.2f}, {min(hi, 1):.2f}): {len(sel):5d} answers, "
                   f"{np.mean(sel):.2%} right")
             calibration.append({"from": lo, "to": min(hi, 1.0), "answers": len(sel),
                                 "right": float(np.mean(sel))})
+    print("\nstring confidence of all answers vs their accuracy (does it keep its meaning?):")
+    for lo, hi in [(0, 0.5), (0.5, 0.8)] + bins:
+        sel = [(t == r) for t, r, c, *_ in rows if lo <= c < hi]
+        if sel:
+            print(f"  [{lo:.2f}, {min(hi, 1):.2f}): {len(sel):5d} answers, "
+                  f"{np.mean(sel):.2%} right")
+    agreeing = [(t == r) for t, r, _, _, _, _, a in rows if a]
+    disagreeing = [(t == r) for t, r, _, _, _, _, a in rows if a is False]
+    points = []
+    if agreeing or disagreeing:
+        print(f"\nthe two readers agree on {len(agreeing) / n:.2%} of the numbers "
+              f"({np.mean(agreeing or [0]):.2%} of those right); disagree on "
+              f"{len(disagreeing) / n:.2%} ({np.mean(disagreeing or [0]):.2%} right)")
+        print("operating points: ok = both readers agree and confidence >= t | ok = "
+              "confidence >= t alone")
+        for t in (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995):
+            both = [(tr == r) for tr, r, c, _, _, _, a in rows if a and c >= t]
+            alone = [(tr == r) for tr, r, c, _, _, _, a in rows if a is not None and c >= t]
+            cells = [len(both) / n, both.count(False) / n, len(alone) / n, alone.count(False) / n]
+            print(f"  t={t:5.3f}: ok {cells[0]:7.2%} silent {cells[1]:6.2%} | ok {cells[2]:7.2%} "
+                  f"silent {cells[3]:6.2%}")
+            points.append({"t": t, "agree_ok": cells[0], "agree_silent": cells[1],
+                           "alone_ok": cells[2], "alone_silent": cells[3]})
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({
             "n": n, "seed": args.seed, "min_confidence": min_conf, "right": right / n,
             "ok": ok / n, "silent": silent / n, "cpu_ms_mean": float(cpu_ms.mean()),
             "cpu_ms_median": float(np.median(cpu_ms)),
             "cpu_ms_p95": float(np.percentile(cpu_ms, 95)), "wall_ms_mean": float(ms.mean()),
-            "calibration": calibration,
+            "calibration": calibration, "operating_points": points,
+            "recognise": args.recognise, "segmentation_only": args.segmentation_only,
             "groups": {f"{k[0]}:{k[1]}": v for k, v in table.items()},
+            "wrong": [{"truth": t, "read": r, "confidence": round(c, 4), "ok": o,
+                       "agreed": a, "code": code, **info}
+                      for t, r, c, o, info, code, a in rows if t != r],
         }, indent=1))
     if folder_ctx is not None:
         folder_ctx.cleanup()

@@ -13,7 +13,8 @@ import number_scans
 import scans
 from digitd.model import load_classifier
 from digitd.preprocess import decode_png, normalise
-from digitd.reader import SHARPNESS, Reading, choose, model_inputs, read, read_line
+from digitd.reader import SHARPNESS, Reading, choose, model_inputs, read, read_all, read_line
+from digitd.result import Result
 from digitd.segment import Line, Piece, Single, segment
 
 
@@ -191,3 +192,75 @@ def test_preview_draws_each_digit_box_and_value():
     assert thin == 255 and thick < 255  # only the doubtful box has a 2-pixel frame
     plain = render_preview(image, np.zeros((28, 28), np.float32), 4, 0.9)
     assert cv2.imdecode(np.frombuffer(plain, np.uint8), 0).shape[1] < FIT_NUMBER
+
+
+# --------------------------------------------------------------------------------------------
+# Both readers: the shipped number model (digitd.ctc) checked against the segmentation reader
+
+
+@pytest.fixture(scope="module")
+def numbers():
+    from digitd import ctc
+
+    return ctc.load(threads=1)
+
+
+def read_both(data: bytes, classifier, numbers, mode: str = "auto"):
+    """The string digitd reads from PNG bytes with both readers, and the Reading."""
+    found = segment(decode_png(data))
+    line = found if isinstance(found, Line) else None
+    whole = found.whole if line is not None else found.model_input
+    [(probabilities, reading)] = read_all([(whole, line)], classifier.predict, mode,
+                                          numbers.predict)
+    return (reading.text if reading else str(int(probabilities.argmax()))), reading
+
+
+def test_number_model_reads_numbers_on_paper(sample, classifier, numbers):
+    """Every paper flavour and decoration as the bench draws them: nearly all read exactly,
+    and an answer marked ok is right."""
+    x, y = sample
+    right = wrong_ok = 0
+    for i in range(60):
+        data, truth, _ = number_scans.render_number(x, y, i, seed=11)
+        text, reading = read_both(data, classifier, numbers)
+        right += text == truth
+        if reading is not None and text != truth:
+            result = Result.number(reading, 0.99, file="n.png")
+            wrong_ok += result.status == "ok"
+    assert right >= 54, right
+    assert wrong_ok <= 1
+
+
+def test_currency_sign_is_not_a_digit(sample, classifier, numbers):
+    """$, EUR and GBP before the number were read as digits by segmentation alone; the number
+    model skips them."""
+    x, y = sample
+    right = 0
+    for i in range(20):
+        data, truth, _ = number_scans.render_number(x, y, i, seed=7, flavour="paper_grey",
+                                                    decorations=("currency",))
+        right += read_both(data, classifier, numbers)[0] == truth
+    assert right >= 17, right
+
+
+def test_both_readers_boxes_are_in_input_pixels(sample, classifier, numbers):
+    """Each digit's box lies inside the image, left to right, one per digit, whichever reader
+    placed it (segmentation where the two agree, the alignment where they do not)."""
+    x, y = sample
+    seen_agreed = seen_alignment = 0
+    for i in range(30):
+        data, truth, _ = number_scans.render_number(x, y, i, seed=5, flavour="paper_grey")
+        image = decode_png(data)
+        text, reading = read_both(data, classifier, numbers, "number")
+        if reading is None:
+            continue
+        seen_agreed += bool(reading.agreed)
+        seen_alignment += not reading.agreed
+        h, w = image.shape[:2]
+        lefts = [d.box[0] for d in reading.digits]
+        assert lefts == sorted(lefts) and len(reading.digits) == len(text)
+        for d in reading.digits:
+            bx, by, bw, bh = d.box
+            assert bx >= -2 and by >= -2 and bx + bw <= w + 2 and by + bh <= h + 2, (i, d.box)
+            assert min(bw, bh) > 0 and len(d.top) == 3 and d.top[0][0] == d.value
+    assert seen_agreed >= 20

@@ -49,6 +49,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.base or args.steps:
         print("digitd train: --base and --steps need --corrections", file=sys.stderr)
         return ExitCode.USAGE
+    if args.arch == "numbers":
+        return _command("train_numbers", "train_numbers_command", needs_tensorflow=True)(args)
     return _command("train", "train_command", needs_tensorflow=True)(args)
 
 
@@ -97,11 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         "calibration part, measure the operating point (digitd.dataset's shared split); with "
         "--corrections: refit the temperature on its calibration part too",
     )
-    train.add_argument("--arch", choices=("cnn", "mlp"), default="cnn")
-    train.add_argument("--epochs", type=int, help="default: 3 for mlp, the tuned value for cnn")
+    train.add_argument("--arch", choices=("cnn", "mlp", "numbers"), default="cnn",
+                       help="numbers: the number reader (CTC) on strings of MNIST digits")
+    train.add_argument("--epochs", type=int,
+                       help="default: 3 for mlp, the tuned value for cnn and numbers")
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--out", metavar="DIR", default="models")
-    train.add_argument("--limit", type=int, metavar="N", help="train on the first N digits only")
+    train.add_argument("--limit", type=int, metavar="N", help="train on the first N digits only "
+                       "(--arch numbers: on N strings)")
     train.add_argument(
         "--no-verify",
         action="store_true",

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from digitd import ctc
 from digitd.batcher import Batcher
 from digitd.claims import Batch, Claimed, WorkFolder
 from digitd.codes import ExitCode, Status
@@ -126,6 +127,7 @@ class Daemon:
         self.stopping = False
         # the model and threshold: each batch takes them once; a reload swaps them between
         self.serving: Serving | None = None
+        self.numbers = None  # the number model (digitd.ctc), with recognise auto or number
         self.reloader = ModelReloader(self._load_configured_model, self._install,
                                       self._notify_with_counts, lambda: self.serving)
         self._next_ping = 0.0
@@ -193,6 +195,8 @@ class Daemon:
             )
         self.work.open()
         self.serving = Serving(self._load_model(self.config.model), self.config.min_confidence)
+        if self.config.recognise != "digit":
+            self.numbers = self._load_numbers()
         self._recogniser.start()
         self._writer.start()
         self._recover()
@@ -211,6 +215,21 @@ class Daemon:
     @property
     def classifier(self):
         return self.serving.classifier
+
+    def _load_numbers(self):
+        """The shipped number model, warmed; None (numbers read by segmentation alone, said
+        once) if it cannot be served."""
+        try:
+            numbers = ctc.load(threads=self.model_threads)
+        except (OSError, ValueError, ModelError) as exc:
+            log.warning("number_model_unavailable", error=str(exc),
+                        hint="numbers are read by segmentation alone")
+            return None
+        if numbers.fallback:
+            log.warning("model_fallback", served=str(numbers.served), reason=numbers.fallback,
+                        runtime="tensorflow")
+        numbers.warm_up(16)
+        return numbers
 
     def _load_configured_model(self) -> Serving:
         """The reload's work, on its own thread: the model and min_confidence the
@@ -326,8 +345,9 @@ class Daemon:
         t1 = time.monotonic()
         good = [i for i, intake in enumerate(intakes) if intake.ok]
         readings: list = [(None, None)] * len(intakes)
+        numbers = self.numbers.predict if self.numbers is not None else None
         answers = read_all([(intakes[i].model_input, intakes[i].line) for i in good],
-                           classifier.predict, self.config.recognise)
+                           classifier.predict, self.config.recognise, numbers)
         for i, answer in zip(good, answers, strict=True):
             readings[i] = answer
         t2 = time.monotonic()
@@ -465,7 +485,7 @@ class Daemon:
             "test_accuracy": card.get("test", {}).get("accuracy"),
             "created_at": card.get("created_at"),
         }
-        return {
+        document = {
             "batch": batch.id,
             "instance": self.work.instance,
             "recovered": batch.recovered,
@@ -473,6 +493,13 @@ class Daemon:
             "timings_ms": {k: round(v, 3) for k, v in timings.items()},
             "items": [r.batch_item() for r in results],
         }
+        if self.numbers is not None:  # numbers' strings and confidences are its
+            document["number_model"] = {
+                "id": self.numbers.model_id,
+                "runtime": self.numbers.runtime,
+                "temperature": self.numbers.card.get("calibration", {}).get("temperature"),
+                "created_at": self.numbers.card.get("created_at")}
+        return document
 
     def _report(self, batch: Batch, results: list[Result], timings: dict) -> None:
         self.counts.add(results)

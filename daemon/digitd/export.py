@@ -56,28 +56,35 @@ def convert(model) -> bytes:
         return converter.convert()
 
 
-def parity(keras_probs: np.ndarray, tflite_probs: np.ndarray, labels: np.ndarray,
+def parity(keras_probs: np.ndarray, tflite_probs: np.ndarray, labels: np.ndarray | None,
            data: str) -> dict[str, Any]:
-    """How closely the .tflite's probabilities follow the .keras's on one test set."""
-    keras_answer, tflite_answer = keras_probs.argmax(axis=1), tflite_probs.argmax(axis=1)
-    differing = np.flatnonzero(keras_answer != tflite_answer)
+    """How closely the .tflite's probabilities follow the .keras's on one test set. An answer
+    is the most probable class of each row (of each output step, for the number model's
+    (N, steps, classes)); `labels` None: no accuracy (the number model's are strings)."""
+    keras_answer, tflite_answer = keras_probs.argmax(axis=-1), tflite_probs.argmax(axis=-1)
+    differs = (keras_answer != tflite_answer).reshape(len(keras_answer), -1).any(axis=1)
+    differing = np.flatnonzero(differs)
+    n = len(keras_answer)
     return {
         "data": data,
-        "n": int(len(labels)),
-        "same_answers": int(len(labels) - len(differing)),
+        "n": int(n),
+        "same_answers": int(n - len(differing)),
         "differing": differing[:20].tolist(),  # indices of the first few, if any
         "max_abs_diff": float(np.abs(keras_probs - tflite_probs).max(initial=0.0)),
-        "keras_accuracy": round(float((keras_answer == labels).mean()), 6),
-        "tflite_accuracy": round(float((tflite_answer == labels).mean()), 6),
+        "keras_accuracy": None if labels is None
+        else round(float((keras_answer == labels).mean()), 6),
+        "tflite_accuracy": None if labels is None
+        else round(float((tflite_answer == labels).mean()), 6),
     }
 
 
-def export_tflite(keras_file: Path, x: np.ndarray, y: np.ndarray, data: str,
+def export_tflite(keras_file: Path, x: np.ndarray, y: np.ndarray | None, data: str,
                   model=None) -> dict[str, Any]:
     """Write `<name>.tflite` beside `keras_file` and return the card's `tflite` entry.
 
-    x: (N, 28, 28) float32 test inputs (the model's input contract), y: their labels, data:
-    what they are (for the card). `model`: the loaded Keras model if the caller has it.
+    x: (N, 28, 28) float32 test inputs (the model's input contract; the number model's
+    strips), y: their labels (None for the number model), data: what they are (for the
+    card). `model`: the loaded Keras model if the caller has it.
     Raises ExportError (writing nothing) if the two models disagree.
     """
     keras = import_keras()
@@ -94,7 +101,7 @@ def export_tflite(keras_file: Path, x: np.ndarray, y: np.ndarray, data: str,
     with tempfile.TemporaryDirectory() as tmp:  # run it exactly as serving will
         candidate = Path(tmp) / "candidate.tflite"
         candidate.write_bytes(content)
-        runner = LiteRTRunner(candidate, threads=None)
+        runner = LiteRTRunner(candidate, threads=None, shape=x.shape[1:])
         tflite_probs = np.concatenate(
             [runner(x[i:i + 256]) for i in range(0, len(x), 256)] or [keras_probs[:0]])
     result = parity(keras_probs, tflite_probs, y, data)
@@ -122,7 +129,8 @@ def export_tflite(keras_file: Path, x: np.ndarray, y: np.ndarray, data: str,
     }
 
 
-def tflite_card_entry(keras_file: Path, x: np.ndarray, y: np.ndarray, data: str) -> dict:
+def tflite_card_entry(keras_file: Path, x: np.ndarray, y: np.ndarray | None,
+                      data: str) -> dict:
     """`export_tflite` for a card being written: its entry, or {"error": why} (logged) if
     the two models disagree (serving then falls back to the .keras, and says why)."""
     try:
@@ -165,15 +173,24 @@ def export_command(args) -> int:
         return ExitCode.USAGE
     from digitd.train import to_input
 
+    if card.get("arch") == "numbers":  # parity on its held-out strings, made again
+        from digitd.train_numbers import held_out_strings
+
+        seed = card.get("training", {}).get("seed", 1)
+        x, y, what = held_out_strings(data.x_train, data.y_train, seed)
+        y = None
+    else:
+        x, y, what = to_input(data.x_test), data.y_test, f"MNIST test set ({data.source})"
     try:
-        entry = export_tflite(keras_file, to_input(data.x_test), data.y_test,
-                              f"MNIST test set ({data.source})")
+        entry = export_tflite(keras_file, x, y, what)
     except ExportError as exc:
         print(f"digitd export: {exc}", file=sys.stderr)
         return ExitCode.FAILURE
     record(keras_file, entry)
     p = entry["parity"]
+    what = "held-out strings" if y is None else "test digits"
+    accuracy = "" if y is None else f", accuracy {p['tflite_accuracy']:.4%}"
     print(f"wrote {tflite_path(keras_file)} ({entry['bytes']:,} bytes): same answer on "
-          f"{p['same_answers']:,} of {p['n']:,} test digits, largest probability difference "
-          f"{p['max_abs_diff']:.2g}, accuracy {p['tflite_accuracy']:.4%}; card updated")
+          f"{p['same_answers']:,} of {p['n']:,} {what}, largest probability difference "
+          f"{p['max_abs_diff']:.2g}{accuracy}; card updated")
     return ExitCode.OK

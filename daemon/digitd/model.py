@@ -139,14 +139,15 @@ class Classifier:
     runtime: str  # "litert" (the .tflite) or "tensorflow" (the .keras)
     served: Path  # the file actually run
     fallback: str = ""  # why the .tflite is not served; "" when it is
+    shape: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)  # one input's (digitd.strip: a line's)
     _run: Callable[[np.ndarray], np.ndarray] = field(repr=False, default=None)
     _lock: threading.Lock = field(repr=False, default_factory=threading.Lock)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, 28, 28) float32 in [0, 1] -> (N, 10) float32 probabilities, MAX_CHUNK at a time."""
         x = np.asarray(batch, dtype=np.float32)
-        if x.ndim != 3 or x.shape[1:] != (INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(f"expected (N, {INPUT_SIZE}, {INPUT_SIZE}), got {x.shape}")
+        if x.ndim != 3 or x.shape[1:] != self.shape:
+            raise ValueError(f"expected (N, {self.shape[0]}, {self.shape[1]}), got {x.shape}")
         parts = []
         for i in range(0, len(x), MAX_CHUNK):
             with self._lock:  # one call at a time: neither runtime is re-entrant
@@ -159,7 +160,7 @@ class Classifier:
         """Run every bucket up to `max_batch` once, so the first real batch is fast."""
         last = next((b for b in BUCKETS if b >= max_batch), BUCKETS[-1])
         for size in BUCKETS[: BUCKETS.index(last) + 1]:
-            self.predict(np.zeros((size, INPUT_SIZE, INPUT_SIZE), np.float32))
+            self.predict(np.zeros((size, *self.shape), np.float32))
 
 
 class LiteRTRunner:
@@ -168,9 +169,11 @@ class LiteRTRunner:
     Resizing the input costs microseconds with XNNPACK (measured), so batches are not padded.
     """
 
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, path: Path, threads: int | None,
+                 shape: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
+        self.shape = tuple(shape)
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads or _cores())
         self._input = self.interpreter.get_input_details()[0]["index"]
         self._output = self.interpreter.get_output_details()[0]["index"]
@@ -179,7 +182,7 @@ class LiteRTRunner:
             self._resize(1)
 
     def _resize(self, n: int) -> None:
-        self.interpreter.resize_tensor_input(self._input, [n, INPUT_SIZE, INPUT_SIZE])
+        self.interpreter.resize_tensor_input(self._input, [n, *self.shape])
         self.interpreter.allocate_tensors()
         self._size = n
 
@@ -195,7 +198,9 @@ class KerasRunner:
     """The .keras through TensorFlow: one tf.function, N padded up to a bucket so it never
     retraces (not `model.predict`, which costs ~50 ms a call)."""
 
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, path: Path, threads: int | None,
+                 shape: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> None:
+        self.shape = tuple(shape)
         if "TF_ENABLE_ONEDNN_OPTS" not in os.environ and not write_execute_allowed():
             # oneDNN's JIT aborts the process under MemoryDenyWriteExecute=yes
             os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
@@ -216,7 +221,7 @@ class KerasRunner:
         n = len(x)
         size = next(b for b in BUCKETS if b >= n)
         if size != n:
-            x = np.concatenate([x, np.zeros((size - n, INPUT_SIZE, INPUT_SIZE), np.float32)])
+            x = np.concatenate([x, np.zeros((size - n, *self.shape), np.float32)])
         return np.asarray(self.fn(x), dtype=np.float32)[:n]
 
 
@@ -250,7 +255,8 @@ def tflite_problem(model_path: Path, model_id: str, card: dict[str, Any]) -> str
 
 
 def load_classifier(path: str | Path | None = None, threads: int | None = None,
-                    runtime: str = "auto") -> Classifier:
+                    runtime: str = "auto",
+                    shape: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> Classifier:
     """Load a model (default: the shipped one) for serving; see the module's docstring.
 
     `path` names the .keras file (a .tflite path is taken as the .keras beside it).
@@ -258,6 +264,7 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
     `runtime`: "auto" serves the .tflite if it can and falls back to the .keras (the reason is
     in `Classifier.fallback`); "litert" or "tensorflow" insist on one. `threads` caps the
     runtime's threads (a worker process gets its share of the cores); None uses every core.
+    `shape`: one input's shape (the number model takes digitd.strip's).
     Raises FileNotFoundError for a missing .keras file and ModelError if nothing can serve it.
     """
     if runtime not in RUNTIMES:
@@ -269,13 +276,13 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
         raise FileNotFoundError(f"{model_path}: no such model file")
     model_id = file_sha256(model_path)
     card = read_card(model_path)
-    common = {"path": model_path, "model_id": model_id, "card": card}
+    common = {"path": model_path, "model_id": model_id, "card": card, "shape": tuple(shape)}
     fallback = ""
     if runtime != "tensorflow":
         fallback = tflite_problem(model_path, model_id, card)
         if not fallback:
             try:
-                run = LiteRTRunner(tflite_path(model_path), threads)
+                run = LiteRTRunner(tflite_path(model_path), threads, shape)
                 return Classifier(**common, runtime="litert", served=tflite_path(model_path),
                                   _run=run)
             except ImportError:
@@ -285,7 +292,7 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
         if runtime == "litert":
             raise ModelError(f"{model_path.name}: cannot serve through LiteRT: {fallback}")
     try:
-        run = KerasRunner(model_path, threads)
+        run = KerasRunner(model_path, threads, shape)
     except ImportError as exc:
         why = f"{fallback}, and " if fallback else ""
         raise ModelError(f"{model_path.name}: {why}TensorFlow is not installed for the .keras "

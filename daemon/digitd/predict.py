@@ -25,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+from digitd import ctc
 from digitd.codes import ExitCode, Status
 from digitd.config import Config, ConfigError, load_config
 from digitd.fsutil import write_atomic
@@ -78,6 +79,21 @@ def _write_preview(directory: Path, name: str, result: Result, intake: Intake) -
     write_atomic(directory / name, png)
 
 
+def _number_model():
+    """The shipped number model, or False (said on stderr) when it cannot be served: numbers
+    are then read by segmentation alone."""
+    try:
+        numbers = ctc.load()
+    except (OSError, ValueError, ModelError) as exc:
+        print(f"digitd predict: no number model ({exc}); numbers are read by segmentation "
+              "alone", file=sys.stderr)
+        return False
+    if numbers.fallback:
+        print(f"digitd predict: running {numbers.served.name} with TensorFlow: "
+              f"{numbers.fallback}", file=sys.stderr)
+    return numbers
+
+
 def predict_command(args) -> int:
     """Entry point of `digitd predict` (arguments from digitd.cli)."""
     try:
@@ -92,7 +108,7 @@ def predict_command(args) -> int:
         except OSError as exc:
             print(f"digitd predict: cannot create {preview_dir}: {exc.strerror}", file=sys.stderr)
             return ExitCode.USAGE
-    classifier = None
+    classifier = numbers = None
     rejected = 0
     used_names: set[str] = set()
     out = sys.stdout
@@ -112,8 +128,11 @@ def predict_command(args) -> int:
                 if classifier.fallback:
                     print(f"digitd predict: running {classifier.served.name} with TensorFlow: "
                           f"{classifier.fallback}", file=sys.stderr)
+            if numbers is None and any(intakes[i].line is not None for i in good):
+                numbers = _number_model()
             answers = read_all([(intakes[i].model_input, intakes[i].line) for i in good],
-                               classifier.predict, config.recognise)
+                               classifier.predict, config.recognise,
+                               numbers.predict if numbers else None)
             for i, answer in zip(good, answers, strict=True):
                 readings[i] = answer
         for file, intake, (probs, number) in zip(chunk, intakes, readings, strict=True):

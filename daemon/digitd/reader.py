@@ -1,11 +1,30 @@
-"""Candidate pieces + the classifier's probabilities -> the number read: the recognition half
-of reading a number (digitd.segment gives the candidates).
+"""Candidate pieces + the classifier's probabilities, and the number model's reading of the
+whole line -> the number read: the recognition half of reading a number (digitd.segment gives
+the candidates and the line's strip).
 
-Pure functions, no model: the caller runs the classifier on every piece's model input (one
-batch for many images) and passes the probabilities in.
+Pure functions, no model: the caller passes the models' batch functions in, and each runs
+once for many images.
 
-    read_all([(whole, line), ...], classifier.predict, mode) -> [(probabilities, Reading | None)]
-    read_line(line, probabilities) -> Reading
+    read_all([(whole, line), ...], classifier.predict, mode, numbers.predict)
+        -> [(probabilities, Reading | None)]
+    read_line(line, probabilities) -> Reading            the segmentation reader alone
+    combine(line, segmented, decoded, mode) -> Reading | None
+
+Two readers, measured against each other (docs/BENCHMARKS.md, "Numbers"):
+
+- the number model (digitd.ctc): a segmentation-free network that reads the whole line, its
+  decoration too, and says the string and its calibrated probability;
+- the segmentation reader (read_line): the single-digit classifier on candidate pieces.
+
+With the number model, its string is the answer, its probability the string's confidence,
+and each digit is `agreed` when the segmentation reader read the same digit there (the
+same string, or the same length and that digit). A digit that is not agreed is doubtful, so
+a number is `ok` only when both readers say the same string and its confidence reaches
+min_confidence. Boxes: where the readers agree, the segmentation's pieces (cut from the ink
+itself); otherwise the number model's alignment (digitd.ctc.boxes).
+
+Without the number model (recognise: auto/number with no digitd-numbers model), the
+segmentation reader alone answers, as below.
 
 The reading is the chain of pieces covering every unit whose digits the classifier is
 surest of: the largest sum of log(top probability) plus each piece's shape prior (dynamic
@@ -22,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from digitd import ctc
 from digitd.segment import Box, Line
 
 TOP = 3  # probabilities kept per digit
@@ -43,6 +63,7 @@ class Digit:
     box: Box  # x, y, width, height in the input's pixels
     cut: bool  # cut from touching ink or joined from parts: its shape is a guess
     top: tuple[tuple[int, float], ...]  # (digit, probability), best first
+    agreed: bool = True  # False: the other reader read something else here (doubtful)
 
 
 @dataclass(frozen=True)
@@ -51,6 +72,7 @@ class Reading:
 
     digits: tuple[Digit, ...]
     confidence: float
+    agreed: bool | None = None  # both readers read this string (None: one reader only)
 
     @property
     def text(self) -> str:
@@ -68,20 +90,50 @@ def model_inputs(whole: np.ndarray, line: Line | None) -> np.ndarray:
     return np.stack([whole] + [piece.model_input for piece in line.pieces])
 
 
-def read_all(images: list[tuple[np.ndarray, Line | None]], predict,
-             mode: str = "auto") -> list[tuple[np.ndarray, Reading | None]]:
-    """Read many images with one call of `predict` ((N, 28, 28) -> (N, 10), the classifier):
-    for each (whole, line) its whole ink's probabilities and its number (None: one digit)."""
+def read_all(images: list[tuple[np.ndarray, Line | None]], predict, mode: str = "auto",
+             numbers=None) -> list[tuple[np.ndarray, Reading | None]]:
+    """Read many images with one call of `predict` ((N, 28, 28) -> (N, 10), the classifier)
+    and, unless `mode` is "digit", one of `numbers` ((N, HEIGHT, WIDTH) strips -> (N, STEPS,
+    CLASSES), the number model; None: the segmentation reader alone): for each (whole, line)
+    its whole ink's probabilities and its number (None: one digit)."""
     if not images:
         return []
     inputs = [model_inputs(whole, line) for whole, line in images]
     probabilities = predict(np.concatenate(inputs).astype(np.float32, copy=False))
+    lines = [k for k, (_, line) in enumerate(images)
+             if line is not None and line.strip is not None]
+    decoded = {}
+    if numbers is not None and mode != "digit" and lines:
+        steps = numbers(np.stack([images[k][1].strip.pixels for k in lines]))
+        decoded = {k: ctc.greedy(p) for k, p in zip(lines, steps, strict=True)}
     out, at = [], 0
-    for (_, line), rows in zip(images, inputs, strict=True):
+    for k, ((_, line), rows) in enumerate(zip(images, inputs, strict=True)):
         mine = probabilities[at : at + len(rows)]
         at += len(rows)
-        out.append((mine[0], read(line, mine, mode)))
+        if k in decoded:
+            out.append((mine[0], combine(line, mine[1:], decoded[k], mode)))
+        else:
+            out.append((mine[0], read(line, mine, mode)))
     return out
+
+
+def combine(line: Line, pieces: np.ndarray, decoded: ctc.Decoded, mode: str) -> Reading | None:
+    """The number model's reading checked against the segmentation reader's (see the module's
+    docstring); None when the image is read as one digit: the number model reads fewer than
+    two digits, or with "auto" the segmentation reader reads one digit (choose())."""
+    if len(decoded.emissions) < 2:
+        return None
+    segmented = read_line(line, pieces)
+    if mode == "auto" and choose(line, pieces) is None:
+        return None
+    same = segmented.text == decoded.text
+    places = [d.box for d in segmented.digits] if same else ctc.boxes(decoded, line.strip)
+    lengths = len(segmented.text) == len(decoded.text)
+    digits = tuple(
+        Digit(value=e.value, confidence=e.confidence, box=box, cut=False, top=e.top,
+              agreed=same or (lengths and segmented.text[i] == decoded.text[i]))
+        for i, (e, box) in enumerate(zip(decoded.emissions, places, strict=True)))
+    return Reading(digits=digits, confidence=decoded.confidence, agreed=same)
 
 
 def read(line: Line | None, probabilities: np.ndarray, mode: str = "auto") -> Reading | None:

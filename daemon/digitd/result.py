@@ -90,17 +90,19 @@ class Result:
 
     @classmethod
     def number(cls, reading: Reading, min_confidence: float, **fields) -> Result:
-        """A number read (digitd.reader): its confidence is the string's (the product of its
-        digits', sharpened); `ok` only when that is at least `min_confidence` and no digit is
-        doubtful (below `min_confidence`, or cut out of touching ink or joined from parts: its
-        shape is a guess). `digit` is empty: the string is in `digits`."""
+        """A number read (digitd.reader): its confidence is the string's (calibrated: the
+        number model's path probability, or without it the product of the digits'
+        probabilities, sharpened); `ok` only when that is at least `min_confidence` and no
+        digit is doubtful (below `min_confidence`, not agreed by the two readers, or, read by
+        segmentation alone, cut out of touching ink or joined from parts: its shape is a
+        guess). `digit` is empty: the string is in `digits`."""
         parts = [
             {
                 "box": list(d.box),
                 "digit": d.value,
                 "confidence": round(d.confidence, 6),
                 "top": [[value, p] for value, p in d.top],
-                "doubtful": d.cut or d.confidence < min_confidence,
+                "doubtful": d.cut or not d.agreed or d.confidence < min_confidence,
             }
             for d in reading.digits
         ]

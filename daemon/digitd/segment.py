@@ -22,6 +22,9 @@ one digit):
 5. Pieces: every run of up to MAX_RUN consecutive units that could be one digit (not wider
    than a digit, no wide gap inside), each normalised exactly as preprocess normalises one
    digit (preprocess.finish), with its box in the input's pixels and a geometric prior.
+6. The strip: the line cut out in step 2 near its digits (decoration too, far specks and
+   lines not), its ink mapped to strength as for one digit, as the number model reads it
+   (digitd.strip).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 from digitd.preprocess import (
     Cut,
     Rejected,
+    _ink_profile,
     _one_digit,
     extract,
     finish,
@@ -42,6 +46,7 @@ from digitd.preprocess import (
     locate,
     mask_of,
 )
+from digitd.strip import Strip, strip
 
 MAX_RUN = 3  # units a piece may join (a digit broken into up to three parts, or cut apart)
 DUST = 0.02  # parts smaller than this share of the largest are dust
@@ -56,9 +61,12 @@ VALLEY = 0.9  # a cut goes where the ink is at most this share of the part's med
 DOUBT = 1.05  # a piece wider than this many digit heights may be two digits read as one
 MAX_WIDTH = 1.15  # a piece wider than this many digit heights is not one digit
 JOIN_GAP = 0.12  # parts further apart than this many heights are never one digit
+BAND_X = 1.5  # the strip holds the ink this many digit heights left and right of the digits
+BAND_Y = 0.4  # ...and this many above and below them
 
 
 Box = tuple[int, int, int, int]  # x, y, width, height
+Band = tuple[int, int, int, int]  # x0, y0, x1, y1
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ class Line:
     pieces: tuple[Piece, ...]
     height: float  # the digits' height in the input's pixels
     whole: np.ndarray  # all of it read as one digit: exactly preprocess.normalise's input
+    strip: Strip | None = None  # all of it (decoration too) as the number model reads it
 
 
 def segment(image: np.ndarray) -> Single | Line:
@@ -115,8 +124,8 @@ def segment(image: np.ndarray) -> Single | Line:
     found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale)
     if found is None:
         return Single(whole)
-    units, pieces, height = found
-    return Line(units, pieces, height, whole)
+    units, pieces, height, band = found
+    return Line(units, pieces, height, whole, _strip(cut, band, height / cut.scale))
 
 
 def _edge_line(stat: np.ndarray, shape: tuple[int, ...]) -> bool:
@@ -154,9 +163,10 @@ def _side_by_side(stats: np.ndarray, labels: list[int]) -> bool:
     return False
 
 
-def _line(cut: Cut, height: float) -> tuple[int, tuple[Piece, ...], float] | None:
-    """Steps 2-5 on the cut-out line (its digits about `height` pixels tall); None when it
-    turns out to hold one digit."""
+def _line(cut: Cut, height: float) -> tuple[int, tuple[Piece, ...], float, Band] | None:
+    """Steps 2-5 on the cut-out line (its digits about `height` pixels tall): the number of
+    units, the pieces, the digits' height in input pixels and the units' box in the cut
+    (x0, y0, x1, y1); None when it turns out to hold one digit."""
     binary = _remove_rules(cut.binary, int(height))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if n <= 1:
@@ -172,7 +182,24 @@ def _line(cut: Cut, height: float) -> tuple[int, tuple[Piece, ...], float] | Non
     if len(units) <= 1:
         return None
     pieces = _pieces(cut, labels, units, height)
-    return len(units), tuple(pieces), float(height * cut.scale)
+    band = (min(u.x0 for u in units), min(u.y0 for u in units), max(u.x1 for u in units),
+            max(u.y1 for u in units))
+    return len(units), tuple(pieces), float(height * cut.scale), band
+
+
+def _strip(cut: Cut, band: Band, height: float) -> Strip:
+    """Step 6: the line's ink near its digits (the units' box, BAND_X digit heights wider on
+    each side and BAND_Y taller: a currency sign, a trailing dash, an underline stay; specks
+    and lines far off, which would shrink the digits in the strip, do not), as the number
+    model reads it."""
+    ink = _ink_profile(cut.ink, cut.mask, cut.floor)
+    x0, y0, x1, y1 = band
+    rows, cols = ink.shape
+    ax0, ax1 = max(0, int(x0 - BAND_X * height)), min(cols, int(x1 + BAND_X * height) + 1)
+    ay0, ay1 = max(0, int(y0 - BAND_Y * height)), min(rows, int(y1 + BAND_Y * height) + 1)
+    near = np.zeros_like(ink)
+    near[ay0:ay1, ax0:ax1] = ink[ay0:ay1, ax0:ax1]
+    return strip(near, cut.origin, cut.scale)
 
 
 def _remove_rules(binary: np.ndarray, height: int) -> np.ndarray:

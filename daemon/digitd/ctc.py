@@ -1,0 +1,137 @@
+"""The number model's output -> the digits it read: greedy CTC decoding in NumPy.
+
+The number model (`digitd train --arch numbers`, digitd.train_numbers) reads a strip
+(digitd.strip) and gives, for each of its STEPS output steps (STRIDE strip columns each),
+the probabilities of CLASSES classes: BLANK (no digit here) and 1 + d for the digit d.
+
+    greedy(probs) -> Decoded(text, confidence, emissions)
+
+Greedy decoding: each step's most probable class, repeats merged, blanks dropped. The
+string's confidence is that path's probability (the product of each step's top
+probability), calibrated: the model's logits are divided by a temperature fitted on held-out
+strings before the softmax (baked into its graph), so that this probability predicts how
+often a string is read exactly. Each digit is an emission: a run of steps with the same
+digit, its value's probability at its surest step and the top-3 digits there.
+
+`boxes()` places each emission on the strip: its columns reach from the thinnest ink column
+between its centre and each neighbour's centre, at most about a digit's width from its own
+centre, and its box is the ink within them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from digitd.strip import HEIGHT, STRIDE, WIDTH, Strip
+
+CLASSES = 11
+BLANK = 0
+STEPS = WIDTH // STRIDE
+TOP = 3
+SHAPE = (HEIGHT, WIDTH)  # one input of the number model
+NAME = "digitd-numbers.keras"
+
+
+@dataclass(frozen=True)
+class Emission:
+    """One digit of a greedy reading: steps first..last (inclusive) of the output."""
+
+    value: int
+    confidence: float  # the value's probability at its surest step
+    first: int
+    last: int
+    peak: int  # its surest step
+    top: tuple[tuple[int, float], ...]  # (digit, probability) at the peak, best first
+
+
+@dataclass(frozen=True)
+class Decoded:
+    text: str
+    confidence: float  # the greedy path's probability (calibrated)
+    emissions: tuple[Emission, ...]
+
+
+def default_path() -> Path:
+    """The number model shipped inside the package (beside the digit model)."""
+    return Path(__file__).resolve().parent / "models" / NAME
+
+
+def load(path: str | Path | None = None, threads: int | None = None):
+    """The number model (default: the shipped one) for serving: a digitd.model.Classifier
+    whose inputs are strips, served through its .tflite as the digit model is (the same
+    fallback rules). Raises FileNotFoundError or digitd.model.ModelError."""
+    from digitd.model import load_classifier
+
+    return load_classifier(path or default_path(), threads=threads, shape=SHAPE)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def greedy(probs: np.ndarray) -> Decoded:
+    """(STEPS, CLASSES) probabilities -> the greedy reading."""
+    probs = np.asarray(probs, np.float64)
+    best = probs.argmax(axis=1)
+    confidence = float(np.exp(np.log(np.maximum(probs.max(axis=1), 1e-30)).sum()))
+    emissions = []
+    t, steps = 0, len(best)
+    while t < steps:
+        c = int(best[t])
+        end = t
+        while end + 1 < steps and best[end + 1] == c:
+            end += 1
+        if c != BLANK:
+            run = probs[t : end + 1, c]
+            peak = t + int(run.argmax())
+            digits = probs[peak, 1:]
+            order = np.argsort(-digits, kind="stable")[:TOP]
+            emissions.append(Emission(
+                value=c - 1, confidence=float(probs[peak, c]), first=t, last=end, peak=peak,
+                top=tuple((int(d), round(float(digits[d]), 6)) for d in order)))
+        t = end + 1
+    text = "".join(str(e.value) for e in emissions)
+    return Decoded(text, confidence, tuple(emissions))
+
+
+def boxes(decoded: Decoded, line: Strip) -> list[tuple[int, int, int, int]]:
+    """Each emission's box (x, y, width, height) in the input's pixels (see the docstring)."""
+    ink = line.pixels
+    profile = ink.sum(axis=0)
+    rows_used = np.flatnonzero(ink.any(axis=1))
+    reach = 0.6 * (rows_used[-1] - rows_used[0] + 1) if len(rows_used) else WIDTH
+    centres = [(e.first + e.last + 1) / 2 * STRIDE for e in decoded.emissions]
+    out = []
+    for k, c in enumerate(centres):
+        lo = max(0.0, c - reach) if k == 0 else _valley(profile, centres[k - 1], c)
+        hi = min(float(WIDTH), c + reach) if k == len(centres) - 1 \
+            else _valley(profile, c, centres[k + 1])
+        lo, hi = max(lo, c - reach), min(hi, c + reach)
+        a, b = int(lo), max(int(lo) + 1, int(np.ceil(hi)))
+        part = ink[:, a:b] > 0.1
+        cols, rows = np.flatnonzero(part.any(axis=0)), np.flatnonzero(part.any(axis=1))
+        if len(cols) == 0:  # no ink under the emission: its steps' columns, the line's rows
+            e = decoded.emissions[k]
+            x0, x1 = e.first * STRIDE, (e.last + 1) * STRIDE
+            y0, y1 = (rows_used[0], rows_used[-1] + 1) if len(rows_used) else (0, HEIGHT)
+        else:
+            x0, x1 = a + cols[0], a + cols[-1] + 1
+            y0, y1 = rows[0], rows[-1] + 1
+        out.append(line.to_input(x0, y0, x1, y1))
+    return out
+
+
+def _valley(profile: np.ndarray, left: float, right: float) -> float:
+    """The column with the least ink between two centres (the middle one of ties)."""
+    a, b = int(np.ceil(left)), int(right)
+    if b <= a:
+        return (left + right) / 2
+    window = profile[a : b + 1]
+    low = np.flatnonzero(window <= window.min() + 1e-6)
+    return float(a + low[len(low) // 2])

@@ -1,0 +1,130 @@
+"""The number model's side of reading numbers: the strip contract (digitd.strip), greedy CTC
+decoding and the digits' boxes (digitd.ctc), and how the two readers are combined
+(digitd.reader.combine). Pure functions on hand-made inputs; the real model is exercised in
+test_numbers.py, test_predict.py and test_daemon.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from digitd import ctc
+from digitd.reader import combine
+from digitd.result import Result
+from digitd.segment import Line, Piece
+from digitd.strip import HEIGHT, MARGIN, STRIDE, WIDTH, strip
+
+
+def _steps(*labels: int, sure: float = 0.98) -> np.ndarray:
+    """(STEPS, CLASSES) probabilities whose most probable class at step t is labels[t]
+    (blank after the given ones)."""
+    probs = np.full((ctc.STEPS, ctc.CLASSES), (1 - sure) / (ctc.CLASSES - 1))
+    best = list(labels) + [ctc.BLANK] * (ctc.STEPS - len(labels))
+    probs[np.arange(ctc.STEPS), best] = sure
+    return probs
+
+
+def test_greedy_merges_repeats_and_blanks_separate_them():
+    b = ctc.BLANK
+    decoded = ctc.greedy(_steps(b, 5, 5, b, 2, b, 2, 2, b, 8))  # classes are 1 + digit
+    assert decoded.text == "4117"
+    assert [(e.first, e.last) for e in decoded.emissions] == [(1, 2), (4, 4), (6, 7), (9, 9)]
+    assert decoded.confidence == pytest.approx(0.98 ** ctc.STEPS)
+    e = decoded.emissions[0]
+    assert e.value == 4 and e.top[0] == (4, pytest.approx(0.98)) and len(e.top) == 3
+
+
+def test_greedy_reads_nothing_from_blanks():
+    decoded = ctc.greedy(_steps())
+    assert decoded.text == "" and decoded.emissions == ()
+
+
+def test_strip_fits_the_line_keeps_its_aspect_and_maps_back():
+    ink = np.zeros((60, 300), np.float32)
+    ink[10:50, 20:220] = 0.5  # the line: 40 x 200 in a 60 x 300 map
+    s = strip(ink, origin=(100, 40), step=2.0)
+    assert s.pixels.shape == (HEIGHT, WIDTH) and s.pixels.dtype == np.float32
+    assert s.pixels.max() == 1.0  # the strongest ink is 1
+    rows = np.flatnonzero(s.pixels.any(axis=1))
+    cols = np.flatnonzero(s.pixels.any(axis=0))
+    assert cols[0] == MARGIN and rows[0] == s.top
+    assert len(rows) == HEIGHT - 2 * MARGIN  # the height binds: 200 / 40 < 252 / 28
+    assert (cols[-1] - cols[0] + 1) / len(rows) == pytest.approx(5, rel=0.03)
+    # the whole strip box maps back onto the ink's box in the input (origin + 2 * map pixels)
+    x, y, w, h = s.to_input(cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    assert (x, y, w, h) == pytest.approx((100 + 2 * 20, 40 + 2 * 10, 400, 80), abs=2)
+
+
+def test_strip_refuses_no_ink():
+    with pytest.raises(ValueError):
+        strip(np.zeros((10, 10), np.float32))
+
+
+def _two_blobs():
+    """A strip of two blobs (columns 10-29 and 50-69 of the ink map) and a reading with one
+    emission at the centre of each."""
+    ink = np.zeros((40, 100), np.float32)
+    ink[5:35, 10:30] = 1.0
+    ink[5:35, 50:70] = 1.0
+    s = strip(ink)
+    left = np.flatnonzero(s.pixels.any(axis=0))
+    assert left[0] == MARGIN
+    # the blobs' centres (ink-map columns 20 and 60; the strip starts at the ink, column 10)
+    centres = [int((MARGIN + (x - 10) * s.scale) / STRIDE) for x in (20, 60)]
+    labels = [ctc.BLANK] * (centres[1] + 1)
+    labels[centres[0]], labels[centres[1]] = 1 + 3, 1 + 8
+    return s, ctc.greedy(_steps(*labels))
+
+
+def test_boxes_are_each_emissions_ink_in_input_pixels():
+    s, decoded = _two_blobs()
+    assert decoded.text == "38"
+    first, second = ctc.boxes(decoded, s)
+    assert first == pytest.approx((10, 5, 20, 30), abs=1)  # the ink map's pixels (step 1)
+    assert second == pytest.approx((50, 5, 20, 30), abs=1)
+
+
+def _line_for(s) -> Line:
+    blank = np.zeros((28, 28), np.float32)
+    pieces = (Piece(0, 0, (11, 6, 19, 29), blank, 0.0, False),
+              Piece(1, 1, (51, 6, 19, 29), blank, 0.0, True))
+    return Line(units=2, pieces=pieces, height=30.0, whole=blank, strip=s)
+
+
+def _classifier_rows(*tops):
+    rows = []
+    for digit, p in tops:
+        row = np.full(10, (1 - p) / 9, np.float32)
+        row[digit] = p
+        rows.append(row)
+    return np.array(rows)
+
+
+def test_readers_agree_boxes_from_segmentation_and_ok():
+    s, decoded = _two_blobs()
+    line = _line_for(s)
+    reading = combine(line, _classifier_rows((3, 0.99), (8, 0.97)), decoded, "number")
+    assert reading.text == "38" and reading.agreed
+    assert [d.box for d in reading.digits] == [(11, 6, 19, 29), (51, 6, 19, 29)]
+    # the second piece was cut from touching ink, but both readers read an 8 there
+    result = Result.number(reading, 0.2, file="x.png")  # 0.98 ** 64 steps = 0.27
+    assert result.status == "ok" and not any(p["doubtful"] for p in result.parts)
+    assert result.confidence == pytest.approx(decoded.confidence)
+
+
+def test_readers_disagree_the_digit_is_doubtful_and_boxes_from_the_alignment():
+    s, decoded = _two_blobs()
+    line = _line_for(s)
+    reading = combine(line, _classifier_rows((3, 0.99), (6, 0.97)), decoded, "number")
+    assert reading.text == "38" and reading.agreed is False
+    assert [d.agreed for d in reading.digits] == [True, False]
+    assert [d.box for d in reading.digits] == ctc.boxes(decoded, s)
+    result = Result.number(reading, 0.2, file="x.png")
+    assert result.status == "low_confidence"
+    assert [p["doubtful"] for p in result.parts] == [False, True]
+
+
+def test_one_digit_read_by_the_number_model_is_one_digit():
+    s, _ = _two_blobs()
+    one = ctc.greedy(_steps(ctc.BLANK, 1 + 7))
+    assert combine(_line_for(s), _classifier_rows((7, 0.9), (1, 0.9)), one, "number") is None

@@ -1,0 +1,77 @@
+"""`digitd train --arch numbers` on the committed sample (never the full set): a short run
+through the real CLI writes the model, its .tflite (parity checked) and a card that records
+the data; the strings are reproducible from the seed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digitd import ctc, strip, train_numbers
+from digitd.cli import main
+from digitd.model import file_sha256
+
+SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("numbers")
+    assert main(["train", "--arch", "numbers", "--data", str(SAMPLE), "--limit", "640",
+                 "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def test_outputs_card_and_serving(trained):
+    names = sorted(p.name for p in trained.iterdir())
+    assert names == ["digitd-numbers.card.json", "digitd-numbers.keras",
+                     "digitd-numbers.tflite"]
+    card = json.loads((trained / "digitd-numbers.card.json").read_text())
+    assert card["arch"] == "numbers"
+    assert card["model_id"] == file_sha256(trained / "digitd-numbers.keras")
+    assert card["tflite"]["sha256"] == file_sha256(trained / "digitd-numbers.tflite")
+    parity = card["tflite"]["parity"]
+    assert parity["same_answers"] == parity["n"] == train_numbers.CALIBRATION_STRINGS
+    data = card["dataset"]
+    assert data["mnist"]["sha256"] and data["train_strings"] == 640
+    assert len(data["train_strings_sha256"]) == 64 and data["held_out_strings_sha256"]
+    assert "not used" in data["test_digits"]
+    assert 0.05 <= card["calibration"]["temperature"] <= 5.0
+    model = ctc.load(trained / "digitd-numbers.keras", threads=1)
+    assert model.runtime == "litert"
+    out = model.predict(np.zeros((3, strip.HEIGHT, strip.WIDTH), np.float32))
+    assert out.shape == (3, ctc.STEPS, ctc.CLASSES)
+    assert np.allclose(out.sum(axis=2), 1.0, atol=1e-4)  # a softmax per step
+
+
+def test_strings_are_reproducible_and_labelled():
+    """The same seed gives the same strips whatever the number of processes; a label is the
+    string's digits as CTC classes (1 + digit), padded with the blank."""
+    sample = np.load(SAMPLE)
+    x, y = sample["x_train"], sample["y_train"]
+    one = train_numbers.strings(x, y, 0, 40, seed=3, workers=1)
+    two = train_numbers.strings(x, y, 0, 40, seed=3, workers=2)
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+    other = train_numbers.strings(x, y, 0, 40, seed=4, workers=1)
+    assert not np.array_equal(one[0], other[0])
+    strips, labels = one
+    assert strips.shape == (40, strip.HEIGHT, strip.WIDTH) and strips.dtype == np.uint8
+    lengths = (labels > 0).sum(axis=1)
+    assert lengths.min() >= 1 and lengths.max() <= train_numbers.MAX_DIGITS
+    for row, n in zip(labels, lengths, strict=True):
+        assert (row[:n] > 0).all() and (row[n:] == 0).all()
+
+
+def test_export_remakes_the_tflite_from_the_held_out_strings(trained, capsys):
+    """`digitd export` on a number model checks parity on its held-out strings (made again
+    from the card's seed), not on single digits."""
+    (trained / "digitd-numbers.tflite").unlink()
+    assert main(["export", str(trained / "digitd-numbers.keras"), "--data", str(SAMPLE)]) == 0
+    card = json.loads((trained / "digitd-numbers.card.json").read_text())
+    assert card["tflite"]["parity"]["n"] == train_numbers.CALIBRATION_STRINGS
+    assert "held-out strings" in card["tflite"]["parity"]["data"]
+    assert card["tflite"]["sha256"] == file_sha256(trained / "digitd-numbers.tflite")
+    assert "held-out strings" in capsys.readouterr().out
