@@ -100,8 +100,9 @@ def greedy(probs: np.ndarray) -> Decoded:
     return Decoded(text, confidence, tuple(emissions))
 
 
-def boxes(decoded: Decoded, line: Strip) -> list[tuple[int, int, int, int]]:
-    """Each emission's box (x, y, width, height) in the input's pixels (see the docstring)."""
+def spans(decoded: Decoded, line: Strip) -> list[tuple[int, int, int, int]]:
+    """Each emission's ink on the strip, (x0, y0, x1, y1) in strip pixels (see the module's
+    docstring)."""
     ink = line.pixels
     profile = ink.sum(axis=0)
     rows_used = np.flatnonzero(ink.any(axis=1))
@@ -118,13 +119,17 @@ def boxes(decoded: Decoded, line: Strip) -> list[tuple[int, int, int, int]]:
         cols, rows = np.flatnonzero(part.any(axis=0)), np.flatnonzero(part.any(axis=1))
         if len(cols) == 0:  # no ink under the emission: its steps' columns, the line's rows
             e = decoded.emissions[k]
-            x0, x1 = e.first * STRIDE, (e.last + 1) * STRIDE
             y0, y1 = (rows_used[0], rows_used[-1] + 1) if len(rows_used) else (0, HEIGHT)
+            out.append((e.first * STRIDE, int(y0), (e.last + 1) * STRIDE, int(y1)))
         else:
-            x0, x1 = a + cols[0], a + cols[-1] + 1
-            y0, y1 = rows[0], rows[-1] + 1
-        out.append(line.to_input(x0, y0, x1, y1))
+            out.append((a + int(cols[0]), int(rows[0]), a + int(cols[-1]) + 1,
+                        int(rows[-1]) + 1))
     return out
+
+
+def boxes(decoded: Decoded, line: Strip) -> list[tuple[int, int, int, int]]:
+    """Each emission's box (x, y, width, height) in the input's pixels."""
+    return [line.to_input(*span) for span in spans(decoded, line)]
 
 
 def _valley(profile: np.ndarray, left: float, right: float) -> float:

@@ -43,8 +43,8 @@ from digitd.synth import number_ink
 NAME = "digitd-numbers"
 MAX_DIGITS = 8
 HOLD_OUT = 5000  # the last MNIST training digits: calibration strings only
-STRINGS = 160_000  # training strings (each seen EPOCHS times)
-EPOCHS = 4
+STRINGS = 150_000  # training strings (each seen EPOCHS times)
+EPOCHS = 3
 CALIBRATION_STRINGS = 4000
 BATCH = 64
 PEAK_LR = 2e-3
