@@ -128,3 +128,42 @@ def test_one_digit_read_by_the_number_model_is_one_digit():
     s, _ = _two_blobs()
     one = ctc.greedy(_steps(ctc.BLANK, 1 + 7))
     assert combine(_line_for(s), _classifier_rows((7, 0.9), (1, 0.9)), one, "number") is None
+
+
+def _collapse(path) -> tuple[int, ...]:
+    out, last = [], None
+    for c in path:
+        if c != ctc.BLANK and c != last:
+            out.append(c)
+        last = c
+    return tuple(out)
+
+
+def test_string_probability_sums_every_alignment():
+    """The CTC forward algorithm against brute force: the sum of the probabilities of every
+    path of 5 steps that collapses to the string (repeats and blanks included)."""
+    import itertools
+
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(4), size=(1, 5))  # blank and the classes 1-3
+    for label in ([], [1], [2, 2], [1, 3], [3, 1, 3], [2, 2, 2]):
+        brute = sum(np.prod([probs[0, t, c] for t, c in enumerate(path)])
+                    for path in itertools.product(range(4), repeat=5)
+                    if _collapse(path) == tuple(label))
+        got = np.exp(ctc.string_log_probs(probs, [label]))[0]
+        assert got == pytest.approx(brute, rel=1e-9), label
+
+
+def test_read_gives_the_strings_probability():
+    """read(): the greedy string, its confidence the string's probability, at least the
+    greedy path's (one of its alignments)."""
+    b = ctc.BLANK
+    probs = _steps(b, 5, 5, b, 2)
+    probs[2] = probs[1] * 0 + 0.02  # step 2: unsure between the 4 going on and a blank
+    probs[2, 5], probs[2, b] = 0.5, 0.32
+    [decoded] = ctc.read(probs[None])
+    path = ctc.greedy(probs)
+    assert decoded.text == path.text == "41"
+    assert decoded.confidence > path.confidence * 1.5  # the blank at step 2 counts too
+    assert decoded.confidence == pytest.approx(
+        np.exp(ctc.string_log_probs(probs[None], [[5, 2]]))[0])

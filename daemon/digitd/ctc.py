@@ -4,14 +4,15 @@ The number model (`digitd train --arch numbers`, digitd.train_numbers) reads a s
 (digitd.strip) and gives, for each of its STEPS output steps (STRIDE strip columns each),
 the probabilities of CLASSES classes: BLANK (no digit here) and 1 + d for the digit d.
 
-    greedy(probs) -> Decoded(text, confidence, emissions)
+    read(probs) -> [Decoded(text, confidence, emissions), ...]
 
 Greedy decoding: each step's most probable class, repeats merged, blanks dropped. The
-string's confidence is that path's probability (the product of each step's top
-probability), calibrated: the model's logits are divided by a temperature fitted on held-out
-strings before the softmax (baked into its graph), so that this probability predicts how
-often a string is read exactly. Each digit is an emission: a run of steps with the same
-digit, its value's probability at its surest step and the top-3 digits there.
+string's confidence is its probability under the model: the sum over every alignment of the
+string with the output steps (the CTC forward algorithm, string_log_probs), which is what
+the CTC loss trains; calibrated: the model's logits are divided by a temperature fitted on
+held-out strings before the softmax (baked into its graph), so that it predicts how often a
+string is read exactly. Each digit is an emission: a run of steps with the same digit, its
+value's probability at its surest step and the top-3 digits there.
 
 `boxes()` places each emission on the strip: its columns reach from the thinnest ink column
 between its centre and each neighbour's centre, at most about a digit's width from its own
@@ -75,8 +76,57 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def read(probs: np.ndarray) -> list[Decoded]:
+    """(N, STEPS, CLASSES) probabilities -> each one's greedy reading, its confidence the
+    string's probability (string_log_probs)."""
+    decoded = [greedy(p) for p in probs]
+    labels = [[e.value + 1 for e in d.emissions] for d in decoded]
+    confidence = np.exp(string_log_probs(probs, labels))
+    return [Decoded(d.text, float(c), d.emissions)
+            for d, c in zip(decoded, confidence, strict=True)]
+
+
+def string_log_probs(probs: np.ndarray, labels: list[list[int]]) -> np.ndarray:
+    """log P(string | strip) for each of N strings (classes 1 + digit): the CTC forward
+    algorithm, the sum over every alignment of the string with the output steps (not only
+    the greedy one, whose probability understates the string's when the model is unsure
+    only where a digit starts or ends). Vectorised over the N strings; each step's forward
+    variables are rescaled to sum to 1 (their logarithms summed), so nothing underflows."""
+    probs = np.asarray(probs, np.float64)
+    n, steps, _ = probs.shape
+    if n == 0:
+        return np.zeros(0)
+    lengths = np.array([len(label) for label in labels])
+    states = 2 * int(lengths.max()) + 1
+    ext = np.zeros((n, states), np.int64)  # blank, label 1, blank, label 2, ..., blank
+    for k, label in enumerate(labels):
+        ext[k, 1 : 2 * len(label) : 2] = label
+    emit = np.take_along_axis(probs, np.broadcast_to(ext[:, None, :], (n, steps, states)),
+                              axis=2).copy()
+    emit *= (np.arange(states)[None, :] < (2 * lengths + 1)[:, None])[:, None, :]
+    skip = np.zeros((n, states))  # a label may follow the previous one across no blank...
+    skip[:, 3::2] = ext[:, 3::2] != ext[:, 1:-2:2]  # ...unless it repeats it
+    alpha = np.zeros((n, states))
+    alpha[:, :2] = emit[:, 0, :2]
+    log_scale = np.zeros(n)
+    for t in range(steps):
+        if t:
+            stay = alpha.copy()
+            stay[:, 1:] += alpha[:, :-1]
+            stay[:, 2:] += alpha[:, :-2] * skip[:, 2:]
+            alpha = stay * emit[:, t]
+        total = np.maximum(alpha.sum(axis=1), 1e-300)
+        alpha /= total[:, None]
+        log_scale += np.log(total)
+    rows = np.arange(n)
+    last = alpha[rows, 2 * lengths] + np.where(lengths > 0,
+                                               alpha[rows, np.maximum(2 * lengths - 1, 0)], 0)
+    return np.log(np.maximum(last, 1e-300)) + log_scale
+
+
 def greedy(probs: np.ndarray) -> Decoded:
-    """(STEPS, CLASSES) probabilities -> the greedy reading."""
+    """(STEPS, CLASSES) probabilities -> the greedy reading; its confidence here is the
+    greedy path's probability (read() gives the string's)."""
     probs = np.asarray(probs, np.float64)
     best = probs.argmax(axis=1)
     confidence = float(np.exp(np.log(np.maximum(probs.max(axis=1), 1e-30)).sum()))

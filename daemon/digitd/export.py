@@ -177,7 +177,8 @@ def export_command(args) -> int:
         from digitd.train_numbers import held_out_strings
 
         seed = card.get("training", {}).get("seed", 1)
-        x, y, what = held_out_strings(data.x_train, data.y_train, seed)
+        count = card.get("dataset", {}).get("held_out_strings", 4000)
+        x, y, what = held_out_strings(data.x_train, data.y_train, seed, count)
         y = None
     else:
         x, y, what = to_input(data.x_test), data.y_test, f"MNIST test set ({data.source})"

@@ -105,7 +105,7 @@ def read_all(images: list[tuple[np.ndarray, Line | None]], predict, mode: str = 
     decoded = {}
     if numbers is not None and mode != "digit" and lines:
         steps = numbers(np.stack([images[k][1].strip.pixels for k in lines]))
-        decoded = {k: ctc.greedy(p) for k, p in zip(lines, steps, strict=True)}
+        decoded = dict(zip(lines, ctc.read(steps), strict=True))
     out, at = [], 0
     for k, ((_, line), rows) in enumerate(zip(images, inputs, strict=True)):
         mine = probabilities[at : at + len(rows)]
