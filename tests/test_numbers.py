@@ -263,4 +263,4 @@ def test_both_readers_boxes_are_in_input_pixels(sample, classifier, numbers):
             bx, by, bw, bh = d.box
             assert bx >= -2 and by >= -2 and bx + bw <= w + 2 and by + bh <= h + 2, (i, d.box)
             assert min(bw, bh) > 0 and len(d.top) == 3 and d.top[0][0] == d.value
-    assert seen_agreed >= 20
+    assert seen_agreed >= 18 and seen_alignment >= 1  # both ways of placing boxes

@@ -8,7 +8,7 @@ once for many images.
     read_all([(whole, line), ...], classifier.predict, mode, numbers.predict)
         -> [(probabilities, Reading | None)]
     read_line(line, probabilities) -> Reading            the segmentation reader alone
-    combine(line, segmented, decoded, mode) -> Reading | None
+    combine(line, pieces, decoded, mode) -> Reading | None    both, checked against each other
 
 Two readers, measured against each other (docs/BENCHMARKS.md, "Numbers"):
 
