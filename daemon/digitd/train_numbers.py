@@ -138,7 +138,7 @@ def strings(images: np.ndarray, labels: np.ndarray, first: int, count: int, seed
         _init(images, labels, seed)
         parts = [_examples(s) for s in spans]
     else:
-        context = multiprocessing.get_context("fork")  # before TensorFlow is imported
+        context = multiprocessing.get_context("spawn")  # a fork hangs once TF is loaded
         with context.Pool(workers, _init, (images, labels, seed)) as pool:
             parts = pool.map(_examples, spans)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
