@@ -98,18 +98,18 @@ def run(files: int, previews: bool) -> tuple[Ledger, int]:
                 probs = d.classifier.predict(np.stack([r.model_input for r in reads]))
             with ledger.step("results: digit, status, Result objects"):
                 now = datetime.now(timezone.utc)
-                results = [d._result(batch, item, read, p, now)
+                results = [d._result(batch, item, read, p, None, now, d.classifier)
                            for item, read, p in zip(batch.items, reads, probs, strict=True)]
             for result, read in zip(results, reads, strict=True):
                 if not result.preview:
                     continue
                 with ledger.step("preview: render and encode the PNG"):
-                    png = render_preview(read.image, read.model_input, result.digit,
-                                         result.confidence)
+                    png = render_preview(read.image, read.model_input, result.digits,
+                                         result.confidence, parts=result.parts)
                 with ledger.step("preview: write the file (and review/ copy)"):
                     d.outbox.write_preview(result, png)
             with ledger.step("batch JSON: build and write"):
-                document = d._batch_document(batch, results, {"wait_ms": 0.0})
+                document = d._batch_document(batch, results, {"wait_ms": 0.0}, d.classifier)
                 d.outbox.write_batch_json(batch.id, document)
             with ledger.step("commit: fsync the manifest and the claims"):
                 d.work.make_durable(batch)
