@@ -209,6 +209,24 @@ def test_preview_layout_and_cheapness(sample):
     assert (time.perf_counter() - start) / 200 < 0.002  # ~0.1 ms; generous for a busy machine
 
 
+@pytest.mark.parametrize("shape", [(162, 206), (57, 31), (1, 1), (40, 61, 3)])
+def test_preview_png_encoder_round_trips_exactly(shape):
+    """digitd's own PNG writer (zlib-ng deflate): every pixel back, colour in the right order,
+    and a file our own structure check (chunk lengths, CRCs, IEND) accepts."""
+    from digitd.pngcheck import check_png
+    from digitd.preview import _encode
+
+    rng = np.random.default_rng(sum(shape))
+    canvas = rng.integers(0, 256, shape, dtype=np.uint8)
+    canvas[: shape[0] // 2] = 255  # some runs, as a preview's paper has
+    png = _encode(canvas)
+    header = check_png(png, DEFAULT_MAX_PIXELS)
+    assert (header.width, header.height) == (shape[1], shape[0])
+    assert header.colour_type == (2 if len(shape) == 3 else 0)
+    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert decoded.shape == canvas.shape and np.array_equal(decoded, canvas)  # BGR kept
+
+
 def test_preview_of_colour_huge_and_rejected_inputs():
     from digitd.preview import render_preview
 
