@@ -174,3 +174,32 @@ def test_the_rule_alone(inbox):
     os.mkfifo(inbox / "fifo.png")
     assert has_png_trailer(str(inbox / "fifo.png"), 100) is None  # not read, not blocked
     assert has_png_trailer(str(inbox / "short.png"), 3) is False
+
+
+def test_events_pause_in_a_backlog_and_resume_with_a_listing(inbox):
+    """The real observer: with PAUSE_AT names waiting, events stop (a file dropped then is not
+    seen, the rescan being far off); once the backlog is taken, a listing finds that file
+    and events find the next one at once again."""
+    from digitd.watcher import PAUSE_AT
+
+    config = WatchConfig(settle_ms=200, incomplete_after_s=10.0, rescan_interval_s=3600.0)
+    for i in range(PAUSE_AT + 5):
+        renamed_in(inbox, f"{i:04d}.png")
+    w = InboxWatcher(inbox, config)
+    w.start()
+    try:
+        taken = names(w.poll(time.monotonic(), 1))  # the first listing finds the backlog
+        renamed_in(inbox, "late.png")  # while events are off
+        time.sleep(0.3)
+        taken += names(w.poll(time.monotonic(), 10 * PAUSE_AT))
+        assert sorted(taken) == [f"{i:04d}.png" for i in range(PAUSE_AT + 5)]
+        assert names(w.poll(time.monotonic(), 100)) == ["late.png"]  # resumed, listed
+        renamed_in(inbox, "after.png")
+        deadline = time.monotonic() + 10
+        found = []
+        while not found and time.monotonic() < deadline:
+            w.wait(0.5)  # returns when an event arrives
+            found = names(w.poll(time.monotonic(), 100))
+        assert found == ["after.png"]  # by its event: the next listing is an hour away
+    finally:
+        w.stop()
