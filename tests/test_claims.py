@@ -131,3 +131,19 @@ def test_a_dead_daemons_batches_are_adopted_a_live_ones_are_not(inbox):
     assert not dead.path.exists() and live.path.is_dir()
     (adopted,) = me.leftovers()
     assert adopted.id == dead_batch.id and [c.name for c in adopted.items] == ["d.png"]
+
+
+def test_a_batchs_ids_are_unique_and_share_the_claims_time(inbox):
+    import re
+
+    from digitd.review.index import ID_PATTERN
+
+    work = opened(inbox)
+    names = [f"{i}.png" for i in range(50)]
+    batch = work.claim(put(inbox, *names), dict.fromkeys(names, NOW))
+    ids = [batch.id] + [c.id for c in batch.items]
+    assert len(set(ids)) == 51 and all(ID_PATTERN.fullmatch(i) for i in ids)
+    assert all(re.fullmatch(r"\d{8}T\d{9}Z-[0-9a-f]{12}", i) for i in ids)
+    assert len({i.split("-")[0] for i in ids}) == 1  # one time, read once per batch
+    later = work.claim(put(inbox, "z.png"), {"z.png": NOW})
+    assert later.id[:19] >= batch.id[:19]  # time-sortable

@@ -16,7 +16,7 @@ from digitd.codes import Reason, Status
 from digitd.commit import Delivery, deliver, plan_recovery
 from digitd.config import OutputConfig
 from digitd.outputs import Outbox, OutboxError
-from digitd.result import CSV_COLUMNS, CSV_HEADER, Result
+from digitd.result import CSV_COLUMNS, CSV_HEADER, Result, iso_time, parse_iso_time
 
 T = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=timezone.utc)
 
@@ -92,6 +92,19 @@ def test_a_row_reads_back_as_the_result_it_records(folders):
         assert back.file == item.name and back.source == item.path
     assert Result.from_row(rows[batch.items[1].id], batch.items[1], batch.id).message == (
         Reason.NOT_PNG.message)
+
+
+@pytest.mark.parametrize("t", [
+    datetime(2026, 11, 25, 2, 31, 5, 123456, timezone.utc),
+    datetime(2026, 1, 2, 3, 4, 5, 999999, timezone.utc),  # milliseconds cut, not rounded up
+    datetime(2026, 12, 31, 23, 59, 59, 0, timezone.utc),
+    datetime(1999, 7, 8, 0, 0, 0, 1000, timezone.utc),
+])
+def test_times_are_iso_8601_utc_with_milliseconds(t):
+    text = iso_time(t)
+    assert text == (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
+                    f"{t.second:02d}.{t.microsecond // 1000:03d}Z")
+    assert parse_iso_time(text) == t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
 def test_the_status_rule_and_predicts_formats():

