@@ -38,6 +38,7 @@ ratio with anti-aliasing, put its centre of mass at the centre of 28x28), made r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -68,6 +69,8 @@ POOL, POOL_FROM = 4, 8  # pages reduced 8x or more: the last 4x keeps each block
 
 COARSE_SIZE = 48  # longest side of the copy the paper's background is estimated on
 WORK_SIZE = 96  # the digit's longest side when it is cut out for the final scaling
+_SQUARE3 = np.ones((3, 3), np.uint8)  # a one-pixel dilation's kernel (read only)
+_INDEX = np.arange(SIZE, dtype=np.float32)  # pixel indices, for the centre of mass
 
 
 @dataclass(frozen=True)
@@ -211,12 +214,16 @@ def locate(image: np.ndarray) -> Located:
     small = _min_pool(inter, pool) if pool > 1 else inter
     grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
     if flat:
-        mode = int(_hist(grey).argmax())
         if small.ndim == 3:
+            mode = int(_hist(grey).argmax())
             paper = cv2.mean(small, cv2.compare(grey, mode, cv2.CMP_EQ))[:3]
+            background = np.full_like(small, np.round(paper))
         else:
-            paper = mode
-        background = np.full_like(small, np.round(paper))
+            if pool > 1:
+                mode = int(_hist(grey).argmax())
+            elif light:  # grey is the copy looked at, inverted: its histogram reversed
+                mode = int(hist[::-1].argmax())
+            background = np.full(small.shape, mode, np.uint8)
         floor = MIN_FLOOR
     else:
         background = _background(small)
@@ -256,7 +263,7 @@ def extract(page: Located, mask: np.ndarray, box: tuple[int, int, int, int],
     if page.f == 1:
         x0, y0 = max(0, x - 1), max(0, y - 1)
         binary = mask[y0 : y + h + 1, x0 : x + w + 1]
-        crop_mask = cv2.dilate(binary, np.ones((3, 3), np.uint8))
+        crop_mask = cv2.dilate(binary, _SQUARE3)
         return Cut(page.ink[y0 : y + h + 1, x0 : x + w + 1], crop_mask, binary, page.floor,
                    (x0, y0), 1)
     return _extract(page.img, page.background, mask, box, page.f, page.floor, page.ruling,
@@ -429,11 +436,12 @@ def mask_of(parts: Components, keep: list[int]) -> tuple[np.ndarray, tuple[int, 
         lut = np.zeros(len(stats), np.uint8)
         lut[np.asarray(keep)] = 255
         mask = lut[parts.labels]
-    x0 = min(stats[i, 0] for i in keep)
-    y0 = min(stats[i, 1] for i in keep)
-    x1 = max(stats[i, 0] + stats[i, 2] for i in keep)
-    y1 = max(stats[i, 1] + stats[i, 3] for i in keep)
-    return mask, (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+    boxes = stats[keep, :4].tolist()  # x, y, w, h of each
+    x0 = min(b[0] for b in boxes)
+    y0 = min(b[1] for b in boxes)
+    x1 = max(b[0] + b[2] for b in boxes)
+    y1 = max(b[1] + b[3] for b in boxes)
+    return mask, (x0, y0, x1 - x0, y1 - y0)
 
 
 def _digit_mask(ink: np.ndarray, floor: int, top: int,
@@ -521,7 +529,7 @@ def _extract(img, background, mask, box, f, floor, ruling=None, side=None) -> Cu
     size = (crop.shape[1], crop.shape[0])
     paper = cv2.resize(background[y0:y1, x0:x1], size, interpolation=cv2.INTER_LINEAR)
     ink = _residual(paper, crop)
-    near = cv2.dilate(mask[y0:y1, x0:x1], np.ones((3, 3), np.uint8))
+    near = cv2.dilate(mask[y0:y1, x0:x1], _SQUARE3)
     near = cv2.resize(near, size, interpolation=cv2.INTER_NEAREST)
     paper_only = cv2.bitwise_not(near)
     if ruling is not None:
@@ -547,7 +555,7 @@ def _extract(img, background, mask, box, f, floor, ruling=None, side=None) -> Cu
         keep = np.zeros(n, np.uint8)
         keep[1:][areas >= max(3, 0.02 * areas.max())] = 255
         binary = keep[labels]
-        near = cv2.dilate(binary, np.ones((3, 3), np.uint8))
+        near = cv2.dilate(binary, _SQUARE3)
     return Cut(ink, near, binary, floor, (x0 * f, y0 * f), f2)
 
 
@@ -558,8 +566,16 @@ def _ink_profile(ink: np.ndarray, mask: np.ndarray, floor: int) -> np.ndarray:
     hist = _hist(ink)
     hist[: floor + 1] = 0
     full = max(_percentile(hist, 0.6), floor + 8)
+    return cv2.LUT(ink, _strength_table(floor, full))
+
+
+@functools.lru_cache(maxsize=4096)
+def _strength_table(floor: int, full: int) -> np.ndarray:
+    """The residual -> ink strength lookup table of _ink_profile (read only: it is shared)."""
     levels = (np.arange(256, dtype=np.float32) - floor) * (1.0 / (full - floor))
-    return cv2.LUT(ink, np.clip(levels, 0.0, 1.0))
+    table = np.clip(levels, 0.0, 1.0)
+    table.setflags(write=False)
+    return table
 
 
 def _place(digit: np.ndarray) -> np.ndarray:
@@ -581,8 +597,8 @@ def _place(digit: np.ndarray) -> np.ndarray:
         digit = digit / top  # exactly 1.0 at the maximum, as in MNIST
     # (Not cv2.moments: it reads an N x 2 array, a one-pixel-wide stroke, as a contour.)
     total = float(digit.sum())
-    cy = float(np.arange(nh, dtype=np.float32) @ digit.sum(axis=1)) / total
-    cx = float(digit.sum(axis=0) @ np.arange(nw, dtype=np.float32)) / total
+    cy = float(_INDEX[:nh] @ digit.sum(axis=1)) / total
+    cx = float(digit.sum(axis=0) @ _INDEX[:nw]) / total
     ox = min(max(round(CENTRE - cx), 0), SIZE - nw)
     oy = min(max(round(CENTRE - cy), 0), SIZE - nh)
     out = np.zeros((SIZE, SIZE), np.float32)
