@@ -203,3 +203,23 @@ def test_events_pause_in_a_backlog_and_resume_with_a_listing(inbox):
         assert found == ["after.png"]  # by its event: the next listing is an hour away
     finally:
         w.stop()
+
+
+@pytest.mark.parametrize("patterns, ignore", [
+    (["*.png"], [".*", "*.part", "*.tmp", "~*"]),  # the defaults
+    (["*.PNG", "scan-??.png", "[ab]*.png"], ["*[!0-9].png"]),
+    (["*.png"], []),
+    ([], ["*"]),
+])
+def test_wanted_is_fnmatch_on_the_lower_cased_name(inbox, patterns, ignore):
+    import fnmatch
+
+    names = ["a.png", "A.PNG", ".hidden.png", "x.png.part", "~lock.png", "b.tmp", "c.jpg",
+             "weird[1].png", "d.Png", "scan-07.png", "scan-7.png", "b1.png", "9.png", "png",
+             "a\nb.png", "ä.png"]
+    w = InboxWatcher(inbox, WatchConfig(patterns=patterns, ignore=ignore))
+    for name in names:
+        lower = name.lower()
+        expected = (not any(fnmatch.fnmatchcase(lower, p.lower()) for p in ignore)
+                    and any(fnmatch.fnmatchcase(lower, p.lower()) for p in patterns))
+        assert w.wanted(name) == expected, name

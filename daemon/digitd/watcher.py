@@ -26,6 +26,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import queue
+import re
 import threading
 import zlib
 from dataclasses import dataclass
@@ -90,8 +91,10 @@ class InboxWatcher:
         self._share = share  # (this worker's index, number of workers)
         self._config = config
         self._readiness = Readiness(config)
-        self._patterns = [p.lower() for p in config.patterns]
-        self._ignore = [p.lower() for p in config.ignore]
+        # fnmatch's patterns as one regular expression each way (a name is tested by every
+        # worker, for every name in the inbox: one match instead of five fnmatchcase calls)
+        self._patterns = _one_pattern(config.patterns)
+        self._ignore = _one_pattern(config.ignore)
         # queue.Queue, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout=...) can block
         # for ever when a signal handler runs past the deadline (the SIGTERM handler did,
         # and the daemon never stopped).
@@ -186,19 +189,31 @@ class InboxWatcher:
         return ready
 
     def _collect(self, ready: list[Arrival], want: int, now: float, own: bool) -> None:
-        """Add complete candidates of this worker's share (or, past TAKEOVER_S, others')."""
-        for name in list(self._candidates):
+        """Add complete candidates of this worker's share (or, past TAKEOVER_S, others').
+
+        Walks the candidates in place (no copy of all of them per poll) and stops at `want`;
+        the names handed on, or found gone, leave the dict after the walk."""
+        taken: list[str] = []
+        gone: list[str] = []
+        for name, candidate in self._candidates.items():
             if len(ready) >= want:
-                return
-            candidate = self._candidates[name]
+                break
             if candidate.own != own or candidate.next_check > now:
                 continue
             if not own and now - candidate.unchanged_since < TAKEOVER_S:
                 continue
-            if self._is_ready(name, candidate, now):
-                del self._candidates[name]
-                self._handed_on.add(name)
+            try:
+                complete = self._readiness.is_ready(os.path.join(self.inbox, name), candidate,
+                                                    now)
+            except FileNotFoundError:
+                gone.append(name)  # renamed away or deleted before it completed
+                continue
+            if complete:
+                taken.append(name)
                 ready.append(Arrival(name, candidate.received_at, now))
+        for name in gone + taken:
+            del self._candidates[name]
+        self._handed_on.update(taken)
 
     def release(self, name: str) -> None:
         """The name was claimed (or vanished): a new file of that name is a new arrival."""
@@ -207,9 +222,7 @@ class InboxWatcher:
     def wanted(self, name: str) -> bool:
         """Does the name match the patterns and none of the ignore patterns (any case)?"""
         lower = name.lower()
-        if any(fnmatch.fnmatchcase(lower, p) for p in self._ignore):
-            return False
-        return any(fnmatch.fnmatchcase(lower, p) for p in self._patterns)
+        return self._ignore.match(lower) is None and self._patterns.match(lower) is not None
 
     def _take_hints(self, now: float) -> None:
         while True:
@@ -245,9 +258,10 @@ class InboxWatcher:
         except OSError:
             pass  # the inbox itself is gone or unreadable; the daemon logs its health
 
-    def _is_ready(self, name: str, candidate: Candidate, now: float) -> bool:
-        try:
-            return self._readiness.is_ready(os.path.join(self.inbox, name), candidate, now)
-        except FileNotFoundError:
-            del self._candidates[name]  # renamed away or deleted before it completed
-            return False
+
+def _one_pattern(patterns: list[str]) -> re.Pattern:
+    """fnmatch patterns, lower-cased, as one regular expression (matching a lower-cased name
+    exactly as fnmatch.fnmatchcase with any of them would); none matches nothing."""
+    if not patterns:
+        return re.compile(r"(?!)")
+    return re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns))
