@@ -127,7 +127,7 @@ if [[ ! -x "$ROOT/opt/digitd/bin/python" ]] || ! cmp -s "$ROOT$WORK/constraints.
     nspawn_run sh -c "set -e; python3 -m venv /opt/digitd
         /opt/digitd/bin/pip install -q --upgrade pip setuptools wheel
         /opt/digitd/bin/pip install -q -c $WORK/constraints.txt ai-edge-litert numpy \
-            opencv-python-headless watchdog pyyaml structlog
+            opencv-python-headless zlib-ng watchdog pyyaml structlog
         cp $WORK/constraints.txt /opt/digitd/.constraints" >>"$LOG"
     pass venv "/opt/digitd dependencies installed with pip in $(since "$t0") s"
 else
