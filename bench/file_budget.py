@@ -38,6 +38,7 @@ from digitd.intake import Intake, read_input_file  # noqa: E402
 from digitd.model import load_classifier  # noqa: E402
 from digitd.preprocess import decode_png, normalise  # noqa: E402
 from digitd.preview import render_preview  # noqa: E402
+from digitd.reload import Serving  # noqa: E402
 
 
 class Ledger:
@@ -68,7 +69,7 @@ def run(files: int, previews: bool) -> tuple[Ledger, int]:
         config.inbox.mkdir()
         d.outbox.prepare()
         d.work.open()
-        d.classifier = load_classifier(config.model, threads=1)
+        d.serving = Serving(load_classifier(config.model, threads=1), config.min_confidence)
         d.classifier.warm_up(config.batch.max_size)
         for path in staged:
             os.rename(path, config.inbox / path.name)
@@ -98,7 +99,7 @@ def run(files: int, previews: bool) -> tuple[Ledger, int]:
                 probs = d.classifier.predict(np.stack([r.model_input for r in reads]))
             with ledger.step("results: digit, status, Result objects"):
                 now = datetime.now(timezone.utc)
-                results = [d._result(batch, item, read, p, None, now, d.classifier)
+                results = [d._result(batch, item, read, p, None, now, d.serving)
                            for item, read, p in zip(batch.items, reads, probs, strict=True)]
             for result, read in zip(results, reads, strict=True):
                 if not result.preview:
