@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from digitd.claims import MANIFEST, WorkFolder, set_aside_root, work_root
-from digitd.fsutil import temporary_name
+from digitd.fsutil import make_folder, temporary_name
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, 123000, tzinfo=timezone.utc)
 
@@ -147,3 +147,11 @@ def test_a_batchs_ids_are_unique_and_share_the_claims_time(inbox):
     assert len({i.split("-")[0] for i in ids}) == 1  # one time, read once per batch
     later = work.claim(put(inbox, "z.png"), {"z.png": NOW})
     assert later.id[:19] >= batch.id[:19]  # time-sortable
+
+
+def test_make_folder_makes_parents_and_says_why_it_cannot(tmp_path):
+    assert make_folder(tmp_path / "a" / "b") is None and (tmp_path / "a" / "b").is_dir()
+    assert make_folder(tmp_path / "a" / "b") is None  # already there
+    (tmp_path / "file").write_text("x")
+    problem = make_folder(tmp_path / "file" / "sub")
+    assert problem == f"{tmp_path / 'file' / 'sub'}: cannot create (Not a directory)"

@@ -270,7 +270,7 @@ def recalibrate(keras, model, held: tuple[np.ndarray, np.ndarray], usps: Usps | 
 def fine_tune_command(args: argparse.Namespace) -> int:
     """`digitd train --corrections DIR ...`: report before/after; write the model or refuse."""
     from digitd.export import tflite_card_entry
-    from digitd.fsutil import write_atomic
+    from digitd.fsutil import make_folder, write_atomic
     from digitd.model import default_model_path, file_sha256, import_keras, read_card
     from digitd.train import library_versions, metrics, save_model, to_input
 
@@ -293,10 +293,8 @@ def fine_tune_command(args: argparse.Namespace) -> int:
         print(f"digitd train: {exc}", file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"digitd train: {out}: cannot create ({exc.strerror})", file=sys.stderr)
+    if problem := make_folder(out):
+        print(f"digitd train: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
     held = corrections.held_out()

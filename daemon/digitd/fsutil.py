@@ -58,6 +58,15 @@ def move_noreplace(src: Path, dst: Path) -> None:
     os.unlink(src)
 
 
+def make_folder(path: Path) -> str | None:
+    """`mkdir -p path`: None, or why it cannot be made (for a command's one-line error)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{path}: cannot create ({exc.strerror})"
+    return None
+
+
 def write_all(fd: int, data: bytes) -> None:
     """os.write until every byte is written (a write may take fewer than asked)."""
     view = memoryview(data)

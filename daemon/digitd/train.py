@@ -27,7 +27,7 @@ from digitd.augment import augment_batch, continental_forms
 from digitd.codes import ExitCode
 from digitd.dataset import DatasetError, Mnist, Usps, load_mnist, load_usps, split_sha256, usps_page
 from digitd.export import tflite_card_entry
-from digitd.fsutil import write_atomic
+from digitd.fsutil import make_folder, write_atomic
 from digitd.model import file_sha256, import_keras
 
 DEFAULT_EPOCHS = {"cnn": 24, "mlp": 3}
@@ -383,10 +383,8 @@ def train_command(args) -> int:
     if args.limit:
         data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"digitd train: {out}: cannot create ({exc.strerror})", file=sys.stderr)
+    if problem := make_folder(out):
+        print(f"digitd train: {problem}", file=sys.stderr)
         return ExitCode.USAGE
     result = train(data, arch=args.arch, epochs=args.epochs or DEFAULT_EPOCHS[args.arch],
                    seed=args.seed, out=out, limit=args.limit, usps=usps)

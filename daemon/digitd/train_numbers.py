@@ -37,7 +37,7 @@ import numpy as np
 from digitd import ctc, strip
 from digitd.codes import ExitCode
 from digitd.dataset import DatasetError, load_mnist
-from digitd.fsutil import write_atomic
+from digitd.fsutil import make_folder, write_atomic
 from digitd.synth import number_ink
 
 NAME = "digitd-numbers"
@@ -280,10 +280,8 @@ def train_numbers_command(args) -> int:
         print(f"digitd train: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"digitd train: {out}: cannot create ({exc.strerror})", file=sys.stderr)
+    if problem := make_folder(out):
+        print(f"digitd train: {problem}", file=sys.stderr)
         return ExitCode.USAGE
     count = args.limit or STRINGS
     card = train(data.x_train, data.y_train, count=count, epochs=args.epochs or EPOCHS,
