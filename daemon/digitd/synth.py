@@ -15,6 +15,7 @@ ink). An ink map is float32, 1 = full ink, 0 = paper.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -156,20 +157,32 @@ def number_ink(digits: list[np.ndarray], rng: np.random.Generator,
     return rotate(ink, rng.uniform(-4, 4))
 
 
-def pick_decorations(rng: np.random.Generator, n: int) -> tuple[str, ...]:
-    """About half of the numbers carry some decoration, some several."""
+@dataclass(frozen=True)
+class DecorationRates:
+    """How often a number carries each decoration: thousands separators (numbers of 4+ digits
+    only), a trailing dash or else equals sign, an underline, a currency sign, a stray stroke."""
+
+    thousands: float = 0.3
+    dash: float = 0.08
+    equals: float = 0.06
+    underline: float = 0.15
+    currency: float = 0.08
+    stray: float = 0.08
+
+
+def pick_decorations(rng: np.random.Generator, n: int,
+                     rates: DecorationRates = DecorationRates()) -> tuple[str, ...]:
+    """Which decorations a number of n digits carries; by default about half of the numbers
+    carry some, some several."""
     chosen = []
-    if n >= 4 and rng.random() < 0.3:
+    if n >= 4 and rng.random() < rates.thousands:
         chosen.append("thousands")
     end = rng.random()
-    if end < 0.08:
+    if end < rates.dash:
         chosen.append("dash")
-    elif end < 0.14:
+    elif end < rates.dash + rates.equals:
         chosen.append("equals")
-    if rng.random() < 0.15:
-        chosen.append("underline")
-    if rng.random() < 0.08:
-        chosen.append("currency")
-    if rng.random() < 0.08:
-        chosen.append("stray")
+    for name in ("underline", "currency", "stray"):
+        if rng.random() < getattr(rates, name):
+            chosen.append(name)
     return tuple(chosen)

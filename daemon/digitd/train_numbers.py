@@ -38,7 +38,7 @@ from digitd import ctc, strip
 from digitd.codes import ExitCode
 from digitd.dataset import DatasetError, load_mnist
 from digitd.fsutil import make_folder, write_atomic
-from digitd.synth import number_ink
+from digitd.synth import DecorationRates, number_ink, pick_decorations
 
 NAME = "digitd-numbers"
 MAX_DIGITS = 8
@@ -61,20 +61,9 @@ def _log():
 # --- the training strings -----------------------------------------------------------------
 
 
-def _decorations(rng: np.random.Generator, n: int) -> tuple[str, ...]:
-    """More decoration than in real use (bench's pick_decorations), so each kind is seen often."""
-    chosen = []
-    if n >= 4 and rng.random() < 0.4:
-        chosen.append("thousands")
-    end = rng.random()
-    if end < 0.12:
-        chosen.append("dash")
-    elif end < 0.22:
-        chosen.append("equals")
-    for name, p in (("underline", 0.2), ("currency", 0.15), ("stray", 0.15)):
-        if rng.random() < p:
-            chosen.append(name)
-    return tuple(chosen)
+# More decoration than in real use (synth's defaults), so that each kind is seen often.
+TRAINING_DECORATIONS = DecorationRates(thousands=0.4, dash=0.12, equals=0.10, underline=0.2,
+                                       currency=0.15, stray=0.15)
 
 
 def _vary(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -108,7 +97,8 @@ def example(images: np.ndarray, labels: np.ndarray, index: int,
     rng = np.random.default_rng([seed, SEED_SALT, index])
     n = 1 if rng.random() < 0.04 else int(rng.integers(2, MAX_DIGITS + 1))
     picks = rng.integers(0, len(images), n)
-    ink = number_ink([images[i] for i in picks], rng, _decorations(rng, n), heights=HEIGHTS)
+    decorations = pick_decorations(rng, n, TRAINING_DECORATIONS)
+    ink = number_ink([images[i] for i in picks], rng, decorations, heights=HEIGHTS)
     pixels = strip.strip(_vary(ink, rng)).pixels
     label = np.zeros(MAX_DIGITS, np.int32)
     label[:n] = labels[picks].astype(np.int32) + 1
