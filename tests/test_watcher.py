@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,20 @@ def test_another_workers_share_is_taken_only_after_takeover(inbox):
     assert sorted(own + others) == sorted(f"{i}.png" for i in range(40))
 
 
+def test_another_workers_share_is_taken_newest_first(inbox):
+    """The other worker takes its share oldest first: this one takes it from the other end,
+    so that the two do not claim the same next names."""
+    theirs = [n for n in (f"{i}.png" for i in range(100)) if zlib.crc32(n.encode()) % 2 == 1]
+    config = WatchConfig(settle_ms=200, incomplete_after_s=10.0, rescan_interval_s=0.1)
+    mine = InboxWatcher(inbox, config, share=(0, 2))
+    for i, name in enumerate(theirs[:3]):  # seen by three listings, in this order
+        renamed_in(inbox, name)
+        assert mine.poll(i * config.rescan_interval_s, 100) == []
+    later = 2 * config.rescan_interval_s + TAKEOVER_S + 0.01
+    assert names(mine.poll(later, 1)) == [theirs[2]]
+    assert names(mine.poll(later, 100)) == [theirs[1], theirs[0]]
+
+
 def test_the_rule_alone(inbox):
     """Readiness.is_ready on one candidate: a vanished name raises, a FIFO is never opened."""
     rule = Readiness(CONFIG)
@@ -201,6 +216,34 @@ def test_events_pause_in_a_backlog_and_resume_with_a_listing(inbox):
             w.wait(0.5)  # returns when an event arrives
             found = names(w.poll(time.monotonic(), 100))
         assert found == ["after.png"]  # by its event: the next listing is an hour away
+    finally:
+        w.stop()
+
+
+def test_events_pause_on_this_workers_own_backlog_only(inbox):
+    """The real observer: a backlog of the other worker's share, which this one may not take
+    yet, leaves events on, so a file of its own share dropped meanwhile is found at once (not
+    at the next listing, an hour away here)."""
+    from digitd.watcher import PAUSE_AT
+
+    config = WatchConfig(settle_ms=200, incomplete_after_s=10.0, rescan_interval_s=3600.0)
+    names_ = [f"{i:04d}.png" for i in range(4 * PAUSE_AT)]
+    theirs = [n for n in names_ if zlib.crc32(n.encode()) % 2 == 1][: PAUSE_AT + 5]
+    own = next(n for n in names_ if zlib.crc32(n.encode()) % 2 == 0)
+    for name in theirs:
+        renamed_in(inbox, name)
+    w = InboxWatcher(inbox, config, share=(0, 2))
+    w.start()
+    try:
+        assert w.poll(time.monotonic(), 100) == []  # listed; not its own, not yet takeable
+        renamed_in(inbox, own)
+        deadline = time.monotonic() + 10
+        found = []
+        while not found and time.monotonic() < deadline:
+            w.wait(0.1)
+            found = names(w.poll(time.monotonic(), 1))
+        assert found == [own]
+        assert time.monotonic() < deadline - 10 + TAKEOVER_S  # by its event, before takeover
     finally:
         w.stop()
 

@@ -27,7 +27,6 @@ class Candidate:
 
     received_at: datetime  # wall clock (UTC) when digitd first saw the name
     next_check: float  # monotonic: when to look at it again
-    own: bool = True  # in this worker's share of the names
     size: int = -1
     mtime_ns: int = -1
     unchanged_since: float = 0.0  # monotonic: size and mtime the same since
