@@ -33,6 +33,9 @@ BLANK = 0
 STEPS = WIDTH // STRIDE
 TOP = 3
 SHAPE = (HEIGHT, WIDTH)  # one input of the number model
+# The forward algorithm rescales every RESCALE steps: each step's emissions are float32
+# probabilities (>= 1e-45 unless 0), so 4 steps lose at most 180 of float64's 308 decades.
+RESCALE = 4
 NAME = "digitd-numbers.keras"
 
 
@@ -90,8 +93,11 @@ def string_log_probs(probs: np.ndarray, labels: list[list[int]]) -> np.ndarray:
     """log P(string | strip) for each of N strings (classes 1 + digit): the CTC forward
     algorithm, the sum over every alignment of the string with the output steps (not only
     the greedy one, whose probability understates the string's when the model is unsure
-    only where a digit starts or ends). Vectorised over the N strings; each step's forward
-    variables are rescaled to sum to 1 (their logarithms summed), so nothing underflows."""
+    only where a digit starts or ends). Vectorised over the N strings: each step is one
+    batched product of the forward variables with the transitions (stay, move on, or skip a
+    blank between two different digits) and one with the step's emissions; every RESCALE
+    steps the forward variables are rescaled to sum to 1 (their logarithms summed), so
+    nothing underflows."""
     probs = np.asarray(probs, np.float64)
     n, steps, _ = probs.shape
     if n == 0:
@@ -102,22 +108,25 @@ def string_log_probs(probs: np.ndarray, labels: list[list[int]]) -> np.ndarray:
     for k, label in enumerate(labels):
         ext[k, 1 : 2 * len(label) : 2] = label
     emit = np.take_along_axis(probs, np.broadcast_to(ext[:, None, :], (n, steps, states)),
-                              axis=2).copy()
+                              axis=2)
     emit *= (np.arange(states)[None, :] < (2 * lengths + 1)[:, None])[:, None, :]
-    skip = np.zeros((n, states))  # a label may follow the previous one across no blank...
-    skip[:, 3::2] = ext[:, 3::2] != ext[:, 1:-2:2]  # ...unless it repeats it
-    alpha = np.zeros((n, states))
-    alpha[:, :2] = emit[:, 0, :2]
+    move = np.zeros((n, states, states))  # move[k, i, j]: state j may follow state i
+    at = np.arange(states)
+    move[:, at, at] = 1
+    move[:, at[:-1], at[1:]] = 1
+    # a label may follow the previous one across no blank, unless it repeats it
+    move[:, at[1:-2:2], at[3::2]] = ext[:, 3::2] != ext[:, 1:-2:2]
+    alpha = np.zeros((n, 1, states))
+    alpha[:, 0, :2] = emit[:, 0, :2]
     log_scale = np.zeros(n)
-    for t in range(steps):
-        if t:
-            stay = alpha.copy()
-            stay[:, 1:] += alpha[:, :-1]
-            stay[:, 2:] += alpha[:, :-2] * skip[:, 2:]
-            alpha = stay * emit[:, t]
-        total = np.maximum(alpha.sum(axis=1), 1e-300)
-        alpha /= total[:, None]
-        log_scale += np.log(total)
+    for t in range(1, steps):
+        alpha = np.matmul(alpha, move)
+        alpha *= emit[:, t, None, :]
+        if t % RESCALE == 0 or t == steps - 1:
+            total = np.maximum(alpha.sum(axis=2), 1e-300)
+            alpha /= total[:, :, None]
+            log_scale += np.log(total[:, 0])
+    alpha = alpha[:, 0]
     rows = np.arange(n)
     last = alpha[rows, 2 * lengths] + np.where(lengths > 0,
                                                alpha[rows, np.maximum(2 * lengths - 1, 0)], 0)
@@ -129,23 +138,21 @@ def greedy(probs: np.ndarray) -> Decoded:
     greedy path's probability (read() gives the string's)."""
     probs = np.asarray(probs, np.float64)
     best = probs.argmax(axis=1)
-    confidence = float(np.exp(np.log(np.maximum(probs.max(axis=1), 1e-30)).sum()))
+    steps = len(best)
+    confidence = float(np.exp(np.log(np.maximum(probs[np.arange(steps), best], 1e-30)).sum()))
+    starts = np.flatnonzero(np.concatenate(([True], best[1:] != best[:-1])))
+    ends = np.append(starts[1:], steps) - 1
     emissions = []
-    t, steps = 0, len(best)
-    while t < steps:
+    for t, end in zip(starts.tolist(), ends.tolist(), strict=True):
         c = int(best[t])
-        end = t
-        while end + 1 < steps and best[end + 1] == c:
-            end += 1
-        if c != BLANK:
-            run = probs[t : end + 1, c]
-            peak = t + int(run.argmax())
-            digits = probs[peak, 1:]
-            order = np.argsort(-digits, kind="stable")[:TOP]
-            emissions.append(Emission(
-                value=c - 1, confidence=float(probs[peak, c]), first=t, last=end, peak=peak,
-                top=tuple((int(d), round(float(digits[d]), 6)) for d in order)))
-        t = end + 1
+        if c == BLANK:
+            continue
+        peak = t + int(probs[t : end + 1, c].argmax())
+        digits = probs[peak, 1:]
+        order = np.argsort(-digits, kind="stable")[:TOP]
+        emissions.append(Emission(
+            value=c - 1, confidence=float(probs[peak, c]), first=t, last=end, peak=peak,
+            top=tuple((int(d), round(float(digits[d]), 6)) for d in order)))
     text = "".join(str(e.value) for e in emissions)
     return Decoded(text, confidence, tuple(emissions))
 
