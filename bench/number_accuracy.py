@@ -8,14 +8,16 @@
    gaps from overlapping to wide, separators, underlines, currency signs, stray strokes).
 2. Reads each PNG as the daemon does (digitd.reader.read_all: the number model and the
    segmentation reader, or with --segmentation-only the latter alone), on one thread (OpenCV
-   and the models limited to one): decode, segment, one classifier call and one number-model
-   call per image, greedy decoding, the readers compared. The time per image covers all of
-   it, as CPU time of the process (robust on a shared machine) and as wall time.
+   and the models limited to one): decode, segment, one number-model call per image, greedy
+   decoding, and where the number model is unsure the pieces and one classifier call. The
+   time per image covers all of it, as CPU time of the process (robust on a shared
+   machine) and as wall time.
 3. Prints: strings exactly right; silent errors (wrong, yet status `ok`: confidence at least
    --min-confidence and no doubtful digit); what goes to review; per flavour, per decoration
-   and per length; how the string confidence compares with accuracy; how often the two
-   readers agree, and the operating points (silent errors and share ok) of the rule "both
-   agree and confidence >= t" against "confidence >= t" alone.
+   and per length; how the string confidence compares with accuracy; how each number was
+   read (the number model alone, sure of it; checked by the segmentation reader, agreeing
+   or not; the segmentation reader's string; one digit), and the operating points (silent
+   errors and share ok) of "confidence >= t".
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def main() -> int:
     from digitd.model import load_classifier
     from digitd.preprocess import Rejected, decode_png
     from digitd.reader import read_all
+    from digitd.result import Result
     from digitd.segment import Line, segment
 
     min_conf = args.min_confidence if args.min_confidence is not None else Config().min_confidence
@@ -115,16 +118,17 @@ def main() -> int:
         whole = found.whole if line is not None else found.model_input
         [(probabilities, reading)] = read_all([(whole, line)], classifier.predict,
                                               args.recognise,
-                                              numbers.predict if numbers else None)
+                                              numbers.predict if numbers else None,
+                                              sure=min_conf)
         times.append((time.perf_counter() - start, time.process_time() - cpu))
         if reading is None:
-            text, conf = str(int(probabilities.argmax())), float(probabilities.max())
-            doubt, agreed = False, None
+            result = Result.recognised(probabilities, min_conf, file=path)
+            agreed = None
         else:
-            text, conf = reading.text, reading.confidence
-            doubt = any(d.cut or not d.agreed for d in reading.digits)
-            agreed = reading.agreed
-        rows.append((truth, text, conf, conf >= min_conf and not doubt, info, "", agreed))
+            result = Result.number(reading, min_conf, file=path)
+            agreed = (reading.source, reading.agreed)
+        rows.append((truth, result.digits, result.confidence, result.status == "ok", info, "",
+                     agreed))
 
     n = len(rows)
     right = sum(t == r for t, r, *_ in rows)
@@ -173,23 +177,21 @@ def main() -> int:
         if sel:
             print(f"  [{lo:.2f}, {min(hi, 1):.2f}): {len(sel):5d} answers, "
                   f"{np.mean(sel):.2%} right")
-    agreeing = [(t == r) for t, r, _, _, _, _, a in rows if a]
-    disagreeing = [(t == r) for t, r, _, _, _, _, a in rows if a is False]
+    print("\nhow each was read (share of all, share right):")
+    how = collections.defaultdict(list)
+    for t, r, *_, a in rows:
+        how["one digit" if a is None else
+            f"{a[0]}, " + {None: "alone", True: "both agree", False: "readers differ"}[a[1]]
+            ].append(t == r)
+    for key, hits in sorted(how.items()):
+        print(f"  {key:36s} {len(hits) / n:7.2%} {np.mean(hits):8.2%}")
+    print("operating points: ok = confidence >= t (the string's, whoever read it)")
     points = []
-    if agreeing or disagreeing:
-        print(f"\nthe two readers agree on {len(agreeing) / n:.2%} of the numbers "
-              f"({np.mean(agreeing or [0]):.2%} of those right); disagree on "
-              f"{len(disagreeing) / n:.2%} ({np.mean(disagreeing or [0]):.2%} right)")
-        print("operating points: ok = both readers agree and confidence >= t | ok = "
-              "confidence >= t alone")
-        for t in (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995):
-            both = [(tr == r) for tr, r, c, _, _, _, a in rows if a and c >= t]
-            alone = [(tr == r) for tr, r, c, _, _, _, a in rows if a is not None and c >= t]
-            cells = [len(both) / n, both.count(False) / n, len(alone) / n, alone.count(False) / n]
-            print(f"  t={t:5.3f}: ok {cells[0]:7.2%} silent {cells[1]:6.2%} | ok {cells[2]:7.2%} "
-                  f"silent {cells[3]:6.2%}")
-            points.append({"t": t, "agree_ok": cells[0], "agree_silent": cells[1],
-                           "alone_ok": cells[2], "alone_silent": cells[3]})
+    for t in (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995):
+        kept = [(tr == r) for tr, r, c, *_ in rows if c >= t]
+        cells = [len(kept) / n, kept.count(False) / n]
+        print(f"  t={t:5.3f}: ok {cells[0]:7.2%} silent {cells[1]:6.2%}")
+        points.append({"t": t, "ok": cells[0], "silent": cells[1]})
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({
             "n": n, "seed": args.seed, "min_confidence": min_conf, "right": right / n,
@@ -197,6 +199,7 @@ def main() -> int:
             "cpu_ms_median": float(np.median(cpu_ms)),
             "cpu_ms_p95": float(np.percentile(cpu_ms, 95)), "wall_ms_mean": float(ms.mean()),
             "calibration": calibration, "operating_points": points,
+            "how": {k: [len(v), int(sum(v))] for k, v in how.items()},
             "recognise": args.recognise, "segmentation_only": args.segmentation_only,
             "groups": {f"{k[0]}:{k[1]}": v for k, v in table.items()},
             "wrong": [{"truth": t, "read": r, "confidence": round(c, 4), "ok": o,

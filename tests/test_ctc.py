@@ -88,7 +88,7 @@ def _line_for(s) -> Line:
     blank = np.zeros((28, 28), np.float32)
     pieces = (Piece(0, 0, (11, 6, 19, 29), blank, 0.0, False),
               Piece(1, 1, (51, 6, 19, 29), blank, 0.0, True))
-    return Line(units=2, pieces=pieces, height=30.0, whole=blank, strip=s)
+    return Line(height=30.0, whole=blank, strip=s, cut=lambda: (2, pieces))
 
 
 def _classifier_rows(*tops):
@@ -167,3 +167,73 @@ def test_read_gives_the_strings_probability():
     assert decoded.confidence > path.confidence * 1.5  # the blank at step 2 counts too
     assert decoded.confidence == pytest.approx(
         np.exp(ctc.string_log_probs(probs[None], [[5, 2]]))[0])
+
+
+def test_forward_algorithm_over_a_whole_strip_matches_log_space():
+    """string_log_probs (rescaled products) against the textbook recursion in log space, on
+    64 steps of peaky and flat outputs, strings right, wrong, repeated and empty."""
+    rng = np.random.default_rng(7)
+    for sharp in (1.0, 8.0, 25.0):
+        probs = ctc.softmax(rng.normal(0, sharp, (3, ctc.STEPS, ctc.CLASSES)))
+        labels = [[3, 3, 5], [1, 2, 3, 4, 5, 6, 7, 8], []]
+        got = ctc.string_log_probs(probs, labels)
+        for k, label in enumerate(labels):
+            ext = [ctc.BLANK]
+            for c in label:
+                ext += [c, ctc.BLANK]
+            logp = np.log(np.maximum(probs[k], 1e-300))
+            alpha = np.full(len(ext), -np.inf)
+            alpha[:2] = logp[0, ext[:2]]
+            for t in range(1, ctc.STEPS):
+                prev = alpha.copy()
+                for s in range(len(ext)):
+                    terms = [prev[s]] + ([prev[s - 1]] if s >= 1 else [])
+                    if s >= 2 and ext[s] != ctc.BLANK and ext[s] != ext[s - 2]:
+                        terms.append(prev[s - 2])
+                    alpha[s] = np.logaddexp.reduce(terms) + logp[t, ext[s]]
+            want = np.logaddexp.reduce(alpha[-2:]) if label else alpha[-1]
+            if want > -200:
+                assert got[k] == pytest.approx(want, abs=1e-8), (sharp, label)
+
+
+def _unsure_of_the_second(second: dict[int, float]):
+    """The two blobs read with the second digit's probabilities at its step as given (the
+    rest spread evenly), and those steps."""
+    s, decoded = _two_blobs()
+    probs = _steps(*[ctc.BLANK] * ctc.STEPS)
+    peak = decoded.emissions[1].peak
+    probs[peak] = (1 - sum(second.values())) / (ctc.CLASSES - len(second))
+    for digit, p in second.items():
+        probs[peak, 1 + digit] = p
+    probs[decoded.emissions[0].peak] = probs[0] * 0 + 0.002
+    probs[decoded.emissions[0].peak, 1 + 3] = 0.98
+    [decoded] = ctc.read(probs[None])
+    return s, decoded, probs
+
+
+def test_an_unsure_digit_is_the_one_both_readers_find_most_probable():
+    """The number model reads 4 (0.5) or 9 (0.45) there, the classifier a clear 9: the number
+    is 39, the digit doubtful, the string's confidence its probability under the number
+    model."""
+    s, decoded, probs = _unsure_of_the_second({4: 0.5, 9: 0.45})
+    assert decoded.text == "34"
+    reading = combine(_line_for(s), _classifier_rows((3, 0.99), (9, 0.98)), decoded, "auto",
+                      probs)
+    assert reading.text == "39" and reading.source == "both readers"
+    assert [d.agreed for d in reading.digits] == [True, False]
+    assert reading.digits[1].confidence == pytest.approx(0.45)
+    assert reading.confidence == pytest.approx(
+        np.exp(ctc.string_log_probs(probs[None], [[1 + 3, 1 + 9]]))[0])
+    assert Result.number(reading, 0.2, file="x.png").status == "low_confidence"
+
+
+def test_a_digit_the_number_model_is_fairly_sure_of_stays():
+    """The number model reads 4 (0.9), the classifier 9 (0.4) or 4 (0.3): 4 stays, doubtful."""
+    s, decoded, probs = _unsure_of_the_second({4: 0.9, 9: 0.05})
+    rows = _classifier_rows((3, 0.99), (9, 0.4))
+    rows[1] = 0.3 / 8
+    rows[1, 9], rows[1, 4] = 0.4, 0.3
+    reading = combine(_line_for(s), rows, decoded, "auto", probs)
+    assert reading.text == "34" and reading.source == "number model"
+    assert reading.confidence == decoded.confidence
+    assert [d.agreed for d in reading.digits] == [True, False]

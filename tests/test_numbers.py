@@ -112,7 +112,7 @@ def _line(spans, units, priors=None, cut=None) -> Line:
         Piece(a, b, (10 * a, 0, 10 * (b - a + 1), 20), blank,
               (priors or {}).get((a, b), 0.0), (cut or {}).get((a, b), False))
         for a, b in spans)
-    return Line(units=units, pieces=pieces, height=20.0, whole=blank)
+    return Line(height=20.0, whole=blank, cut=lambda: (units, pieces))
 
 
 def _probs(*tops):
@@ -264,3 +264,48 @@ def test_both_readers_boxes_are_in_input_pixels(sample, classifier, numbers):
             assert bx >= -2 and by >= -2 and bx + bw <= w + 2 and by + bh <= h + 2, (i, d.box)
             assert min(bw, bh) > 0 and len(d.top) == 3 and d.top[0][0] == d.value
     assert seen_agreed >= 18 and seen_alignment >= 1  # both ways of placing boxes
+
+
+def test_a_number_the_number_model_is_sure_of_needs_no_pieces(sample, classifier, numbers):
+    """At or above `sure` the number model's reading stands: the classifier reads nothing of
+    the image and its pieces are never cut; below it (here: never sure) every line is
+    checked by the segmentation reader, its pieces cut."""
+    x, y = sample
+    found = [segment(decode_png(number_scans.render_number(x, y, i, seed=11,
+                                                           flavour="paper_grey")[0]))
+             for i in range(16)]
+    images = [(f.whole, f) for f in found if isinstance(f, Line)]
+    assert len(images) >= 15
+    answers = read_all(images, classifier.predict, "auto", numbers.predict, sure=0.99)
+    alone = [(probabilities, reading, line) for (_, line), (probabilities, reading)
+             in zip(images, answers, strict=True)
+             if reading is not None and reading.agreed is None]
+    assert len(alone) >= 8
+    for probabilities, reading, line in alone:
+        assert probabilities is None and reading.source == "number model"
+        assert "_candidates" not in vars(line)
+        assert reading.confidence >= 0.99
+    again = [segment(decode_png(number_scans.render_number(x, y, i, seed=11,
+                                                           flavour="paper_grey")[0]))
+             for i in range(4)]
+    fresh = [(f.whole, f) for f in again if isinstance(f, Line)]
+    for (_, line), (probabilities, reading) in zip(
+            fresh, read_all(fresh, classifier.predict, "auto", numbers.predict, sure=1.01),
+            strict=True):
+        assert probabilities is not None and "_candidates" in vars(line)
+        assert reading is None or reading.agreed is not None
+
+
+def test_numbers_touching_an_underline_are_lines(sample, classifier, numbers):
+    """An underline the digits stand on joins them into one part many times wider than
+    tall: still a line of digits, read as a number. (These two, of 300 underlined numbers,
+    were taken for one digit while such a part had to be less than three times wider than
+    tall.)"""
+    x, y = sample
+    for seed, index in ((2, 115), (3, 80)):
+        data, truth, _ = number_scans.render_number(x, y, index, seed=seed,
+                                                    flavour="paper_grey",
+                                                    decorations=("underline",))
+        assert isinstance(segment(decode_png(data)), Line)
+        text, reading = read_both(data, classifier, numbers)
+        assert reading is not None and len(text) == len(truth), (truth, text)

@@ -347,7 +347,8 @@ class Daemon:
         readings: list = [(None, None)] * len(intakes)
         numbers = self.numbers.predict if self.numbers is not None else None
         answers = read_all([(intakes[i].model_input, intakes[i].line) for i in good],
-                           classifier.predict, self.config.recognise, numbers)
+                           classifier.predict, self.config.recognise, numbers,
+                           sure=serving.min_confidence)
         for i, answer in zip(good, answers, strict=True):
             readings[i] = answer
         t2 = time.monotonic()

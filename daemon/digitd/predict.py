@@ -132,7 +132,8 @@ def predict_command(args) -> int:
                 numbers = _number_model()
             answers = read_all([(intakes[i].model_input, intakes[i].line) for i in good],
                                classifier.predict, config.recognise,
-                               numbers.predict if numbers else None)
+                               numbers.predict if numbers else None,
+                               sure=config.min_confidence)
             for i, answer in zip(good, answers, strict=True):
                 readings[i] = answer
         for file, intake, (probs, number) in zip(chunk, intakes, readings, strict=True):

@@ -3,12 +3,13 @@ whole line -> the number read: the recognition half of reading a number (digitd.
 the candidates and the line's strip).
 
 Pure functions, no model: the caller passes the models' batch functions in, and each runs
-once for many images.
+at most once for many images.
 
-    read_all([(whole, line), ...], classifier.predict, mode, numbers.predict)
-        -> [(probabilities, Reading | None)]
+    read_all([(whole, line), ...], classifier.predict, mode, numbers.predict, sure)
+        -> [(probabilities | None, Reading | None)]
     read_line(line, probabilities) -> Reading            the segmentation reader alone
-    combine(line, pieces, decoded, mode) -> Reading | None    both, checked against each other
+    alone(line, decoded) -> Reading                       the number model alone
+    combine(line, pieces, decoded, mode, steps) -> Reading | None    both together
 
 Two readers, measured against each other (docs/BENCHMARKS.md, "Numbers"):
 
@@ -16,12 +17,24 @@ Two readers, measured against each other (docs/BENCHMARKS.md, "Numbers"):
   decoration too, and says the string and its calibrated probability;
 - the segmentation reader (read_line): the single-digit classifier on candidate pieces.
 
-With the number model, its string is the answer, its probability the string's confidence,
-and each digit is `agreed` when the segmentation reader read the same digit there (the
-same string, or the same length and that digit). A digit that is not agreed is doubtful, so
-a number is `ok` only when both readers say the same string and its confidence reaches
-min_confidence. Boxes: where the readers agree, the segmentation's pieces (cut from the ink
-itself); otherwise the number model's alignment (digitd.ctc.boxes).
+With the number model, it reads every line first. A number it reads (two digits or more)
+at confidence `sure` or above (min_confidence) is the answer as it stands: its string, its
+probability, boxes from its alignment (digitd.ctc.boxes); the line's pieces are never cut
+and the classifier reads nothing of it. That is most numbers (about 70%), and the cheap
+path: checking every one of them by the segmentation reader cost its pieces and the
+classifier on each and, at min_confidence 0.99, caught no more silent errors
+(docs/BENCHMARKS.md).
+
+Below `sure` (such a number goes to review anyway), the segmentation reader is consulted
+(combine): when it reads the same number of digits, each digit is the one both readers
+together find the most probable (_together: the classifier's vote at SEGMENTATION_WEIGHT),
+which mends some of the number model's misread digits; the string's confidence is then its
+probability under the number model. Each digit is `agreed` when the segmentation reader
+read the same digit there (the same string, or the same length and that digit); a digit not
+agreed is doubtful (highlighted for review). Boxes: where the readers agree, the
+segmentation's pieces (cut from the ink itself), otherwise the number model's alignment.
+With `auto`, a line is one digit when the number model reads fewer than two digits, or, when
+it is unsure, the segmentation reader reads one digit too (choose()).
 
 Without the number model (recognise: auto/number with no digitd-numbers model), the
 segmentation reader alone answers, as below.
@@ -52,6 +65,13 @@ TOP = 3  # probabilities kept per digit
 # min_confidence keeps more of its meaning for numbers; docs/BENCHMARKS.md has the figures on
 # another seed.
 SHARPNESS = 8
+# Where the number model is unsure of a number and the segmentation reader read as many
+# digits, each digit is the one both find the most probable, the classifier's vote at half
+# weight (reader._together): on 1,000 + 2,000 generated numbers (bench/number_accuracy.py,
+# seeds 1 and 2) 947 -> 954 and 1,885 -> 1,900 read exactly, 3 + 3 right ones spoilt; at
+# full weight the classifier spoilt more than it mended (949, 1,888).
+SEGMENTATION_WEIGHT = 0.5
+FLOOR = 1e-3  # a digit outside a reader's top 3: at most this probable
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,7 @@ class Reading:
     digits: tuple[Digit, ...]
     confidence: float
     agreed: bool | None = None  # both readers read this string (None: one reader only)
+    source: str = "segmentation"  # whose string: "segmentation", "number model", "both readers"
 
     @property
     def text(self) -> str:
@@ -91,49 +112,106 @@ def model_inputs(whole: np.ndarray, line: Line | None) -> np.ndarray:
 
 
 def read_all(images: list[tuple[np.ndarray, Line | None]], predict, mode: str = "auto",
-             numbers=None) -> list[tuple[np.ndarray, Reading | None]]:
-    """Read many images with one call of `predict` ((N, 28, 28) -> (N, 10), the classifier)
-    and, unless `mode` is "digit", one of `numbers` ((N, HEIGHT, WIDTH) strips -> (N, STEPS,
-    CLASSES), the number model; None: the segmentation reader alone): for each (whole, line)
-    its whole ink's probabilities and its number (None: one digit)."""
+             numbers=None, sure: float = 1.0) -> list[tuple[np.ndarray | None, Reading | None]]:
+    """Read many images with at most one call of `predict` ((N, 28, 28) -> (N, 10), the
+    classifier) and, unless `mode` is "digit", one of `numbers` ((N, HEIGHT, WIDTH) strips ->
+    (N, STEPS, CLASSES), the number model; None: the segmentation reader alone): for each
+    (whole, line) its whole ink's probabilities (None when it is read as a number without
+    them) and its number (None: one digit).
+
+    With the number model, a line it reads as two digits or more at confidence `sure` or
+    above (the callers pass min_confidence) is that number as it stands: the classifier
+    reads nothing of it and its pieces are never cut. Below `sure` the segmentation reader
+    is consulted (combine()); fewer than two digits: one digit, the whole ink's."""
     if not images:
         return []
-    inputs = [model_inputs(whole, line) for whole, line in images]
-    probabilities = predict(np.concatenate(inputs).astype(np.float32, copy=False))
+    decoded: dict[int, ctc.Decoded] = {}
+    steps: dict[int, np.ndarray] = {}
     lines = [k for k, (_, line) in enumerate(images)
              if line is not None and line.strip is not None]
-    decoded = {}
     if numbers is not None and mode != "digit" and lines:
-        steps = numbers(np.stack([images[k][1].strip.pixels for k in lines]))
-        decoded = dict(zip(lines, ctc.read(steps), strict=True))
-    out, at = [], 0
-    for k, ((_, line), rows) in enumerate(zip(images, inputs, strict=True)):
-        mine = probabilities[at : at + len(rows)]
-        at += len(rows)
-        if k in decoded:
-            out.append((mine[0], combine(line, mine[1:], decoded[k], mode)))
+        outputs = numbers(np.stack([images[k][1].strip.pixels for k in lines]))
+        decoded = dict(zip(lines, ctc.read(outputs), strict=True))
+        steps = dict(zip(lines, outputs, strict=True))
+    inputs: list[np.ndarray | None] = []
+    for k, (whole, line) in enumerate(images):
+        found = decoded.get(k)
+        if found is None:  # no number model: the segmentation reader alone
+            inputs.append(model_inputs(whole, line if mode != "digit" else None))
+        elif len(found.emissions) < 2:  # one digit (or none): the whole ink's
+            inputs.append(whole[None])
+        elif found.confidence >= sure:
+            inputs.append(None)
         else:
-            out.append((mine[0], read(line, mine, mode)))
+            inputs.append(model_inputs(whole, line))
+    rows = [x for x in inputs if x is not None]
+    probabilities = (predict(np.concatenate(rows).astype(np.float32, copy=False))
+                     if rows else None)
+    out, at = [], 0
+    for k, ((_, line), mine) in enumerate(zip(images, inputs, strict=True)):
+        if mine is None:
+            out.append((None, alone(line, decoded[k])))
+            continue
+        theirs = probabilities[at : at + len(mine)]
+        at += len(mine)
+        if k not in decoded:
+            out.append((theirs[0], read(line, theirs, mode)))
+        elif len(mine) == 1:
+            out.append((theirs[0], None))
+        else:
+            out.append((theirs[0], combine(line, theirs[1:], decoded[k], mode, steps[k])))
     return out
 
 
-def combine(line: Line, pieces: np.ndarray, decoded: ctc.Decoded, mode: str) -> Reading | None:
-    """The number model's reading checked against the segmentation reader's (see the module's
-    docstring); None when the image is read as one digit: the number model reads fewer than
-    two digits, or with "auto" the segmentation reader reads one digit (choose())."""
+def alone(line: Line, decoded: ctc.Decoded) -> Reading:
+    """The number model's reading as it stands (it is sure of it): its boxes from the
+    alignment (digitd.ctc.boxes), no digit doubted by the other reader."""
+    digits = tuple(Digit(value=e.value, confidence=e.confidence, box=box, cut=False, top=e.top)
+                   for e, box in zip(decoded.emissions, ctc.boxes(decoded, line.strip),
+                                     strict=True))
+    return Reading(digits=digits, confidence=decoded.confidence, source="number model")
+
+
+def combine(line: Line, pieces: np.ndarray, decoded: ctc.Decoded, mode: str,
+            steps: np.ndarray | None = None) -> Reading | None:
+    """The number model's reading, unsure, checked against the segmentation reader's (see
+    the module's docstring); None when the image is read as one digit: the number model
+    reads fewer than two digits, or with "auto" the segmentation reader reads one digit too
+    (choose()). `steps`: the number model's output for the line, for the confidence of a string
+    the two readers made together (None: the number model's own string's)."""
     if len(decoded.emissions) < 2:
         return None
     segmented = read_line(line, pieces)
-    if mode == "auto" and choose(line, pieces) is None:
+    if mode == "auto" and _one_digit(segmented):
         return None
     same = segmented.text == decoded.text
-    places = [d.box for d in segmented.digits] if same else ctc.boxes(decoded, line.strip)
     lengths = len(segmented.text) == len(decoded.text)
+    places = [d.box for d in segmented.digits] if same else ctc.boxes(decoded, line.strip)
+    values = [e.value for e in decoded.emissions]
+    if lengths and not same:
+        values = [_together(e.top, d.top) for e, d in zip(decoded.emissions, segmented.digits,
+                                                           strict=True)]
     digits = tuple(
-        Digit(value=e.value, confidence=e.confidence, box=box, cut=False, top=e.top,
+        Digit(value=v, confidence=dict(e.top).get(v, 0.0) if v != e.value else e.confidence,
+              box=box, cut=False, top=e.top,
               agreed=same or (lengths and segmented.text[i] == decoded.text[i]))
-        for i, (e, box) in enumerate(zip(decoded.emissions, places, strict=True)))
-    return Reading(digits=digits, confidence=decoded.confidence, agreed=same)
+        for i, (v, e, box) in enumerate(zip(values, decoded.emissions, places, strict=True)))
+    if values == [e.value for e in decoded.emissions]:
+        return Reading(digits=digits, confidence=decoded.confidence, agreed=same,
+                       source="number model")
+    confidence = decoded.confidence if steps is None else \
+        float(np.exp(ctc.string_log_probs(steps[None], [[v + 1 for v in values]])[0]))
+    return Reading(digits=digits, confidence=confidence, agreed=same, source="both readers")
+
+
+def _together(number: tuple[tuple[int, float], ...],
+              segmented: tuple[tuple[int, float], ...]) -> int:
+    """The digit both readers together find the most probable at one place (each gives its
+    top 3): the largest log P(number model) + SEGMENTATION_WEIGHT log P(classifier), each
+    at least FLOOR."""
+    a, b = dict(number), dict(segmented)
+    return max(sorted(set(a) | set(b)), key=lambda d: math.log(max(a.get(d, 0.0), FLOOR))
+               + SEGMENTATION_WEIGHT * math.log(max(b.get(d, 0.0), FLOOR)))
 
 
 def read(line: Line | None, probabilities: np.ndarray, mode: str = "auto") -> Reading | None:
@@ -157,11 +235,12 @@ def choose(line: Line, pieces: np.ndarray) -> Reading | None:
     stroke than a number of touching digits alone). `pieces`: the probabilities of the
     line's pieces."""
     reading = read_line(line, pieces)
-    if len(reading.digits) <= 1:
-        return None
-    if all(d.cut for d in reading.digits):
-        return None
-    return reading
+    return None if _one_digit(reading) else reading
+
+
+def _one_digit(reading: Reading) -> bool:
+    """Is the segmentation reader's reading one digit? One piece, or pieces all guessed."""
+    return len(reading.digits) <= 1 or all(d.cut for d in reading.digits)
 
 
 def read_line(line: Line, probabilities: np.ndarray) -> Reading:

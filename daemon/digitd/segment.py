@@ -3,7 +3,7 @@
 Pure functions (arrays in, dataclasses out), no model, thread-safe. digitd.reader picks, among
 the candidates, the reading the classifier likes best.
 
-    segment(image) -> Single(model_input) | Line(units, pieces)
+    segment(image) -> Single(model_input) | Line(height, whole, strip; units, pieces)
 
 The steps, on preprocess's located ink (the same paper, lighting and noise handling as for
 one digit):
@@ -22,6 +22,9 @@ one digit):
 5. Pieces: every run of up to MAX_RUN consecutive units that could be one digit (not wider
    than a digit, no wide gap inside), each normalised exactly as preprocess normalises one
    digit (preprocess.finish), with its box in the input's pixels and a geometric prior.
+   Steps 4 and 5 run on first use (Line.units, Line.pieces): the number model needs neither,
+   and most numbers, those it is sure of, are answered without them (digitd.reader). (Step
+   4 runs at once on a line that is one wide part: whether it splits decides one digit.)
 6. The strip: the line cut out in step 2 near its digits (decoration too, far specks and
    lines not), its ink mapped to strength as for one digit, as the number model reads it
    (digitd.strip).
@@ -29,8 +32,10 @@ one digit):
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -90,15 +95,29 @@ class Piece:
 
 @dataclass(frozen=True)
 class Line:
-    """Several digits side by side: `units` parts in reading order and the candidate pieces
-    (every piece a run of consecutive units); a reading is a chain of pieces covering
-    units 0..units-1."""
+    """Several digits side by side, as the number model reads them (`strip`) and as the
+    segmentation reader does: `units` parts in reading order and the candidate pieces (every
+    piece a run of consecutive units; a reading is a chain of pieces covering units
+    0..units-1). Units and pieces are made by `cut` on first use."""
 
-    units: int
-    pieces: tuple[Piece, ...]
     height: float  # the digits' height in the input's pixels
     whole: np.ndarray  # all of it read as one digit: exactly preprocess.normalise's input
     strip: Strip | None = None  # all of it (decoration too) as the number model reads it
+    cut: Callable[[], tuple[int, tuple[Piece, ...]]] = field(default=lambda: (0, ()),
+                                                             repr=False, compare=False)
+
+    @functools.cached_property
+    def _candidates(self) -> tuple[int, tuple[Piece, ...]]:
+        return self.cut()
+
+    @property
+    def units(self) -> int:
+        return self._candidates[0]
+
+    @property
+    def pieces(self) -> tuple[Piece, ...]:
+        """The candidate pieces (cut once, on first use)."""
+        return self._candidates[1]
 
 
 def segment(image: np.ndarray) -> Single | Line:
@@ -124,8 +143,9 @@ def segment(image: np.ndarray) -> Single | Line:
     found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale)
     if found is None:
         return Single(whole)
-    units, pieces, height, band = found
-    return Line(units, pieces, height, whole, _strip(cut, band, height / cut.scale))
+    labels, stats, groups, height, band = found
+    return Line(float(height * cut.scale), whole, _strip(cut, band, height),
+                functools.partial(_candidates, cut, labels, stats, groups, height))
 
 
 def _edge_line(stat: np.ndarray, shape: tuple[int, ...]) -> bool:
@@ -146,12 +166,13 @@ def _digit_height(stats: np.ndarray, labels: list[int]) -> int:
 
 def _side_by_side(stats: np.ndarray, labels: list[int]) -> bool:
     """Could these parts be several digits? Some two of them as tall as a digit and apart
-    along the line, or one part much wider than a digit (touching digits)."""
+    along the line, or one part much wider than a digit (touching digits, or digits joined by
+    an underline they stand on; _line tells a single digit on a line apart)."""
     height = _digit_height(stats, labels)
     tall = [i for i in labels if stats[i, 3] >= 0.5 * height]
     for i in tall:
         x, _, w, h, _ = stats[i]
-        if ALONE * h < w < 3 * h:
+        if w > ALONE * h:  # touching digits, or digits standing on an underline
             return True
     tall.sort(key=lambda i: stats[i, 0])
     for a, b in zip(tall, tall[1:], strict=False):
@@ -163,10 +184,12 @@ def _side_by_side(stats: np.ndarray, labels: list[int]) -> bool:
     return False
 
 
-def _line(cut: Cut, height: float) -> tuple[int, tuple[Piece, ...], float, Band] | None:
-    """Steps 2-5 on the cut-out line (its digits about `height` pixels tall): the number of
-    units, the pieces, the digits' height in input pixels and the units' box in the cut
-    (x0, y0, x1, y1); None when it turns out to hold one digit."""
+def _line(cut: Cut, height: float) -> tuple[np.ndarray, np.ndarray, list[list[int]], int,
+                                           Band] | None:
+    """Steps 2-3 on the cut-out line (its digits about `height` pixels tall): its parts
+    (labels, stats), their groups (_group), the digits' height in the cut's pixels and the
+    groups' box in the cut (x0, y0, x1, y1: the units' too); None when it turns out to hold
+    one digit."""
     binary = _remove_rules(cut.binary, int(height))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if n <= 1:
@@ -178,13 +201,17 @@ def _line(cut: Cut, height: float) -> tuple[int, tuple[Piece, ...], float, Band]
     groups = _group(stats, parts, height)
     if len(groups) <= 1 and all(_width(stats, g) <= ALONE * height for g in groups):
         return None
-    units = _units(labels, stats, groups, height)
-    if len(units) <= 1:
+    # One group, wider than a digit: touching digits if it splits into units (step 4).
+    if len(groups) == 1 and len(_units(labels, stats, groups, height)) <= 1:
         return None
-    pieces = _pieces(cut, labels, units, height)
-    band = (min(u.x0 for u in units), min(u.y0 for u in units), max(u.x1 for u in units),
-            max(u.y1 for u in units))
-    return len(units), tuple(pieces), float(height * cut.scale), band
+    return labels, stats, groups, height, _bounds(stats, [i for g in groups for i in g])
+
+
+def _candidates(cut: Cut, labels: np.ndarray, stats: np.ndarray, groups: list[list[int]],
+                height: int) -> tuple[int, tuple[Piece, ...]]:
+    """Steps 4-5: the number of units and the candidate pieces."""
+    units = _units(labels, stats, groups, height)
+    return len(units), _pieces(cut, units, height)
 
 
 def _strip(cut: Cut, band: Band, height: float) -> Strip:
@@ -367,7 +394,8 @@ def _valleys(mask: np.ndarray, height: int) -> list[int]:
     return sorted(chosen)
 
 
-def _pieces(cut: Cut, labels: np.ndarray, units: list[_Unit], height: int) -> list[Piece]:
+def _pieces(cut: Cut, units: list[_Unit], height: int) -> tuple[Piece, ...]:
+    """Step 5: the candidate pieces of the units."""
     pieces = []
     kernel = np.ones((3, 3), np.uint8)
     rows, cols = cut.binary.shape
@@ -404,7 +432,7 @@ def _pieces(cut: Cut, labels: np.ndarray, units: list[_Unit], height: int) -> li
             joined = any(not u.cut_right for u in run[:-1])
             guess = run[0].cut_left or run[-1].cut_right or joined
             pieces.append(Piece(first, last, box, model_input, prior, guess))
-    return pieces
+    return tuple(pieces)
 
 
 def _prior(width: int, tall: int, height: int) -> float:
