@@ -115,7 +115,7 @@ def main() -> int:
             times.append((time.perf_counter() - start, time.process_time() - cpu))
             continue
         line = found if isinstance(found, Line) else None
-        whole = found.whole if line is not None else found.model_input
+        whole = None if line is not None else found.model_input  # a line's: when needed
         [(probabilities, reading)] = read_all([(whole, line)], classifier.predict,
                                               args.recognise,
                                               numbers.predict if numbers else None,

@@ -88,7 +88,7 @@ def _line_for(s) -> Line:
     blank = np.zeros((28, 28), np.float32)
     pieces = (Piece(0, 0, (11, 6, 19, 29), blank, 0.0, False),
               Piece(1, 1, (51, 6, 19, 29), blank, 0.0, True))
-    return Line(height=30.0, whole=blank, strip=s, cut=lambda: (2, pieces))
+    return Line(height=30.0, one_digit=lambda: blank, strip=s, cut=lambda: (2, pieces))
 
 
 def _classifier_rows(*tops):

@@ -112,7 +112,7 @@ def _line(spans, units, priors=None, cut=None) -> Line:
         Piece(a, b, (10 * a, 0, 10 * (b - a + 1), 20), blank,
               (priors or {}).get((a, b), 0.0), (cut or {}).get((a, b), False))
         for a, b in spans)
-    return Line(height=20.0, whole=blank, cut=lambda: (units, pieces))
+    return Line(height=20.0, one_digit=lambda: blank, cut=lambda: (units, pieces))
 
 
 def _probs(*tops):
@@ -268,13 +268,13 @@ def test_both_readers_boxes_are_in_input_pixels(sample, classifier, numbers):
 
 def test_a_number_the_number_model_is_sure_of_needs_no_pieces(sample, classifier, numbers):
     """At or above `sure` the number model's reading stands: the classifier reads nothing of
-    the image and its pieces are never cut; below it (here: never sure) every line is
-    checked by the segmentation reader, its pieces cut."""
+    the image, and neither its pieces nor its whole ink as one digit are made; below it
+    (here: never sure) every line is checked by the segmentation reader, its pieces cut."""
     x, y = sample
     found = [segment(decode_png(number_scans.render_number(x, y, i, seed=11,
                                                            flavour="paper_grey")[0]))
              for i in range(16)]
-    images = [(f.whole, f) for f in found if isinstance(f, Line)]
+    images = [(None, f) for f in found if isinstance(f, Line)]
     assert len(images) >= 15
     answers = read_all(images, classifier.predict, "auto", numbers.predict, sure=0.99)
     alone = [(probabilities, reading, line) for (_, line), (probabilities, reading)
@@ -283,16 +283,17 @@ def test_a_number_the_number_model_is_sure_of_needs_no_pieces(sample, classifier
     assert len(alone) >= 8
     for probabilities, reading, line in alone:
         assert probabilities is None and reading.source == "number model"
-        assert "_candidates" not in vars(line)
+        assert "_candidates" not in vars(line) and "whole" not in vars(line)
         assert reading.confidence >= 0.99
     again = [segment(decode_png(number_scans.render_number(x, y, i, seed=11,
                                                            flavour="paper_grey")[0]))
              for i in range(4)]
-    fresh = [(f.whole, f) for f in again if isinstance(f, Line)]
+    fresh = [(None, f) for f in again if isinstance(f, Line)]
     for (_, line), (probabilities, reading) in zip(
             fresh, read_all(fresh, classifier.predict, "auto", numbers.predict, sure=1.01),
             strict=True):
         assert probabilities is not None and "_candidates" in vars(line)
+        assert "whole" in vars(line)  # read as one digit too (row 0)
         assert reading is None or reading.agreed is not None
 
 
@@ -309,3 +310,17 @@ def test_numbers_touching_an_underline_are_lines(sample, classifier, numbers):
         assert isinstance(segment(decode_png(data)), Line)
         text, reading = read_both(data, classifier, numbers)
         assert reading is not None and len(text) == len(truth), (truth, text)
+
+
+def test_intake_of_a_line_makes_its_one_digit_input_when_asked(tmp_path, sample):
+    """take_in with `auto`: a line's one-digit input is not made at intake, and when asked
+    for it is exactly normalise's."""
+    from digitd.intake import take_in
+
+    x, y = sample
+    data, _, _ = number_scans.render_number(x, y, 3, seed=11, flavour="paper_grey")
+    (tmp_path / "n.png").write_bytes(data)
+    intake = take_in(tmp_path / "n.png", 40_000_000, "auto")
+    assert intake.ok and intake.model_input is None and intake.line is not None
+    assert "whole" not in vars(intake.line)
+    assert np.array_equal(intake.whole, normalise(decode_png(data)))

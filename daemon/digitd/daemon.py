@@ -430,8 +430,8 @@ class Daemon:
             result, intake = pair
             if not result.preview:
                 return None
-            png = render_preview(intake.image, intake.model_input, result.digits,
-                                 result.confidence, parts=result.parts)
+            png = render_preview(intake.image, None if result.parts else intake.whole,
+                                 result.digits, result.confidence, parts=result.parts)
             try:
                 self.outbox.write_preview(result, png)
             except OSError:

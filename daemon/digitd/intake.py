@@ -12,9 +12,10 @@ The read (`read_input_file`) examines the entry with lstat and fstat before any 
 symlink, FIFO (never blocks), socket, folder or device is `not_regular` without being opened
 or read, and checks the PNG header before the rest is read, so a file whose header declares
 too many pixels is not read further. The image work is digitd.preprocess's and, unless
-`recognise` is "digit", digitd.segment's (pure functions): `model_input` is always the whole
-ink read as one digit, exactly preprocess.normalise's; `line` holds the candidates when the
-ink may be several digits side by side (digitd.reader reads them).
+`recognise` is "digit", digitd.segment's (pure functions): `whole` is always the whole ink
+read as one digit, exactly preprocess.normalise's (`model_input`, or for a line made when
+first needed); `line` holds the line when the ink may be several digits side by side
+(digitd.reader reads it).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Intake:
 
     sha256: str = ""  # of the file's bytes; "" when they could not be read
     image: np.ndarray | None = None
-    model_input: np.ndarray | None = None
+    model_input: np.ndarray | None = None  # one digit's; None for a line (see `whole`)
     line: Line | None = None  # several digits side by side may be there (not with "digit")
     error: Reason | None = None
     message: str = ""
@@ -48,7 +49,13 @@ class Intake:
 
     @property
     def ok(self) -> bool:
-        return self.model_input is not None
+        return self.model_input is not None or self.line is not None
+
+    @property
+    def whole(self) -> np.ndarray | None:
+        """All the ink read as one digit (for a line made on first use: a number read
+        without it never pays for it)."""
+        return self.line.whole if self.line is not None else self.model_input
 
 
 def take_in(path: str | os.PathLike, max_pixels: int, recognise: str = "digit") -> Intake:
@@ -71,7 +78,7 @@ def take_in(path: str | os.PathLike, max_pixels: int, recognise: str = "digit") 
         return Intake(sha256, error=Reason.CORRUPT, message=f"could not be decoded ({exc})",
                       crash=exc)
     if isinstance(found, Line):
-        return Intake(sha256, image, found.whole, found)
+        return Intake(sha256, image, None, found)
     return Intake(sha256, image, found.model_input)
 
 

@@ -74,8 +74,8 @@ def _write_preview(directory: Path, name: str, result: Result, intake: Intake) -
     from digitd.preview import render_preview
 
     note = f"rejected: {result.error}" if result.status == Status.REJECTED else ""
-    png = render_preview(intake.image, intake.model_input, result.digits, result.confidence,
-                         note, parts=result.parts)
+    png = render_preview(intake.image, None if result.parts else intake.whole, result.digits,
+                         result.confidence, note, parts=result.parts)
     write_atomic(directory / name, png)
 
 

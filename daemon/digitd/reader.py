@@ -111,13 +111,14 @@ def model_inputs(whole: np.ndarray, line: Line | None) -> np.ndarray:
     return np.stack([whole] + [piece.model_input for piece in line.pieces])
 
 
-def read_all(images: list[tuple[np.ndarray, Line | None]], predict, mode: str = "auto",
+def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode: str = "auto",
              numbers=None, sure: float = 1.0) -> list[tuple[np.ndarray | None, Reading | None]]:
     """Read many images with at most one call of `predict` ((N, 28, 28) -> (N, 10), the
     classifier) and, unless `mode` is "digit", one of `numbers` ((N, HEIGHT, WIDTH) strips ->
     (N, STEPS, CLASSES), the number model; None: the segmentation reader alone): for each
     (whole, line) its whole ink's probabilities (None when it is read as a number without
-    them) and its number (None: one digit).
+    them) and its number (None: one digit). `whole` may be None for a line: line.whole is
+    then made only where it is read.
 
     With the number model, a line it reads as two digits or more at confidence `sure` or
     above (the callers pass min_confidence) is that number as it stands: the classifier
@@ -136,12 +137,15 @@ def read_all(images: list[tuple[np.ndarray, Line | None]], predict, mode: str = 
     inputs: list[np.ndarray | None] = []
     for k, (whole, line) in enumerate(images):
         found = decoded.get(k)
+        if found is not None and len(found.emissions) >= 2 and found.confidence >= sure:
+            inputs.append(None)
+            continue
+        if whole is None:
+            whole = line.whole
         if found is None:  # no number model: the segmentation reader alone
             inputs.append(model_inputs(whole, line if mode != "digit" else None))
         elif len(found.emissions) < 2:  # one digit (or none): the whole ink's
             inputs.append(whole[None])
-        elif found.confidence >= sure:
-            inputs.append(None)
         else:
             inputs.append(model_inputs(whole, line))
     rows = [x for x in inputs if x is not None]

@@ -98,13 +98,19 @@ class Line:
     """Several digits side by side, as the number model reads them (`strip`) and as the
     segmentation reader does: `units` parts in reading order and the candidate pieces (every
     piece a run of consecutive units; a reading is a chain of pieces covering units
-    0..units-1). Units and pieces are made by `cut` on first use."""
+    0..units-1). Units and pieces are made by `cut` on first use, `whole` by `one_digit`."""
 
     height: float  # the digits' height in the input's pixels
-    whole: np.ndarray  # all of it read as one digit: exactly preprocess.normalise's input
+    one_digit: Callable[[], np.ndarray] = field(repr=False, compare=False)  # -> whole
     strip: Strip | None = None  # all of it (decoration too) as the number model reads it
     cut: Callable[[], tuple[int, tuple[Piece, ...]]] = field(default=lambda: (0, ()),
                                                              repr=False, compare=False)
+
+    @functools.cached_property
+    def whole(self) -> np.ndarray:
+        """All of it read as one digit: exactly preprocess.normalise's input (made on first
+        use: a number the number model is sure of needs none)."""
+        return self.one_digit()
 
     @functools.cached_property
     def _candidates(self) -> tuple[int, tuple[Piece, ...]]:
@@ -133,19 +139,23 @@ def segment(image: np.ndarray) -> Single | Line:
     kept = [i for i in parts.candidates if areas[i] >= DUST * big]
     kept = [i for i in kept if not _edge_line(stats[i], page.ink.shape)] or kept
     if not _side_by_side(stats, kept):
-        mask, box = mask_of(parts, _one_digit(stats, parts.candidates))
-        return Single(finish(extract(page, mask, box)))
+        return Single(_whole(page, parts))
     line_mask, line_box = mask_of(parts, kept)
     # the line's digits about WORK_SIZE / 2 tall: ample for 20x20, and cheap
     cut = extract(page, line_mask, line_box, side=2 * _digit_height(stats, kept))
-    mask, box = mask_of(parts, _one_digit(stats, parts.candidates))
-    whole = finish(extract(page, mask, box))
+    whole = functools.partial(_whole, page, parts)
     found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale)
     if found is None:
-        return Single(whole)
+        return Single(whole())
     labels, stats, groups, height, band = found
     return Line(float(height * cut.scale), whole, _strip(cut, band, height),
                 functools.partial(_candidates, cut, labels, stats, groups, height))
+
+
+def _whole(page, parts) -> np.ndarray:
+    """All the ink read as one digit, exactly as preprocess.normalise reads it."""
+    mask, box = mask_of(parts, _one_digit(parts.stats, parts.candidates))
+    return finish(extract(page, mask, box))
 
 
 def _edge_line(stat: np.ndarray, shape: tuple[int, ...]) -> bool:
