@@ -239,6 +239,26 @@ def test_polarity_both_ways_gives_the_same_input(digit):
     assert similar(c, d) > 0.98 and similar(a, c) > 0.97
 
 
+@pytest.mark.parametrize(("label", "pen", "margin"), [(8, 9, 4), (3, 13, 6)])
+def test_a_bold_marker_digit_filling_a_tight_crop_is_dark_ink(sample, label, pen, margin):
+    """A marker digit nearly as large as the paper around it (a form field cut tightly)
+    leaves no minority for the polarity test to find: the paper is what runs along the
+    edges. Both were read as light ink on dark, the paper taken for the ink."""
+    x, y = sample
+    big = cv2.resize(x[int(np.flatnonzero(y == label)[0])], None, fx=5, fy=5,
+                     interpolation=cv2.INTER_LINEAR)
+    bold = cv2.dilate(big, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (pen, pen)))
+    x0, y0, w, h = cv2.boundingRect(bold)
+    bold = np.pad(bold[y0 : y0 + h, x0 : x0 + w], margin)
+    ink = bold.astype(np.float32) / 255
+    light = np.linspace(0.85, 1.0, ink.shape[1], dtype=np.float32)[None, :]
+    noise = np.random.default_rng(0).normal(0, 3, ink.shape)
+    scan = (200 * (1 - ink) + 80 * ink) * light + noise  # uneven light: not a flat page
+    assert (ink > 0.5).mean() > 0.35
+    scan = np.clip(scan + 0.5, 0, 255).astype(np.uint8)
+    assert similar(normalise(scan), normalise(255 - bold)) > 0.98
+
+
 def test_centre_of_mass_within_a_pixel_of_the_centre(sample):
     x = sample[0]
     for i in range(0, 120, 5):

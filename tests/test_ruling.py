@@ -104,6 +104,41 @@ def test_a_stroke_crossing_a_line_is_kept_whole():
     assert not left[:, :50].any() and not left[:, 120:].any()  # the line is gone
 
 
+@pytest.mark.parametrize(("flavour", "indices"), [
+    ("form_squared", (196, 295, 363)),  # a stroke runs along a grid line for half its length
+    ("form_neighbours", (506, 891)),  # the neighbours' edges, as thick as a stroke
+])
+def test_ruling_hidden_by_strokes_or_as_thick_as_them_goes(sample, flavour, indices):
+    """Fields where the ruling used to stay with the digit (IoU 0.24-0.87 before): a grid
+    line hidden by a stroke running along it (the grid's pitch says it is there), the bold
+    edges of neighbouring boxes (two lines a gap apart)."""
+    x = sample[0]
+    for i in indices:
+        digit, ruling = scans.form_maps(x[i], i, flavour=flavour)
+        result = remove_ruling(as_ink(np.maximum(digit, ruling)), LEVEL)
+        assert iou(result.ink > LEVEL, as_ink(digit) > LEVEL) >= 0.9, i
+
+
+def test_the_bold_edges_of_neighbouring_boxes_are_ruling():
+    """A row of boxes cut loosely: the neighbours' edges (two lines a gap apart merge into
+    one as thick as a stroke) run from the top line to the bottom one near the crop's sides."""
+    field = np.zeros((90, 110), np.uint8)
+    for y in (8, 80):
+        cv2.line(field, (0, y), (109, y), 255, 3)
+    for x in (6, 103):
+        cv2.line(field, (x, 2), (x, 87), 255, 7)
+    digit = np.zeros_like(field)
+    cv2.ellipse(digit, (55, 44), (16, 24), 0, 0, 360, 255, 6)  # a 0
+    result = remove_ruling(np.maximum(field, digit), LEVEL)
+    assert sum(line.vertical for line in result.lines) == 2
+    assert iou(result.ink > LEVEL, digit > LEVEL) >= 0.9
+    # the same bold stroke in the middle of the field, not at a neighbour's place, stays
+    one = np.zeros_like(field)
+    cv2.line(one, (55, 2), (55, 87), 255, 7)
+    middle = remove_ruling(np.maximum(field, one), LEVEL)
+    assert iou(middle.ink > LEVEL, one > LEVEL) >= 0.8
+
+
 def test_a_lone_one_is_not_a_line():
     """A thin vertical stroke across a tight crop is a 1, not a box's edge."""
     one = np.full((120, 60), 255, np.uint8)

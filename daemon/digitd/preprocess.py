@@ -286,13 +286,27 @@ def _light_ink(grey: np.ndarray) -> bool:
     """True when the ink is lighter than the paper (white on black).
 
     Ink is the minority of the pixels, so after removing slow lighting changes (a high-pass:
-    the image minus its local mean) the distribution has its long tail on the ink's side.
+    the image minus its local mean) the distribution has its long tail on the ink's side: its
+    skewness is positive for light ink and negative for dark ink. A bold digit that fills a
+    tight crop is no minority and leaves the skewness near 0 (-0.3 to 0.3 on bold form
+    fields): a weakly positive one (below CLEAR_SKEW) is settled by what runs along the
+    image's edges, the paper: the lighter or the darker of the two (Otsu's) classes of pixels.
+    (Not a weakly negative one: uneven light, shadows and a scanner's border line along the
+    edges are commoner on dark-ink pages, and the skew there was right.)
     """
     h, w = grey.shape
     k = max(3, min(h, w) // 3) | 1
     g = grey.astype(np.float32)
-    high = g - cv2.blur(g, (k, k), borderType=cv2.BORDER_REFLECT)
-    return float(np.dot(high.ravel(), (high * high).ravel())) > 0.0
+    high = (g - cv2.blur(g, (k, k), borderType=cv2.BORDER_REFLECT)).ravel()
+    spread = float(np.dot(high, high)) / high.size
+    if spread <= 0.0:
+        return False
+    skew = float(np.dot(high, high * high)) / high.size / spread**1.5
+    if skew <= 0.0 or skew >= CLEAR_SKEW:
+        return skew > 0.0
+    split, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    edges = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    return np.count_nonzero(edges <= split) > edges.size // 2
 
 
 def _background(small: np.ndarray) -> np.ndarray:
@@ -370,6 +384,7 @@ def _percentile(hist: np.ndarray, q: float) -> int:
 MIN_CONTRAST = 28
 MIN_CONTRAST_PAPER = 64
 MIN_FLOOR = 8  # residuals up to this are paper, even on a noiseless page
+CLEAR_SKEW = 1.0  # the page's skewness says the ink's polarity beyond this (_light_ink)
 
 
 def _noise_floor(ink: np.ndarray, grey: np.ndarray, base: float = 0.5) -> int:

@@ -22,10 +22,15 @@ What counts as ruling:
    A candidate is line-like when it is thin for its length (THIN of it: ruling is a few
    percent of a digit's height thick and at least about as long as the digit is high; a
    digit's bar or stem is 10-20%), covered along most of its length, with a steady thickness.
+   On squared or ruled paper (three or more evenly spaced parallel lines, or the other
+   direction's pitch) a line of the grid that a stroke runs along for much of its length is
+   looked for where the pitch puts it, and needs only GRID_COVER of its extent to be its own.
 2. A line-like candidate is ruling when it is clearly thinner than the remaining strokes, or
    spans the image (underlines, a line through the digit, ruled and squared paper, the edges
    of neighbouring boxes; a lone vertical line across the middle is left alone: it may be a
-   1), or meets another candidate at a corner (a box's sides).
+   1), or meets another candidate at a corner (a box's sides). A spanning line as thick as a
+   stroke (`bold`: a neighbouring box's edge, often two lines a gap apart) is ruling only near
+   the image's side and across two perpendicular lines, with a steady thickness all along.
 3. Removal keeps the strokes: at each position along a line the run of ink across it is taken
    out only where it is the line's own thickness (and a pixel of fringe); where a stroke
    crosses the line, touches it or runs along it, the run is longer and stays whole (a
@@ -56,10 +61,15 @@ MIN_SIDE = 32  # smaller images (MNIST's 28x28) hold no ruling, and cost nothing
 THIN = 0.09  # ...and at most this share of its own length thick
 SPAN = 0.85  # a line this share of the side long spans the image (edge to edge)
 THIN_ACROSS = 0.06  # a spanning line may be this share of the image's other side thick
+BOLD_ACROSS = 0.1  # ...or this share if it is a neighbouring box's edge (_is_ruling)
+BOLD_COVER = 0.85  # ...and nearly all of its extent is its own (a steady printed line)
+EDGE_BAND = 0.2  # a neighbouring box's edge lies within this share of the image's side
 THINNER = 0.7  # ruling clearly thinner than the strokes: at most this share of their width
 SKEW_DEG = 2.5  # how far off horizontal/vertical a printed line may run
 STEP_DEG = 0.25
 MAX_TRIES = 40  # Hough lines looked at per direction (a grid has a dozen, a stroke many)
+COVER = 0.5  # a line's own runs (no stroke across) cover at least this share of its extent...
+GRID_COVER = 0.3  # ...or this share where a grid of such lines says that one must be
 MARK = 0.15  # a handwritten mark spans at least this share of the image's shorter side
 
 
@@ -88,6 +98,7 @@ class Ruling:
 class _Candidate:
     line: Line
     covered: int  # positions with the line's own thickness
+    bold: bool = False  # spans the image but is too thick for that alone (see _is_ruling)
 
 
 def remove_ruling(ink: np.ndarray, level: int | None = None,
@@ -111,12 +122,13 @@ def remove_ruling(ink: np.ndarray, level: int | None = None,
     # Candidates in both directions, the vertical ones on what the horizontal ones leave.
     horiz = _candidates(work)
     work_t = np.ascontiguousarray(work.T)
-    vert = [_transposed(c) for c in _candidates(work_t)]
+    vert = [_transposed(c) for c in _candidates(work_t, _pitch([c.line for c in horiz]))]
     if not horiz and not vert:
         return Ruling(ink, None)
 
     stroke = _stroke_width(cv2.compare(work_t.T, level, cv2.CMP_GT))
-    accepted = [c.line for c in horiz + vert if _is_ruling(c, horiz + vert, stroke, (h, w))]
+    ruling = [c for c in horiz + vert if _is_ruling(c, horiz + vert, stroke, (h, w))]
+    accepted = [c.line for c in ruling]
     if not accepted:
         return Ruling(ink, None)
 
@@ -126,7 +138,7 @@ def remove_ruling(ink: np.ndarray, level: int | None = None,
     for line in sorted(accepted, key=lambda line: line.vertical):
         removed |= _erase(work, line)
     kept = cv2.compare(work, level, cv2.CMP_GT)
-    stubs = _stubs(kept, removed, accepted, stroke)
+    stubs = _stubs(kept, removed, [c.line for c in ruling if not c.bold], stroke)
     if stubs is not None:
         removed |= stubs
     out = cv2.bitwise_and(ink, cv2.bitwise_not(removed))
@@ -152,7 +164,7 @@ def _may_hold_line(work: np.ndarray) -> bool:
     return int(np.count_nonzero(hit, axis=1).max()) >= _long(w)
 
 
-def _candidates(work: np.ndarray) -> list[_Candidate]:
+def _candidates(work: np.ndarray, spacing: float | None = None) -> list[_Candidate]:
     """Line-like horizontal lines in the work map, each cleared from it (crossing strokes
     kept) once found, so that a line is not found twice nor a line at a wrong angle through
     it."""
@@ -177,7 +189,56 @@ def _candidates(work: np.ndarray) -> list[_Candidate]:
         if c is not None:
             out.append(c)
             _erase(work, c.line)
+    for line in _grid_gaps([c.line for c in out], spacing, h):
+        c, _ = _measure(work, line, cover=GRID_COVER)
+        alike = c is not None and abs(c.line.thickness - line.thickness) <= max(
+            1.0, 0.35 * line.thickness)
+        if alike:
+            out.append(c)
+            _erase(work, c.line)
     return out
+
+
+def _pitch(lines: list[Line]) -> float | None:
+    """The spacing of three or more parallel lines, if they form a regular grid."""
+    if len(lines) < 3:
+        return None
+    gaps = np.diff(sorted(line.offset for line in lines))
+    pitch = float(gaps.min())
+    if pitch < 8 or np.any(np.abs(gaps / pitch - np.rint(gaps / pitch)) * pitch > 2 + 0.05 * gaps):
+        return None
+    return pitch
+
+
+def _grid_gaps(lines: list[Line], spacing: float | None, side: int) -> list[Line]:
+    """Where a regular grid of parallel lines (squared or ruled paper) misses one: the lines a
+    digit's stroke runs along for much of their length, too covered to pass as lines on their
+    own. `spacing`: the grid's pitch if known (from the other direction of squared paper)."""
+    if not lines or (spacing is None and _pitch(lines) is None):  # a box's sides are no grid
+        return []
+    lines = sorted(lines, key=lambda line: line.offset)
+    offsets = [line.offset for line in lines]
+    gaps = np.diff(offsets)
+    pitch = spacing or float(gaps.min())
+    if np.ptp([line.thickness for line in lines]) > max(1.0, 0.5 * min(
+            line.thickness for line in lines)):
+        return []  # lines of different kinds
+    if np.any(np.abs(gaps / pitch - np.rint(gaps / pitch)) * pitch > 2 + 0.05 * gaps):
+        return []  # lines off the pitch
+    slope = float(np.median([line.slope for line in lines]))
+    t = float(np.median([line.thickness for line in lines]))
+    wanted = []
+    for a, gap in zip(offsets, gaps, strict=False):  # gaps inside the grid
+        n = round(gap / pitch)
+        wanted += [a + gap * j / n for j in range(1, n)]
+    before, after = offsets[0] - pitch, offsets[-1] + pitch  # and beyond its outer lines
+    while before >= 2:
+        wanted.append(before)
+        before -= pitch
+    while after <= side - 3:
+        wanted.append(after)
+        after += pitch
+    return [Line(False, o, slope, 0, 0, t) for o in wanted]
 
 
 def _profile(work: np.ndarray, line: Line):
@@ -214,9 +275,10 @@ def _profile(work: np.ndarray, line: Line):
     return centre + np.where(has, at - mid, 0), above, below, thick, has, edge
 
 
-def _measure(work: np.ndarray, line: Line) -> tuple[_Candidate | None, float]:
-    """The candidate's thickness and extent, or None when it is not line-like; and the
-    thickness measured along it."""
+def _measure(work: np.ndarray, line: Line,
+             cover: float = COVER) -> tuple[_Candidate | None, float]:
+    """The candidate's thickness and extent, or None when it is not line-like (its own runs
+    cover less than `cover` of its extent, ...); and the thickness measured along it."""
     h, w = work.shape
     centre, above, below, thick, has, edge = _profile(work, line)
     clean = has & ~edge
@@ -230,8 +292,10 @@ def _measure(work: np.ndarray, line: Line) -> tuple[_Candidate | None, float]:
     t = float(np.median(thick[own]))
     start, stop = int(idx[0]), int(idx[-1])
     length = stop - start + 1
-    thin = t <= max(THIN * length, 3) or (length >= SPAN * w and t <= THIN_ACROSS * h)
-    if (length < _long(w) or not thin or len(idx) < 0.5 * length
+    spans = length >= SPAN * w
+    thin = t <= max(THIN * length, 3) or (spans and t <= THIN_ACROSS * h)
+    bold = not thin and spans and t <= BOLD_ACROSS * h and len(idx) >= BOLD_COVER * length
+    if (length < _long(w) or not (thin or bold) or len(idx) < cover * length
             or np.count_nonzero(has[start : stop + 1]) < 0.7 * length):
         return None, t
     # Fit the centre to the line's own runs (Hough's line is to a pixel and a quarter degree).
@@ -246,13 +310,13 @@ def _measure(work: np.ndarray, line: Line) -> tuple[_Candidate | None, float]:
             or abs(slope - line.slope) > math.radians(1.0) + (t + 2) / length):
         return None, t
     refined = Line(line.vertical, float(offset), float(slope), start, stop, t)
-    return _Candidate(refined, len(idx)), t
+    return _Candidate(refined, len(idx), bold), t
 
 
 def _transposed(c: _Candidate) -> _Candidate:
     line = c.line
     return _Candidate(Line(True, line.offset, line.slope, line.start, line.stop,
-                           line.thickness), c.covered)
+                           line.thickness), c.covered, c.bold)
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,6 +346,12 @@ def _is_ruling(c: _Candidate, everyone: list[_Candidate], stroke: float | None,
     h, w = shape
     side = h if line.vertical else w
     length = line.stop - line.start + 1
+    perpendicular = [o.line for o in everyone if o.line.vertical != line.vertical and not o.bold]
+    if c.bold:  # as thick as a stroke: ruling only as the edge of a neighbouring box in a row
+        across = line.offset + line.slope * (line.start + line.stop) / 2
+        other = w if line.vertical else h
+        return (min(across, other - 1 - across) < EDGE_BAND * other
+                and sum(_crosses(line, o) for o in perpendicular) >= 2)
     if stroke is not None and line.thickness <= THINNER * stroke:
         return True
     if length >= SPAN * side:
@@ -292,7 +362,6 @@ def _is_ruling(c: _Candidate, everyone: list[_Candidate], stroke: float | None,
     # A box's side: both ends on perpendicular lines, or a corner (an end on an end), or one
     # end on a line and the other cut by the image's edge if it is as thick as that line
     # (lines printed together are alike; a 1 on a line of the grid is thicker).
-    perpendicular = [o.line for o in everyone if o.line.vertical != line.vertical]
     ends = [_meets(line, o) for o in perpendicular]
     if (any(e[0] for e in ends) and any(e[1] for e in ends)) or any(
             (e[0] or e[1]) and e[2] for e in ends):
@@ -316,6 +385,16 @@ def _meets(a: Line, b: Line) -> tuple[bool, bool, bool]:
         return False, False, False
     corner = min(abs(along_b - b.start), abs(along_b - b.stop)) <= tol
     return abs(along_a - a.start) <= tol, abs(along_a - a.stop) <= tol, corner
+
+
+def _crosses(a: Line, b: Line) -> bool:
+    """Do perpendicular lines cross (or meet) within both their extents?"""
+    h_line, v_line = (a, b) if not a.vertical else (b, a)
+    y = (h_line.offset + h_line.slope * v_line.offset) / (1 - h_line.slope * v_line.slope)
+    x = v_line.offset + v_line.slope * y
+    tol = 3 + max(h_line.thickness, v_line.thickness)
+    return (h_line.start - tol <= x <= h_line.stop + tol
+            and v_line.start - tol <= y <= v_line.stop + tol)
 
 
 def _erase(work: np.ndarray, line: Line) -> np.ndarray:
