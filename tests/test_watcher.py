@@ -220,10 +220,10 @@ def test_events_pause_in_a_backlog_and_resume_with_a_listing(inbox):
         w.stop()
 
 
-def test_events_pause_on_this_workers_own_backlog_only(inbox):
+def test_a_worker_without_its_own_share_lists_while_events_are_off(inbox):
     """The real observer: a backlog of the other worker's share, which this one may not take
-    yet, leaves events on, so a file of its own share dropped meanwhile is found at once (not
-    at the next listing, an hour away here)."""
+    yet, switches events off; a file of its own share dropped meanwhile is still found at once,
+    by a listing (not at the regular one, an hour away here, nor after TAKEOVER_S)."""
     from digitd.watcher import PAUSE_AT
 
     config = WatchConfig(settle_ms=200, incomplete_after_s=10.0, rescan_interval_s=3600.0)

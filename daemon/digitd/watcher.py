@@ -14,16 +14,18 @@ takes its share oldest first, so at the end of a burst the two work from opposit
 the same backlog and meet in the middle, instead of both claiming the same next names.
 
 During a burst the events only repeat what the listing found, and handling them cost a fifth
-of the CPU (measured: 1,775 files/s with them, 2,225/s without). So with `PAUSE_AT` names of
-this worker's share waiting the watch is removed, and it is restored, followed by a listing,
-once fewer than `RESUME_AT` of them wait: prompt pickup when idle, no event traffic when busy,
-nothing missed. (Counted in its own share: the others' names it saw cannot be taken for
-TAKEOVER_S, so a worker whose own share ran out would idle until then, events off and the
-next listing far off; measured: one of two workers idle for the first ~0.4 s of a burst.)
-PAUSE_AT is two batches: at 1,024 a burst's first thousand renames in, and the claims of
-them (each an event for every worker), were still handled one by one (watchdog's threads
-took 0.03-0.04 of 0.72 ms of CPU per file in a 3,000-file burst; 0.003-0.01 at 128). A
-pause and a resume cost ~0.2 ms of CPU, and take at least PAUSE_AT - RESUME_AT arrivals.
+of the CPU (measured: 1,775 files/s with them, 2,225/s without). So with `PAUSE_AT` names
+waiting the watch is removed, and it is restored, followed by a listing, once fewer than
+`RESUME_AT` wait: prompt pickup when idle, no event traffic when busy, nothing missed. While
+events are off and fewer than RESUME_AT names of this worker's own share wait, the folder is
+listed again (at most every `REFILL_S`): the others' names it knows cannot be taken before
+TAKEOVER_S, and without that listing a worker whose own share ran out sat idle until then,
+the next regular listing being far off (measured: one of two workers idle for the first
+~0.4 s of a burst). PAUSE_AT is two batches: at 1,024 a burst's first thousand renames in,
+and the claims of them (each an event for every worker), were still handled one by one
+(watchdog's threads took 0.03-0.04 of 0.72 ms of CPU per file in a 3,000-file burst;
+0.003-0.01 at 128). A pause and a resume cost ~0.2 ms of CPU, and take at least
+PAUSE_AT - RESUME_AT arrivals.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ MAX_TRACKED = 10_000  # names tracked at once; a larger backlog is found by late
 TAKEOVER_S = 0.5  # another worker's file waiting this long may be taken by this one
 PAUSE_AT = 128  # names waiting: events are switched off (they only name files known already)
 RESUME_AT = 32  # ...and on again, with a listing, when the backlog is this small
+REFILL_S = 0.1  # events off, this worker's own share nearly done: list again this often
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class InboxWatcher:
         self._others: dict[str, Candidate] = {}  # the other workers' share, oldest first
         self._handed_on: set[str] = set()
         self._next_listing = 0.0
+        self._listed_at = float("-inf")  # monotonic time of the last listing
         self._listing_truncated = False
         self._observer = None
         self._watch = None  # the observer's watch on the inbox; None while events are off
@@ -139,15 +143,19 @@ class InboxWatcher:
         )
 
     def _pace_events(self, now: float) -> None:
-        """Switch events off while a large backlog waits, on again (and list) when it is small."""
+        """Switch events off while a large backlog waits, on again (and list) when it is
+        small; while they are off, list when this worker's own share runs low."""
         if self._observer is None:
             return
-        if self._watch is not None and len(self._candidates) >= PAUSE_AT:
-            self._observer.unschedule(self._watch)
-            self._watch = None
-        elif self._watch is None and len(self._candidates) < RESUME_AT:
+        if self._watch is not None:
+            if self._tracked() >= PAUSE_AT:
+                self._observer.unschedule(self._watch)
+                self._watch = None
+        elif self._tracked() < RESUME_AT:
             self._schedule()
             self._list(now)  # what arrived while events were off
+        elif len(self._candidates) < RESUME_AT and now >= self._listed_at + REFILL_S:
+            self._list(now)  # more of its own share, or nothing new: events stay off
 
     def stop(self, timeout: float = 2.0) -> bool:
         """Stop the observer; False if it did not stop within `timeout` seconds.
@@ -262,6 +270,7 @@ class InboxWatcher:
 
     def _list(self, now: float) -> None:
         self._next_listing = now + self._config.rescan_interval_s
+        self._listed_at = now
         self._listing_truncated = False
         try:
             with os.scandir(self.inbox) as entries:
