@@ -86,6 +86,9 @@ def test_unit_hardening_is_present():
     # One entry, the common parent of inbox and outbox: each entry is a separate bind mount,
     # and rename(2) across two of them fails with EXDEV (the daemon would copy every input).
     assert len(rw) == 1, f"ReadWritePaths= should name one folder holding inbox and outbox: {rw}"
+    # /proc/cpuinfo stays readable: without it XNNPACK cannot detect the CPU and LiteRT runs
+    # the model on generic kernels, 3.3x slower and with other probabilities (systemd/README.md)
+    assert entries.get("ProcSubset", ["all"])[-1] == "all", "ProcSubset=pid hides /proc/cpuinfo"
 
 
 def _fake_root(tmp_path: Path) -> Path:
