@@ -31,7 +31,7 @@ def labelled(tmp_path_factory) -> tuple[Path, np.ndarray]:
         "blank.png,3",  # line 42: the daemon rejects it (no_ink): counted, not a bad row
         "gone.png,1",  # 43: missing
         "d00.png,x",  # 44: not a digit
-        "d01.png,10",  # 45: not a digit
+        "d01.png,1a",  # 45: not digits
         "d02.png,1,extra",  # 46: three fields
         "d03.png,5",  # 47: listed again
         "../outside.png,1",  # 48: outside the folder
@@ -102,3 +102,56 @@ def test_usage_errors_are_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("min_confidence: 7\n")
     assert main(["evaluate", "--set", str(tmp_path), "--config", str(bad)]) == 2
+
+
+def test_number_labels(tmp_path, capsys):
+    """Labels may be numbers: with --recognise auto each is read as a string, as the daemon
+    would, and counted apart (`numbers`) as well as in the whole set's figures; the single
+    digits keep their confusion matrix. With digit every number is read as one digit (all
+    wrong), and the command says so."""
+    import number_scans
+
+    with np.load(SAMPLE) as npz:
+        x, y = npz["x_test"], npz["y_test"]
+    lines = ["file,label"]
+    for i in range(6):
+        data, truth, _ = number_scans.render_number(x, y, i, seed=11, flavour="paper_grey",
+                                                    decorations=())
+        (tmp_path / f"n{i}.png").write_bytes(data)
+        lines.append(f"n{i}.png,{truth}")
+    for i in range(4):
+        page = cv2.copyMakeBorder(255 - x[i], 10, 10, 10, 10, cv2.BORDER_CONSTANT, value=255)
+        cv2.imwrite(str(tmp_path / f"d{i}.png"), page)
+        lines.append(f"d{i}.png,{y[i]}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+
+    assert main(["evaluate", "--set", str(tmp_path), "--json", "--recognise", "auto"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["n"] == 10 and r["bad_rows"] == [] and r["recognise"] == "auto"
+    assert len(r["number_model"]) == 64
+    numbers = r["numbers"]
+    assert numbers["n"] == 6 and numbers["accuracy"] >= 4 / 6
+    matrix = np.array(r["confusion_matrix"])
+    assert matrix.sum() + r["read_as_number"] == 4
+    right = numbers["accuracy"] * 6 + np.trace(matrix[:, :10])
+    assert r["accuracy"] == pytest.approx(right / 10)
+
+    assert main(["evaluate", "--set", str(tmp_path), "--recognise", "digit"]) == 0
+    out = capsys.readouterr()
+    assert "recognise is digit" in out.err
+    assert "numbers        6 rows: accuracy 0.00%" in out.out
+    assert "confusion" in out.out  # the single digits'
+
+
+def test_a_set_of_numbers_only_has_no_confusion_matrix(tmp_path, capsys):
+    import number_scans
+
+    with np.load(SAMPLE) as npz:
+        x, y = npz["x_test"], npz["y_test"]
+    data, truth, _ = number_scans.render_number(x, y, 0, seed=11, flavour="paper_grey",
+                                                decorations=())
+    (tmp_path / "n.png").write_bytes(data)
+    (tmp_path / "labels.csv").write_text(f"n.png,{truth}\n")
+    assert main(["evaluate", "--set", str(tmp_path), "--recognise", "number"]) == 0
+    out = capsys.readouterr().out
+    assert "numbers        1 rows" in out and "confusion" not in out

@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-confidence", type=_probability, metavar="P",
         help="below this a result is low_confidence (default: configured)",
     )
+    evaluate.add_argument("--recognise", choices=("auto", "digit", "number"),
+                          help="with --set: one digit per image, a number, or auto (default: "
+                          "configured); labels may be numbers")
     evaluate.add_argument("--data", metavar="DIR", help="MNIST IDX files or mnist.npz")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check")

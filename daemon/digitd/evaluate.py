@@ -1,19 +1,24 @@
 """`digitd evaluate`: measure a model the way the daemon would use it.
 
-    digitd evaluate --set DIR [--model M] [--config C | --min-confidence P] [--json]
+    digitd evaluate --set DIR [--model M] [--config C | --min-confidence P]
+                    [--recognise auto|digit|number] [--json]
     digitd evaluate --data MNIST_DIR [--model M] [--json]
 
 --set: DIR holds PNG files and `labels.csv` (`file,label`; a header line `file,label` is
-optional; file names are relative to DIR). Every file goes through the daemon's own intake
-(safe read, PNG checks, decode, normalisation) and the model, and gets the status the daemon
-would give it at `min_confidence` (from --min-confidence, else --config, else the built-in
-default). Reported, as shares of the rows evaluated (digitd.calibration's definitions):
-accuracy (top answer right, whatever its status), silent errors (wrong yet `ok`), review share
-(`low_confidence`), rejected share (the daemon would reject the file: no_ink, corrupt...),
-per-class accuracy and the confusion matrix (rows the true digit, columns the answer, a last
-column for rejected files). Rows that cannot be evaluated (a missing file, a label that is not
-a digit 0-9, a malformed or duplicated line) are listed with their line number and left out;
-they never stop the run.
+optional; file names are relative to DIR). A label is a digit 0-9, or a number: a string of
+digits (`4071`) for a field of several digits. Every file goes through the daemon's own intake
+(safe read, PNG checks, decode, normalisation) and readers (digitd.reader.read_all, with
+`recognise` from --recognise, else --config, else the built-in default; a number needs `auto`
+or `number`) and gets the status the daemon would give it at `min_confidence` (from
+--min-confidence, else --config, else the built-in default). Reported, as shares of the rows
+evaluated (digitd.calibration's definitions): accuracy (the string read is the label, whatever
+its status), silent errors (wrong yet `ok`), review share (`low_confidence`), rejected share
+(the daemon would reject the file: no_ink, corrupt...); over the single-digit rows, per-class
+accuracy and the confusion matrix (rows the true digit, columns the answer, a last column for
+rejected files; a single digit read as a number is counted apart, `read_as_number`); and, when
+some labels are numbers, the same four shares over those rows (`numbers`). Rows that cannot be
+evaluated (a missing file, a label that is not digits, a malformed or duplicated line) are
+listed with their line number and left out; they never stop the run.
 
 --data: the model alone on the MNIST test arrays (no preprocessing), as before.
 """
@@ -35,6 +40,7 @@ from digitd.codes import ExitCode, Reason, Status
 from digitd.config import Config, ConfigError, load_config
 from digitd.intake import take_in
 from digitd.model import load_classifier
+from digitd.reader import read_all
 from digitd.result import Result
 
 LABELS = "labels.csv"
@@ -45,7 +51,7 @@ CHUNK = 512  # files read and recognised together
 class Row:
     line: int  # 1-based line of labels.csv
     file: str
-    label: int
+    label: str  # the digit, or a number's digits
 
 
 @dataclass(frozen=True)
@@ -80,67 +86,65 @@ def read_labels(folder: Path) -> tuple[list[Row], list[BadRow]]:
         if name.startswith("/") or ".." in parts:
             bad.append(BadRow(index, name, "file name outside the set's folder"))
             continue
-        if len(label) != 1 or label not in "0123456789":
-            bad.append(BadRow(index, name, f"label {label!r} is not a digit 0-9"))
+        if not label or not (label.isascii() and label.isdigit()):
+            bad.append(BadRow(index, name, f"label {label!r} is not a digit 0-9 or a number "
+                                           "(digits only)"))
             continue
         if name in seen:
             bad.append(BadRow(index, name, f"listed again (first on line {seen[name]})"))
             continue
         seen[name] = index
-        rows.append(Row(index, name, int(label)))
+        rows.append(Row(index, name, label))
     return rows, bad
 
 
-def run_set(folder: Path, classifier, config) -> tuple[list[tuple[Row, Result]], list[BadRow]]:
+def run_set(folder: Path, classifier, config,
+            numbers=None) -> tuple[list[tuple[Row, Result]], list[BadRow]]:
     """Take in, recognise and judge every good row of folder/labels.csv exactly as the daemon
-    would (digitd.intake.take_in, the model, Result.recognised at config.min_confidence)."""
+    would (digitd.intake.take_in, digitd.reader.read_all with config.recognise and the number
+    model `numbers` if any, Result.recognised or Result.number at config.min_confidence)."""
     rows, bad = read_labels(folder)
     judged: list[tuple[Row, Result]] = []
     for start in range(0, len(rows), CHUNK):
         taken = []
         for row in rows[start:start + CHUNK]:
-            intake = take_in(folder / row.file, config.max_pixels)
+            intake = take_in(folder / row.file, config.max_pixels, config.recognise)
             if intake.error == Reason.MISSING:
                 bad.append(BadRow(row.line, row.file, "missing: no such file"))
             else:
                 taken.append((row, intake))
         good = [(row, intake) for row, intake in taken if intake.ok]
-        probs = classifier.predict(np.stack([i.model_input for _, i in good])) if good else []
-        answers = {id(intake): p for (_, intake), p in zip(good, probs, strict=True)}
+        read = read_all([(i.model_input, i.line) for _, i in good], classifier.predict,
+                        config.recognise, numbers.predict if numbers else None,
+                        sure=config.min_confidence)
+        answers = {id(intake): a for (_, intake), a in zip(good, read, strict=True)}
         for row, intake in taken:
-            if intake.ok:
-                result = Result.recognised(answers[id(intake)], config.min_confidence,
-                                           file=row.file)
-            else:
+            if not intake.ok:
                 result = Result.rejected(intake.error, intake.message, file=row.file)
+            elif (number := answers[id(intake)][1]) is not None:
+                result = Result.number(number, config.min_confidence, file=row.file)
+            else:
+                result = Result.recognised(answers[id(intake)][0], config.min_confidence,
+                                           file=row.file)
             judged.append((row, result))
     bad.sort(key=lambda b: b.line)
     return judged, bad
 
 
-def summarise(judged: list[tuple[Row, Result]], min_confidence: float) -> dict[str, Any]:
-    """The figures of one set, JSON-ready (shares of the rows evaluated)."""
-    n = len(judged)
-    labels = np.array([row.label for row, _ in judged], np.int64)
-    status = [result.status for _, result in judged]
+def _shares(labels: list[str], results: list[Result]) -> dict[str, Any]:
+    """Accuracy, silent errors, review and rejected shares of some rows, and their counts."""
+    n = len(labels)
+    status = [result.status for result in results]
     answered = np.array([s != Status.REJECTED for s in status], bool)
     ok = np.array([s == Status.OK for s in status], bool)
-    digits = np.array([-1 if r.digit is None else r.digit for _, r in judged], np.int64)
-    right = digits == labels
-    matrix = np.zeros((10, 11), np.int64)  # column 10: rejected
-    np.add.at(matrix, (labels, np.where(answered, digits, 10)), 1)
-    totals = matrix.sum(axis=1)
-    reasons: dict[str, int] = {}
-    for _, result in judged:
-        if result.error:
-            reasons[str(result.error)] = reasons.get(str(result.error), 0) + 1
+    right = np.array([r.digits == label for r, label in zip(results, labels, strict=True)],
+                     bool)
 
     def share(k) -> float | None:
         return round(float(k) / n, 6) if n else None
 
-    summary: dict[str, Any] = {
+    return {
         "n": n,
-        "min_confidence": min_confidence,
         "accuracy": share((answered & right).sum()),
         "silent_errors": share((ok & ~right).sum()),
         "review_share": share((answered & ~ok).sum()),
@@ -150,15 +154,44 @@ def summarise(judged: list[tuple[Row, Result]], min_confidence: float) -> dict[s
                    "low_confidence": int((answered & ~ok).sum()),
                    "low_confidence_wrong": int((answered & ~ok & ~right).sum()),
                    "rejected": int((~answered).sum())},
+    }
+
+
+def summarise(judged: list[tuple[Row, Result]], min_confidence: float) -> dict[str, Any]:
+    """The figures of one set, JSON-ready (shares of the rows evaluated)."""
+    every = _shares([row.label for row, _ in judged], [result for _, result in judged])
+    single = [(row, r) for row, r in judged if len(row.label) == 1]
+    numbers = [(row, r) for row, r in judged if len(row.label) > 1]
+    labels = np.array([int(row.label) for row, _ in single], np.int64)
+    answered = np.array([r.status != Status.REJECTED for _, r in single], bool)
+    as_digit = np.array([r.digit is not None for _, r in single], bool)
+    digits = np.array([-1 if r.digit is None else r.digit for _, r in single], np.int64)
+    counted = ~answered | as_digit  # a single digit read as a number is counted apart
+    matrix = np.zeros((10, 11), np.int64)  # column 10: rejected
+    np.add.at(matrix, (labels[counted], np.where(answered, digits, 10)[counted]), 1)
+    totals = matrix.sum(axis=1)
+    reasons: dict[str, int] = {}
+    for _, result in judged:
+        if result.error:
+            reasons[str(result.error)] = reasons.get(str(result.error), 0) + 1
+
+    summary: dict[str, Any] = {
+        "n": every["n"],
+        "min_confidence": min_confidence,
+        **{k: v for k, v in every.items() if k != "n"},
         "rejected_reasons": reasons,
         "per_class_accuracy": {str(d): round(float(matrix[d, d] / totals[d]), 6)
                                for d in range(10) if totals[d]},
         "confusion_matrix": matrix.tolist(),
+        "read_as_number": int((answered & ~as_digit).sum()),
     }
-    if answered.any():
-        probs = np.array([r.probabilities for (_, r), a in zip(judged, answered, strict=True)
-                          if a], np.float64)
-        summary["ece"] = round(calibration.ece(probs, labels[answered]), 5)
+    if numbers:
+        summary["numbers"] = _shares([row.label for row, _ in numbers], [r for _, r in numbers])
+    scored = answered & as_digit
+    if scored.any():
+        probs = np.array([r.probabilities for (_, r), s in zip(single, scored, strict=True)
+                          if s], np.float64)
+        summary["ece"] = round(calibration.ece(probs, labels[scored]), 5)
     return summary
 
 
@@ -170,6 +203,8 @@ def _settings(args) -> Config:
         overrides["model"] = Path(args.model)
     if getattr(args, "min_confidence", None) is not None:
         overrides["min_confidence"] = args.min_confidence
+    if getattr(args, "recognise", None):
+        overrides["recognise"] = args.recognise
     return dataclasses.replace(config, **overrides)
 
 
@@ -208,13 +243,21 @@ def set_command(args) -> int:
     classifier = _load(config.model, prog)
     if classifier is None:
         return ExitCode.USAGE
+    numbers = None
+    if config.recognise != "digit":
+        numbers = _load_numbers(prog)
     try:
-        judged, bad = run_set(folder, classifier, config)
+        judged, bad = run_set(folder, classifier, config, numbers)
     except OSError as exc:
         print(f"{prog}: {folder / LABELS}: cannot read ({exc.strerror or exc})", file=sys.stderr)
         return ExitCode.USAGE
+    if config.recognise == "digit" and any(len(row.label) > 1 for row, _ in judged):
+        print(f"{prog}: some labels are numbers, but recognise is digit: each image is read "
+              "as one digit (--recognise auto reads numbers)", file=sys.stderr)
     result = {"set": str(folder), "model": str(classifier.path),
               "model_id": classifier.model_id, "runtime": classifier.runtime,
+              "recognise": config.recognise,
+              "number_model": numbers.model_id if numbers else None,
               "min_confidence_from": source, **summarise(judged, config.min_confidence),
               "bad_rows": [{"line": b.line, "file": b.file, "reason": b.reason} for b in bad]}
     if args.json:
@@ -222,6 +265,19 @@ def set_command(args) -> int:
         return ExitCode.OK
     _print_set(result)
     return ExitCode.OK
+
+
+def _load_numbers(prog: str):
+    """The shipped number model, or None (said on stderr): numbers are then read by
+    segmentation alone, as the daemon would."""
+    from digitd import ctc
+
+    try:
+        return ctc.load()
+    except Exception as exc:  # missing, truncated or not a model
+        print(f"{prog}: no number model ({exc}); numbers are read by segmentation alone",
+              file=sys.stderr)
+        return None
 
 
 def _pct(v: float | None) -> str:
@@ -232,6 +288,8 @@ def _print_set(r: dict[str, Any]) -> None:
     c = r["counts"]
     print(f"set            {r['set']} ({r['n']} files evaluated, {len(r['bad_rows'])} bad rows)")
     print(f"model          {r['model']} ({r['model_id'][:12]}, {r['runtime']})")
+    print(f"recognise      {r['recognise']}" + (f" (number model {r['number_model'][:12]})"
+                                                if r["number_model"] else ""))
     print(f"min_confidence {r['min_confidence']} ({r['min_confidence_from']})")
     print(f"accuracy       {_pct(r['accuracy'])}")
     print(f"silent errors  {_pct(r['silent_errors'])} ({c['ok_wrong']} wrong of {c['ok']} ok)")
@@ -241,11 +299,20 @@ def _print_set(r: dict[str, Any]) -> None:
     print(f"rejected       {_pct(r['rejected_share'])}" + (f" ({reasons})" if reasons else ""))
     if "ece" in r:
         print(f"ECE            {r['ece']:.4f}")
-    print("per class      " + "  ".join(f"{d}:{a:.4f}" for d, a in r["per_class_accuracy"].items()))
-    print("confusion (rows true, columns answered; last column rejected)")
-    print("     " + " ".join(f"{h:>5}" for h in [*map(str, range(10)), "rej"]))
-    for digit, row in enumerate(r["confusion_matrix"]):
-        print(f"  {digit}  " + " ".join(f"{v:5d}" for v in row))
+    if "numbers" in r:
+        m = r["numbers"]
+        print(f"numbers        {m['n']} rows: accuracy {_pct(m['accuracy'])}, silent errors "
+              f"{_pct(m['silent_errors'])}, review share {_pct(m['review_share'])}, rejected "
+              f"{_pct(m['rejected_share'])}")
+    if r["read_as_number"]:
+        print(f"single digits read as a number: {r['read_as_number']}")
+    if any(map(sum, r["confusion_matrix"])):  # some single digits
+        print("per class      "
+              + "  ".join(f"{d}:{a:.4f}" for d, a in r["per_class_accuracy"].items()))
+        print("confusion (rows true, columns answered; last column rejected)")
+        print("     " + " ".join(f"{h:>5}" for h in [*map(str, range(10)), "rej"]))
+        for digit, row in enumerate(r["confusion_matrix"]):
+            print(f"  {digit}  " + " ".join(f"{v:5d}" for v in row))
     for b in r["bad_rows"]:
         print(f"bad row: line {b['line']}: {b['file'] or ''}: {b['reason']}")
 
