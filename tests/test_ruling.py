@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+import number_scans
 import scans
 from digitd.preprocess import Rejected, normalise, prepare
 from digitd.ruling import Ruling, remove_ruling
@@ -137,6 +138,14 @@ def test_the_bold_edges_of_neighbouring_boxes_are_ruling():
     cv2.line(one, (55, 2), (55, 87), 255, 7)
     middle = remove_ruling(np.maximum(field, one), LEVEL)
     assert iou(middle.ink > LEVEL, one > LEVEL) >= 0.8
+
+
+def test_thin_digits_standing_on_a_thick_underline_are_not_ticks(sample):
+    """A number underlined by hand with a thicker pen than its digits': the digits touching
+    the line are not a comb's ticks (they are not straight), so the field is not empty."""
+    data, text, _ = number_scans.render_number(*sample, 14, seed=3, decorations=("underline",))
+    assert text == "47"
+    assert prepare(data).model_input.max() == pytest.approx(1.0)  # used to be no_ink
 
 
 def test_a_lone_one_is_not_a_line():

@@ -39,7 +39,7 @@ What counts as ruling:
    crossings of squared paper go with the second pass.
 4. Stubs: short straight pieces, as thin as the ruling, standing on a removed line (the ticks
    of a comb field, a box's sides too short to be candidates) go too, unless they are as thick
-   as the handwriting.
+   as the handwriting, or not straight (thin digits standing on a thick underline).
 
 A plain digit costs little: with no ink run long enough to be a line in any band of rows or
 columns, the Hough transform is never run.
@@ -449,6 +449,8 @@ def _stubs(kept: np.ndarray, removed: np.ndarray, lines: list[Line],
         thin = area / long  # not the box's width: a skewed tick's box is wider
         ruling_t = t_h if bh > bw else t_v  # a tick on a horizontal line is as thin as it
         if ruling_t == 0 or thin > ruling_t + 3 or long < 3 * thin:
+            continue
+        if min(bw, bh) > thin + 2 + 0.1 * long:  # not straight: a written stroke (a 7, a 4)
             continue
         if stroke is not None and thin > THINNER * stroke + 1 and thin > ruling_t + 1:
             continue
