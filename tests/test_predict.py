@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import scans
-from digitd.config import Config
+from digitd.config import Config, command_config
 from digitd.intake import read_input_file
 from digitd.model import default_model_path
 from digitd.preprocess import DEFAULT_MAX_PIXELS, REASONS, Rejected
@@ -407,3 +408,18 @@ def test_numbers_print_their_string(tmp_path, sample):
         preview = cv2.imread(str(tmp_path / "previews" / f"{name[:-4]}.preview.png"))
         single = cv2.imread(str(tmp_path / "previews" / "one.preview.png"))
         assert preview.shape[1] > single.shape[1]  # the number is shown larger, boxes drawn
+
+
+def test_command_config_puts_only_the_options_given_over_the_file(tmp_path):
+    """predict's and evaluate's settings: --config (else built in), then their own options."""
+    file = tmp_path / "digitd.yaml"
+    file.write_text("min_confidence: 0.5\nrecognise: number\n")
+    given = argparse.Namespace(config=str(file), model=None, min_confidence=None, recognise=None)
+    config = command_config(given)
+    assert (config.min_confidence, config.recognise) == (0.5, "number")
+    given = argparse.Namespace(config=str(file), model="m.keras", min_confidence=0.9,
+                               recognise="digit")
+    config = command_config(given)
+    assert (config.model, config.min_confidence, config.recognise) == (
+        Path("m.keras"), 0.9, "digit")
+    assert command_config(argparse.Namespace()) == Config()

@@ -153,6 +153,21 @@ def load_config(
     return config
 
 
+def command_config(args: argparse.Namespace) -> Config:
+    """What a one-shot command (`predict`, `evaluate`) runs with: the daemon's configuration
+    (--config, else the built-in one) with the command's --model, --min-confidence and
+    --recognise, where given, in its place."""
+    config = load_config(getattr(args, "config", None))
+    overrides: dict[str, typing.Any] = {}
+    if getattr(args, "model", None):
+        overrides["model"] = Path(args.model)
+    if getattr(args, "min_confidence", None) is not None:
+        overrides["min_confidence"] = args.min_confidence
+    if getattr(args, "recognise", None):
+        overrides["recognise"] = args.recognise
+    return dataclasses.replace(config, **overrides)
+
+
 def _build(cls: type, raw: typing.Any, source: Path, prefix: str):
     """Turn a YAML mapping into dataclass `cls`, refusing unknown keys and wrong types."""
     where = prefix.rstrip(".") or "top level"

@@ -26,7 +26,6 @@ listed with their line number and left out; they never stop the run.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import numpy as np
 
 from digitd import calibration
 from digitd.codes import ExitCode, Reason, Status
-from digitd.config import Config, ConfigError, load_config
+from digitd.config import ConfigError, command_config
 from digitd.intake import take_in
 from digitd.model import load_classifier
 from digitd.reader import read_all
@@ -195,19 +194,6 @@ def summarise(judged: list[tuple[Row, Result]], min_confidence: float) -> dict[s
     return summary
 
 
-def _settings(args) -> Config:
-    """The daemon's configuration (--config, else built in) with this command's overrides."""
-    config = load_config(getattr(args, "config", None))
-    overrides: dict[str, Any] = {}
-    if getattr(args, "model", None):
-        overrides["model"] = Path(args.model)
-    if getattr(args, "min_confidence", None) is not None:
-        overrides["min_confidence"] = args.min_confidence
-    if getattr(args, "recognise", None):
-        overrides["recognise"] = args.recognise
-    return dataclasses.replace(config, **overrides)
-
-
 def _load(model: Path | str | None, prog: str):
     try:
         return load_classifier(model)
@@ -228,7 +214,7 @@ def set_command(args) -> int:
     prog = "digitd evaluate"
     folder = Path(args.set)
     try:
-        config = _settings(args)
+        config = command_config(args)
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return ExitCode.USAGE

@@ -20,14 +20,13 @@ files.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from digitd import ctc
 from digitd.codes import ExitCode, Status
-from digitd.config import Config, ConfigError, load_config
+from digitd.config import ConfigError, command_config
 from digitd.fsutil import write_atomic
 from digitd.intake import Intake, take_in
 from digitd.model import ModelError, load_classifier
@@ -35,19 +34,6 @@ from digitd.reader import read_all
 from digitd.result import Result
 
 CHUNK = 512  # files read, prepared and recognised together; bounds memory on huge lists
-
-
-def _settings(args) -> Config:
-    """The daemon's configuration (or the built-in one) with this command's overrides."""
-    config = load_config(getattr(args, "config", None))
-    overrides = {}
-    if getattr(args, "model", None):
-        overrides["model"] = Path(args.model)
-    if getattr(args, "min_confidence", None) is not None:
-        overrides["min_confidence"] = args.min_confidence
-    if getattr(args, "recognise", None):
-        overrides["recognise"] = args.recognise
-    return dataclasses.replace(config, **overrides)
 
 
 def _take_in(file: str, max_pixels: int, recognise: str) -> Intake:
@@ -97,7 +83,7 @@ def _number_model():
 def predict_command(args) -> int:
     """Entry point of `digitd predict` (arguments from digitd.cli)."""
     try:
-        config = _settings(args)
+        config = command_config(args)
     except ConfigError as exc:
         print(f"digitd predict: {exc}", file=sys.stderr)
         return ExitCode.USAGE
