@@ -43,6 +43,16 @@ def sample_digits(n: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return data["x_test"][index], data["y_test"][index]
 
 
+def classifier_rows(*tops: tuple[int, float]) -> np.ndarray:
+    """Probability rows as the digit classifier gives them, one per (digit, probability):
+    that digit at that probability, the rest shared evenly by the other nine."""
+    rows = np.empty((len(tops), 10), np.float32)
+    for row, (digit, p) in zip(rows, tops, strict=True):
+        row[:] = (1 - p) / 9
+        row[digit] = p
+    return rows
+
+
 def png_bytes(digit: np.ndarray, dark_on_light: bool = True) -> bytes:
     """A 28x28 MNIST digit as a PNG a scanner might write (dark ink on white by default)."""
     image = 255 - digit if dark_on_light else digit

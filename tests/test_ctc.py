@@ -13,6 +13,7 @@ from digitd.reader import combine
 from digitd.result import Result
 from digitd.segment import Line, Piece
 from digitd.strip import HEIGHT, MARGIN, STRIDE, WIDTH, strip
+from harness import classifier_rows
 
 
 def _steps(*labels: int, sure: float = 0.98) -> np.ndarray:
@@ -91,19 +92,10 @@ def _line_for(s) -> Line:
     return Line(height=30.0, one_digit=lambda: blank, strip=s, cut=lambda: (2, pieces))
 
 
-def _classifier_rows(*tops):
-    rows = []
-    for digit, p in tops:
-        row = np.full(10, (1 - p) / 9, np.float32)
-        row[digit] = p
-        rows.append(row)
-    return np.array(rows)
-
-
 def test_readers_agree_boxes_from_segmentation_and_ok():
     s, decoded = _two_blobs()
     line = _line_for(s)
-    reading = combine(line, _classifier_rows((3, 0.99), (8, 0.97)), decoded, "number")
+    reading = combine(line, classifier_rows((3, 0.99), (8, 0.97)), decoded, "number")
     assert reading.text == "38" and reading.agreed
     assert [d.box for d in reading.digits] == [(11, 6, 19, 29), (51, 6, 19, 29)]
     # the second piece was cut from touching ink, but both readers read an 8 there
@@ -115,7 +107,7 @@ def test_readers_agree_boxes_from_segmentation_and_ok():
 def test_readers_disagree_the_digit_is_doubtful_and_boxes_from_the_alignment():
     s, decoded = _two_blobs()
     line = _line_for(s)
-    reading = combine(line, _classifier_rows((3, 0.99), (6, 0.97)), decoded, "number")
+    reading = combine(line, classifier_rows((3, 0.99), (6, 0.97)), decoded, "number")
     assert reading.text == "38" and reading.agreed is False
     assert [d.agreed for d in reading.digits] == [True, False]
     assert [d.box for d in reading.digits] == ctc.boxes(decoded, s)
@@ -127,7 +119,7 @@ def test_readers_disagree_the_digit_is_doubtful_and_boxes_from_the_alignment():
 def test_one_digit_read_by_the_number_model_is_one_digit():
     s, _ = _two_blobs()
     one = ctc.greedy(_steps(ctc.BLANK, 1 + 7))
-    assert combine(_line_for(s), _classifier_rows((7, 0.9), (1, 0.9)), one, "number") is None
+    assert combine(_line_for(s), classifier_rows((7, 0.9), (1, 0.9)), one, "number") is None
 
 
 def _collapse(path) -> tuple[int, ...]:
@@ -217,7 +209,7 @@ def test_an_unsure_digit_is_the_one_both_readers_find_most_probable():
     model."""
     s, decoded, probs = _unsure_of_the_second({4: 0.5, 9: 0.45})
     assert decoded.text == "34"
-    reading = combine(_line_for(s), _classifier_rows((3, 0.99), (9, 0.98)), decoded, "auto",
+    reading = combine(_line_for(s), classifier_rows((3, 0.99), (9, 0.98)), decoded, "auto",
                       probs)
     assert reading.text == "39" and reading.source == "both readers"
     assert [d.agreed for d in reading.digits] == [True, False]
@@ -230,7 +222,7 @@ def test_an_unsure_digit_is_the_one_both_readers_find_most_probable():
 def test_a_digit_the_number_model_is_fairly_sure_of_stays():
     """The number model reads 4 (0.9), the classifier 9 (0.4) or 4 (0.3): 4 stays, doubtful."""
     s, decoded, probs = _unsure_of_the_second({4: 0.9, 9: 0.05})
-    rows = _classifier_rows((3, 0.99), (9, 0.4))
+    rows = classifier_rows((3, 0.99), (9, 0.4))
     rows[1] = 0.3 / 8
     rows[1, 9], rows[1, 4] = 0.4, 0.3
     reading = combine(_line_for(s), rows, decoded, "auto", probs)

@@ -16,6 +16,7 @@ from digitd.preprocess import decode_png, normalise
 from digitd.reader import SHARPNESS, Reading, choose, model_inputs, read, read_all, read_line
 from digitd.result import Result
 from digitd.segment import Line, Piece, Single, segment
+from harness import classifier_rows
 
 
 @pytest.fixture(scope="module")
@@ -115,19 +116,10 @@ def _line(spans, units, priors=None, cut=None) -> Line:
     return Line(height=20.0, one_digit=lambda: blank, cut=lambda: (units, pieces))
 
 
-def _probs(*tops):
-    rows = []
-    for digit, p in tops:
-        row = np.full(10, (1 - p) / 9, np.float32)
-        row[digit] = p
-        rows.append(row)
-    return np.array(rows)
-
-
 def test_best_chain_joins_a_broken_digit():
     """Units 0 and 1 read better together (a 4 broken in two) than apart (1 and 1)."""
     line = _line([(0, 0), (1, 1), (0, 1), (2, 2)], units=3)
-    reading = read_line(line, _probs((1, 0.6), (1, 0.6), (4, 0.99), (7, 0.95)))
+    reading = read_line(line, classifier_rows((1, 0.6), (1, 0.6), (4, 0.99), (7, 0.95)))
     assert reading.text == "47"
     assert reading.confidence == pytest.approx((0.99 * 0.95) ** SHARPNESS, rel=1e-6)
     assert [d.box[0] for d in reading.digits] == [0, 20]
@@ -135,28 +127,28 @@ def test_best_chain_joins_a_broken_digit():
 
 def test_best_chain_splits_touching_digits():
     line = _line([(0, 0), (1, 1), (0, 1)], units=2)
-    assert read_line(line, _probs((3, 0.99), (8, 0.98), (0, 0.4))).text == "38"
+    assert read_line(line, classifier_rows((3, 0.99), (8, 0.98), (0, 0.4))).text == "38"
 
 
 def test_shape_prior_counts():
     """A piece that is too wide loses to a split that is only a little less sure."""
     line = _line([(0, 0), (1, 1), (0, 1)], units=2, priors={(0, 1): -2.0})
-    assert read_line(line, _probs((3, 0.9), (8, 0.9), (0, 0.99))).text == "38"
+    assert read_line(line, classifier_rows((3, 0.9), (8, 0.9), (0, 0.99))).text == "38"
 
 
 def test_choose_keeps_a_guessed_split_as_one_digit():
     """Every digit a guess (cut apart or joined from parts): one digit, however sure."""
     line = _line([(0, 0), (1, 1)], units=2, cut={(0, 0): True, (1, 1): True})
-    assert choose(line, _probs((6, 0.99), (1, 0.99))) is None
+    assert choose(line, classifier_rows((6, 0.99), (1, 0.99))) is None
     half = _line([(0, 0), (1, 1)], units=2, cut={(0, 0): True})
-    assert choose(half, _probs((6, 0.9), (1, 0.9))).text == "61"
+    assert choose(half, classifier_rows((6, 0.9), (1, 0.9))).text == "61"
     natural = _line([(0, 0), (1, 1)], units=2)
-    assert choose(natural, _probs((6, 0.9), (1, 0.9))).text == "61"
+    assert choose(natural, classifier_rows((6, 0.9), (1, 0.9))).text == "61"
 
 
 def test_modes():
     line = _line([(0, 0), (1, 1)], units=2, cut={(0, 0): True, (1, 1): True})
-    probabilities = np.vstack([_probs((0, 0.97)), _probs((6, 0.9), (1, 0.9))])
+    probabilities = np.vstack([classifier_rows((0, 0.97)), classifier_rows((6, 0.9), (1, 0.9))])
     assert read(line, probabilities, "digit") is None
     assert read(line, probabilities, "auto") is None
     assert read(line, probabilities, "number").text == "61"
