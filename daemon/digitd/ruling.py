@@ -205,26 +205,29 @@ def _pitch(lines: list[Line]) -> float | None:
         return None
     gaps = np.diff(sorted(line.offset for line in lines))
     pitch = float(gaps.min())
-    if pitch < 8 or np.any(np.abs(gaps / pitch - np.rint(gaps / pitch)) * pitch > 2 + 0.05 * gaps):
-        return None
-    return pitch
+    return pitch if pitch >= 8 and _on_pitch(gaps, pitch) else None
+
+
+def _on_pitch(gaps: np.ndarray, pitch: float) -> bool:
+    """Is every gap between neighbouring lines a whole number of pitches (within 2 px + 5%)?"""
+    return not np.any(np.abs(gaps / pitch - np.rint(gaps / pitch)) * pitch > 2 + 0.05 * gaps)
 
 
 def _grid_gaps(lines: list[Line], spacing: float | None, side: int) -> list[Line]:
     """Where a regular grid of parallel lines (squared or ruled paper) misses one: the lines a
     digit's stroke runs along for much of their length, too covered to pass as lines on their
     own. `spacing`: the grid's pitch if known (from the other direction of squared paper)."""
-    if not lines or (spacing is None and _pitch(lines) is None):  # a box's sides are no grid
+    pitch = spacing if spacing is not None else _pitch(lines)
+    if not lines or pitch is None:  # a box's sides are no grid
         return []
     lines = sorted(lines, key=lambda line: line.offset)
     offsets = [line.offset for line in lines]
     gaps = np.diff(offsets)
-    pitch = spacing or float(gaps.min())
     if np.ptp([line.thickness for line in lines]) > max(1.0, 0.5 * min(
             line.thickness for line in lines)):
         return []  # lines of different kinds
-    if np.any(np.abs(gaps / pitch - np.rint(gaps / pitch)) * pitch > 2 + 0.05 * gaps):
-        return []  # lines off the pitch
+    if not _on_pitch(gaps, pitch):
+        return []  # lines off the other direction's pitch
     slope = float(np.median([line.slope for line in lines]))
     t = float(np.median([line.thickness for line in lines]))
     wanted = []
