@@ -160,6 +160,31 @@ def test_fifo_directory_and_symlink_are_not_read(tmp_path):
     assert read_input_file(tmp_path / "real.png", DEFAULT_MAX_PIXELS).startswith(b"\x89PNG")
 
 
+def test_a_small_file_takes_one_read_and_a_large_one_is_read_whole(tmp_path, monkeypatch):
+    """The daemon reads every dropped file: one read(2) for a small one (the header is
+    checked on its first bytes), a larger one to its end."""
+    import digitd.intake
+
+    sizes: list[int] = []
+    real_read = os.read
+
+    def counted(fd: int, n: int) -> bytes:  # the real read, counted
+        data = real_read(fd, n)
+        sizes.append(len(data))
+        return data
+
+    monkeypatch.setattr(digitd.intake.os, "read", counted)
+    small = encode_png(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28))
+    large = encode_png(np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8))
+    assert len(small) < 1 << 16 < len(large)
+    for name, data in (("small.png", small), ("large.png", large)):
+        (tmp_path / name).write_bytes(data)
+        sizes.clear()
+        assert read_input_file(tmp_path / name, DEFAULT_MAX_PIXELS) == data
+        assert sum(sizes) == len(data)
+        assert len(sizes) == 1 or name == "large.png"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
 def test_unreadable(tmp_path):
     path = tmp_path / "secret.png"

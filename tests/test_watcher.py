@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 import zlib
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,19 @@ def test_a_complete_png_renamed_in_is_handed_on_at_once_and_only_once(inbox):
     assert w.poll(5.0, 10) == []  # still there (not yet claimed): not handed on twice
     w.release("a.png")
     assert names(w.poll(10.0, 10)) == ["a.png"]  # released, still there: a new arrival
+
+
+def test_the_names_one_listing_finds_are_received_at_its_time(inbox):
+    """received_at is when digitd first saw a name: one clock read for all the names a
+    listing finds (not one per name: thousands in a burst)."""
+    for i in range(20):
+        renamed_in(inbox, f"{i:02d}.png")
+    before = datetime.now(timezone.utc)
+    got = InboxWatcher(inbox, CONFIG).poll(time.monotonic(), 100)
+    after = datetime.now(timezone.utc)
+    assert len(got) == 20
+    assert len({a.received_at for a in got}) == 1
+    assert before <= got[0].received_at <= after
 
 
 def test_a_png_written_in_place_waits_settle_ms_unchanged(inbox):

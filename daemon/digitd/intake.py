@@ -94,7 +94,8 @@ def read_input_file(path: str | os.PathLike, max_pixels: int) -> bytes:
     lstat first, so a symlink, FIFO, socket, folder or device is never opened; then open
     without following links and non-blocking, and fstat again, in case the entry was swapped
     since. The PNG header is checked before the rest is read, so a file that declares too
-    many pixels is not read further.
+    many pixels is not read further. A file under 64 KiB takes one read (a read that
+    comes back short of what was asked is at the end of a regular file).
     """
     try:
         st = os.lstat(path)
@@ -121,10 +122,15 @@ def read_input_file(path: str | os.PathLike, max_pixels: int) -> bytes:
         if st.st_size > max_file_bytes(max_pixels):
             raise Rejected(Reason.TOO_LARGE,
                            f"{st.st_size:,} bytes is larger than any PNG allowed")
-        head = os.read(fd, 33)
-        if len(head) == 33:
-            read_header(head, max_pixels)  # too_large, not_png: stop before reading more
-        parts = [head]
+        # A small file (nearly all of them) in one read, which comes back short: the end;
+        # a big one's header first.
+        want = max(33, min(st.st_size + 1, 1 << 16))
+        data = os.read(fd, want)
+        if len(data) >= 33:
+            read_header(data[:33], max_pixels)  # too_large, not_png: stop before reading more
+        if len(data) < want:
+            return data
+        parts = [data]
         while chunk := os.read(fd, max(1 << 16, st.st_size)):
             parts.append(chunk)
         return b"".join(parts)

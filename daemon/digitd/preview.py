@@ -11,13 +11,16 @@ digit's box with its value under it, "?" after a doubtful one, in place of the i
 
 It is on the daemon's hot path, so it stays cheap: a small canvas, grey when the input is grey
 (a BGR canvas costs 3x as much to encode), and PNG written without row filters (their search
-was 3/4 of the time) by zlib-ng's fastest level (`_encode`: a third of OpenCV's PNG encoder's
+was 3/4 of the time) by zlib-ng's fastest level (`_png`: a third of OpenCV's PNG encoder's
 CPU, whose libpng and zlib took 0.08 ms of a 28x28 input's 0.11 ms; bench/file_budget.py).
+The canvas is a view of the very rows that are deflated (no copy to encode), and each
+banner's label is drawn once (`_banner`: putText was a tenth of a preview's CPU).
 Pure: no file I/O, thread-safe.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import cv2
@@ -70,6 +73,18 @@ def _label(digit: int | str | None, confidence: float | None, note: str) -> str:
     return "  ".join(parts) if parts else "?"
 
 
+@functools.lru_cache(maxsize=512)
+def _banner(label: str, ok: bool, width: int) -> np.ndarray:
+    """The banner strip (BANNER x width, grey) with its label: a few hundred labels make up
+    nearly every preview (a digit and a confidence near 100%), so each is drawn once (read
+    only: it is shared)."""
+    strip = np.full((BANNER, width), DARK if ok else LIGHT, np.uint8)
+    cv2.putText(strip, label, (4, BANNER - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                255 if ok else 0, 1, cv2.LINE_AA)
+    strip.setflags(write=False)
+    return strip
+
+
 def render_preview(image: np.ndarray | None, model_input: np.ndarray | None,
                    digit: int | str | None, confidence: float | None, note: str = "",
                    parts: list[dict] | None = None) -> bytes:
@@ -78,6 +93,9 @@ def render_preview(image: np.ndarray | None, model_input: np.ndarray | None,
     `digit` may be a number's string; `parts` (Result.parts) are its digits: each box is
     drawn on the original with its value under it (followed by "?" when doubtful), and the
     original is scaled to fit FIT_NUMBER pixels instead, without the inset.
+
+    The canvas is drawn straight into the rows the PNG deflates (each row after its filter
+    byte, colour as RGB), so that encoding copies nothing first.
     """
     number = bool(parts) and image is not None and np.asarray(image).size > 0
     if image is not None and np.asarray(image).size:
@@ -93,27 +111,29 @@ def render_preview(image: np.ndarray | None, model_input: np.ndarray | None,
     else:
         body = max(h, side + 2)
         width = max(w + GAP + side + 2 + GAP, 120)
-    shape = (BANNER + body, width) + original.shape[2:]
-    canvas = np.full(shape, 255, np.uint8)
+    colour = original.ndim == 3
+    height = BANNER + body
+    rows = np.full((height, 1 + width * (3 if colour else 1)), 255, np.uint8)
+    rows[:, 0] = 0  # each row's filter byte: None
+    canvas = rows[:, 1:].view()
+    canvas.shape = (height, width) + original.shape[2:]  # a view (raises rather than copy)
 
     ok = digit is not None and digit != "" and not note
-    canvas[:BANNER] = DARK if ok else LIGHT
-    ink = (255,) * 3 if ok else (0,) * 3
-    cv2.putText(canvas, _label(digit, confidence, note), (4, BANNER - 6),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.5, ink, 1, cv2.LINE_AA)
-    canvas[BANNER : BANNER + h, :w] = original
+    banner = _banner(_label(digit, confidence, note), ok, width)
+    canvas[:BANNER] = banner[:, :, None] if colour else banner
+    canvas[BANNER : BANNER + h, :w] = original[:, :, ::-1] if colour else original  # BGR->RGB
     if number:
-        return _encode(canvas)
+        return _png(rows, width, height, colour)
 
     x0, y0 = w + GAP, BANNER + 1
     cv2.rectangle(canvas, (x0, y0), (x0 + side + 1, y0 + side + 1), (FRAME,) * 3, 1)
     if model_input is not None:
         inset = cv2.convertScaleAbs(np.asarray(model_input, np.float32), alpha=255)  # rounded
         inset = cv2.resize(inset, (side, side), interpolation=cv2.INTER_NEAREST)
-        if canvas.ndim == 3:
+        if colour:
             inset = inset[:, :, None]
         canvas[y0 + 1 : y0 + 1 + side, x0 + 1 : x0 + 1 + side] = inset
-    return _encode(canvas)
+    return _png(rows, width, height, colour)
 
 
 def _draw_parts(original: np.ndarray, parts: list[dict], scale: float) -> np.ndarray:
@@ -135,20 +155,34 @@ def _draw_parts(original: np.ndarray, parts: list[dict], scale: float) -> np.nda
 
 
 def _encode(canvas: np.ndarray) -> bytes:
-    """8-bit grey (H, W) or BGR (H, W, 3) -> PNG bytes: one IDAT of rows without filters
-    (filter byte 0), deflated by zlib-ng at level 1 (its "quick" strategy: ~3x faster than
-    zlib's level 1 on a preview, files ~15% larger)."""
+    """8-bit grey (H, W) or BGR (H, W, 3) -> PNG bytes (see _png)."""
     h, w = canvas.shape[:2]
     colour = canvas.ndim == 3
     rows = np.empty((h, 1 + w * (3 if colour else 1)), np.uint8)
     rows[:, 0] = 0  # filter type None
     rows[:, 1:] = (canvas[:, :, ::-1] if colour else canvas).reshape(h, -1)  # BGR -> RGB
-    header = struct.pack(">IIBBBBB", w, h, 8, 2 if colour else 0, 0, 0, 0)
-    return b"".join((PNG_SIGNATURE, _chunk(b"IHDR", header),
-                     _chunk(b"IDAT", zlib_ng.compress(rows, 1)), _chunk(b"IEND", b"")))
+    return _png(rows, w, h, colour)
+
+
+def _png(rows: np.ndarray, width: int, height: int, colour: bool) -> bytes:
+    """PNG bytes of `rows`, each a filter byte 0 then the row's grey or RGB pixels: one IDAT
+    deflated by zlib-ng at level 1 (its "quick" strategy: ~3x faster than zlib's level 1 on a
+    preview, files ~15% larger)."""
+    return b"".join((_header(width, height, colour),
+                     _chunk(b"IDAT", zlib_ng.compress(rows, 1)), _IEND))
+
+
+@functools.lru_cache(maxsize=64)
+def _header(width: int, height: int, colour: bool) -> bytes:
+    """The signature and IHDR chunk: 8-bit grey or RGB, no interlace."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2 if colour else 0, 0, 0, 0)
+    return PNG_SIGNATURE + _chunk(b"IHDR", ihdr)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     """A PNG chunk: length, type, data, CRC-32 of type and data."""
     crc = zlib_ng.crc32(data, zlib_ng.crc32(kind))
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+_IEND = _chunk(b"IEND", b"")

@@ -126,6 +126,9 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
     is consulted (combine()); fewer than two digits: one digit, the whole ink's."""
     if not images:
         return []
+    if all(line is None for _, line in images):  # single digits only (e.g. recognise: digit)
+        wholes = np.stack([whole for whole, _ in images]).astype(np.float32, copy=False)
+        return [(row, None) for row in predict(wholes)]
     decoded: dict[int, ctc.Decoded] = {}
     steps: dict[int, np.ndarray] = {}
     lines = [k for k, (_, line) in enumerate(images)

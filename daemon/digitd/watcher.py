@@ -246,17 +246,21 @@ class InboxWatcher:
         return self._ignore.match(lower) is None and self._patterns.match(lower) is not None
 
     def _take_hints(self, now: float) -> None:
+        received = None  # one clock read for the names these hints bring
         while True:
             try:
                 name, closed = self._hints.get_nowait()
             except queue.Empty:
                 return
-            candidate = self._track(name, now)
+            received = received or datetime.now(timezone.utc)
+            candidate = self._track(name, now, received)
             if candidate is not None:
                 candidate.next_check = now
                 candidate.closed = candidate.closed or closed
 
-    def _track(self, name: str, now: float) -> Candidate | None:
+    def _track(self, name: str, now: float, received: datetime) -> Candidate | None:
+        """Start tracking a name first seen at `received` (wall clock), unless it is known,
+        handed on, unwanted, or too many are tracked."""
         candidate = self._candidates.get(name) or self._others.get(name)
         if candidate is None and name not in self._handed_on and self.wanted(name):
             if self._tracked() >= MAX_TRACKED:
@@ -264,7 +268,7 @@ class InboxWatcher:
                 return None
             index, workers = self._share
             own = workers == 1 or zlib.crc32(os.fsencode(name)) % workers == index
-            candidate = Candidate(datetime.now(timezone.utc), now, unchanged_since=now)
+            candidate = Candidate(received, now, unchanged_since=now)
             (self._candidates if own else self._others)[name] = candidate
         return candidate
 
@@ -272,12 +276,13 @@ class InboxWatcher:
         self._next_listing = now + self._config.rescan_interval_s
         self._listed_at = now
         self._listing_truncated = False
+        received = datetime.now(timezone.utc)  # when this listing saw its new names
         try:
             with os.scandir(self.inbox) as entries:
                 for entry in entries:
                     name = entry.name
                     if name not in self._candidates and name not in self._others:
-                        self._track(name, now)
+                        self._track(name, now, received)
         except OSError:
             pass  # the inbox itself is gone or unreadable; the daemon logs its health
 
