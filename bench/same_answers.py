@@ -8,9 +8,10 @@
 `record` takes a fixed corpus of PNG bytes through the code that `digitd` imports (put another
 tree first with PYTHONPATH=<tree>/daemon) exactly as the daemon does in `recognise: digit`
 mode: digitd.preprocess.prepare, the shipped model (or --model) through
-digitd.model.load_classifier, digitd.result.Result.recognised. It saves every model input,
-rejection reason, probability row, digit, confidence and status. `compare` says, per field,
-whether the two files are bit-for-bit equal (exit 1 if any field differs).
+digitd.model.load_classifier, digitd.result.Result.recognised, digitd.preview.render_preview.
+It saves every model input, rejection reason, probability row, digit, confidence, status and
+the SHA-256 of every preview's PNG bytes. `compare` says, per field, whether the two files are
+bit-for-bit equal (exit 1 if any field differs).
 
 The corpus (7,600 images, seeded): 3,000 MNIST test digits as dark ink on white 28x28 PNGs
 (the burst bench's inputs), 1,000 as white on black, 2,400 realistic scans of the twelve
@@ -21,6 +22,7 @@ flavours (bench/scans.py, seed 0), 600 form fields (one in five empty), 100 blan
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 
 import cv2
@@ -29,7 +31,7 @@ import numpy as np
 import scans
 from pngwrite import encode_png
 
-FIELDS = ("model_input", "reason", "probabilities", "digit", "confidence", "status")
+FIELDS = ("model_input", "reason", "probabilities", "digit", "confidence", "status", "preview")
 
 
 def corpus(mnist: str, usps: str) -> list[bytes]:
@@ -51,6 +53,7 @@ def record(out: str, mnist: str, usps: str, model: str | None) -> None:
     from digitd.codes import Rejected
     from digitd.model import load_classifier
     from digitd.preprocess import prepare
+    from digitd.preview import render_preview
     from digitd.result import Result
 
     cv2.setNumThreads(1)
@@ -65,11 +68,23 @@ def record(out: str, mnist: str, usps: str, model: str | None) -> None:
     classifier = load_classifier(model, threads=1)
     probabilities = classifier.predict(np.stack(inputs))
     results = [Result.recognised(p, 0.99, file="-") for p in probabilities]
+    # The previews the daemon writes for them (the same call as Daemon._start_previews), as
+    # SHA-256s of their PNG bytes; the images are decoded again rather than all kept.
+    previews = []
+    for data, reason, result in zip(corpus(mnist, usps), reasons, results, strict=True):
+        if reason:
+            previews.append("")  # a rejected input has no preview
+            continue
+        prepared = prepare(data)
+        png = render_preview(prepared.image, prepared.model_input, result.digits,
+                             result.confidence)
+        previews.append(hashlib.sha256(png).hexdigest())
     np.savez_compressed(
         out, model_input=np.stack(inputs), reason=np.array(reasons),
         probabilities=probabilities, digit=np.array([r.digit for r in results]),
         confidence=np.array([r.confidence for r in results]),
-        status=np.array([str(r.status) for r in results]), model_id=classifier.model_id)
+        status=np.array([str(r.status) for r in results]), preview=np.array(previews),
+        model_id=classifier.model_id)
     print(f"{len(inputs)} images ({sum(map(bool, reasons))} rejected) through "
           f"{digitd.__file__.rsplit('/digitd/', 1)[0]}, model {classifier.model_id[:12]}: "
           f"{out}")
@@ -82,6 +97,9 @@ def compare(a: str, b: str) -> int:
         return 1
     differ = 0
     for name in FIELDS:
+        if name not in first or name not in second:  # recorded by an older version of this
+            print(f"{name}: not recorded in both")
+            continue
         x, y = first[name], second[name]
         rows = (x != y).reshape(len(x), -1).any(axis=1) if x.shape == y.shape else None
         same = rows is not None and not rows.any()
