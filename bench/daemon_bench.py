@@ -81,7 +81,13 @@ def tensorflow_mapped(pids: list[int]) -> list[int]:
 
 def bench_burst(root: Path, n: int, previews: bool) -> float:
     d = DaemonProcess(root / "burst", outputs={"previews": previews}, log={"format": "json"})
+    cpu0 = time.thread_time()
     staged = stage_files(d.root / "staging", n, "b")
+    # The file system's state, which the burst's new files (previews, JSON) depend on: on
+    # this VM's ext4 (no journal) a file created within minutes of a mass deletion nearby
+    # costs 10-30x the CPU (docs/BENCHMARKS.md, "Serving without TensorFlow", fourth part).
+    print(f"staging: {n} files encoded and written, {(time.thread_time() - cpu0) / n * 1e6:.0f} us "
+          f"of CPU each (mostly the file system's cost of creating a file now)")
     d.start()
     ready_s = d.wait_ready()
     print(f"ready: READY=1 after {ready_s:.2f} s (model loaded and warmed)")
