@@ -23,6 +23,7 @@ from digitd.model import (
     import_keras,
     load_classifier,
     tflite_path,
+    with_second_opinion,
 )
 
 SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
@@ -157,6 +158,75 @@ def test_a_tflite_path_names_the_model_beside_it(tiny_model):
     classifier = load_classifier(tflite_path(tiny_model))
     assert (classifier.path, classifier.runtime) == (tiny_model, "litert")
     assert classifier.model_id == file_sha256(tiny_model)
+
+
+@pytest.fixture
+def with_second(tiny_model, tmp_path) -> Path:
+    """tiny.keras in a folder of its own, whose card names other.keras (another untrained
+    model, exported) as its second opinion (below 0.5, at weight 0.25)."""
+    model = copy_model(tiny_model, tmp_path / "pair", ".tflite", ".card.json")
+    keras = import_keras()
+    keras.utils.set_random_seed(1)
+    other = keras.Sequential([keras.Input(shape=(28, 28)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    second = model.with_name("other.keras")
+    other.save(second)
+    with np.load(SAMPLE) as npz:
+        x = npz["x_test"][:50].astype(np.float32) / 255.0
+    record(second, export_tflite(second, x, None, "sample"))
+    card = json.loads(card_path(model).read_text())
+    card["second_opinion"] = {"model": "other.keras", "model_id": file_sha256(second),
+                              "below": 0.5, "weight": 0.25}
+    card_path(model).write_text(json.dumps(card))
+    return model
+
+
+def test_with_second_opinion_averages_only_the_unsure_rows():
+    first = np.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5]], np.float32)
+    x = np.arange(3)
+    asked = []
+
+    def second(rows):
+        asked.append(rows.tolist())
+        return np.tile(np.array([[0.0, 1.0]], np.float32), (len(rows), 1))
+
+    out = with_second_opinion(first, x, second, below=0.7, weight=0.25)
+    assert asked == [[1, 2]]  # only the rows below 0.7 are asked
+    assert np.allclose(out, [[0.9, 0.1], [0.45, 0.55], [0.375, 0.625]])
+    assert np.array_equal(first[1], np.float32([0.6, 0.4]))  # the input is left alone
+
+
+def test_a_card_named_second_opinion_is_served(tiny_model, with_second, runtime):
+    x = np.random.default_rng(3).random((40, 28, 28), dtype=np.float32)
+    own = load_classifier(tiny_model, runtime=runtime).predict(x)  # the same file, no second
+    below = float(np.median(own.max(axis=1)))  # half the digits ask the second opinion
+    card = json.loads(card_path(with_second).read_text())
+    card["second_opinion"]["below"] = below
+    card_path(with_second).write_text(json.dumps(card))
+    pair = load_classifier(with_second, runtime=runtime)
+    assert pair.second is not None and (pair.below, pair.weight) == (below, 0.25)
+    assert pair.second.path.name == "other.keras" and pair.model_id == file_sha256(tiny_model)
+    served, second = pair.predict(x), pair.second.predict(x)
+    unsure = own.max(axis=1) < below
+    assert 0 < unsure.sum() < len(x)
+    assert np.allclose(served[~unsure], own[~unsure], atol=1e-6)
+    assert np.allclose(served[unsure], 0.75 * own[unsure] + 0.25 * second[unsure], atol=1e-6)
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ("remove", "no such file beside it"),
+    ("replace", "is not the second opinion its card records"),
+])
+def test_a_missing_or_other_second_opinion_is_refused(with_second, change, reason):
+    second = with_second.with_name("other.keras")
+    if change == "remove":
+        second.unlink()
+    else:
+        keras = import_keras()
+        keras.Sequential([keras.Input(shape=(28, 28)), keras.layers.Flatten(),
+                          keras.layers.Dense(10, activation="softmax")]).save(second)
+    with pytest.raises(ModelError, match=reason):
+        load_classifier(with_second)
 
 
 def test_missing_model_file(tmp_path):

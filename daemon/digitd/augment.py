@@ -114,9 +114,10 @@ def _flag_one(img: np.ndarray, rng: np.random.Generator, cv2) -> np.ndarray | No
 # --- per batch (TensorFlow) ----------------------------------------------------------------
 
 
-def augment_batch(x, step, seed: int):
+def augment_batch(x, step, seed: int, p_mild: float = P_MILD):
     """x: (B, 28, 28) float32 in [0, 1], ink bright -> the same, varied; stateless random ops
-    seeded by (seed, step), so a run is repeatable whatever the threading.
+    seeded by (seed, step), so a run is repeatable whatever the threading. A share `p_mild` of
+    the digits gets only MILD of the distortions (1.0: every digit, as for the second opinion).
 
     The geometry (elastic field, slant, rotation, aspect, and the return to the input
     contract) is composed into one sampling of the source, so the ink is interpolated once.
@@ -133,7 +134,7 @@ def augment_batch(x, step, seed: int):
 
     pad = (CANVAS - 28) // 2
     # Some digits stay close to MNIST's own (its test set must stay as well read as before).
-    amount = tf.where(uniform(tf.stack([n]), 0.0, 1.0) < P_MILD, MILD, 1.0)
+    amount = tf.where(uniform(tf.stack([n]), 0.0, 1.0) < p_mild, MILD, 1.0)
     src = tf.pad(x, [[0, 0], [pad, pad], [pad, pad]])[..., None]
     src = _stroke(src, uniform(tf.stack([n])) * amount)
     to_source = _distortion(uniform, n, amount)

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="numbers: the number reader (CTC) on strings of MNIST digits")
     train.add_argument("--epochs", type=int,
                        help="default: 3 for mlp, the tuned value for cnn and numbers")
+    train.add_argument("--second-epochs", type=int, metavar="N",
+                       help="cnn: epochs of the second opinion, trained first on MNIST only "
+                       "(default: the tuned value; 0: none)")
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--out", metavar="DIR", default="models")
     train.add_argument("--limit", type=int, metavar="N", help="train on the first N digits only "

@@ -485,6 +485,7 @@ class Daemon:
             "parameters": card.get("parameters"),
             "test_accuracy": card.get("test", {}).get("accuracy"),
             "created_at": card.get("created_at"),
+            "second_opinion": classifier.second.model_id if classifier.second else None,
         }
         document = {
             "batch": batch.id,

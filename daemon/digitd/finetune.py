@@ -22,7 +22,9 @@ The steps, each a function below:
    `digitd train` would choose on them go in the card (the temperature does not change which
    digit wins, so the judgement above holds).
 6. write the .keras, the .tflite converted from it (parity checked by digitd.export) and the
-   card (with the corrections' count and hash).
+   card (with the corrections' count and hash). The base's second opinion (digitd.model), if
+   it has one, is not carried over: it never saw the corrections, and it is asked exactly on
+   the digits the network is unsure of, so it would argue against what reviewers taught.
 """
 
 from __future__ import annotations
@@ -365,6 +367,11 @@ def fine_tune_command(args: argparse.Namespace) -> int:
         "library_versions": library_versions(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if base_card.get("second_opinion"):
+        card["second_opinion_dropped"] = (
+            f"{base_card['second_opinion']['model']}, the base's second opinion, did not learn "
+            "the corrections and would be asked exactly where they matter (the digits the "
+            "network is unsure of): this model is served alone")
     # the .tflite that serving runs, converted and checked against the .keras (digitd.export)
     card["tflite"] = tflite_card_entry(target, x_test, mnist.y_test,
                                        f"MNIST test set ({mnist.source})")

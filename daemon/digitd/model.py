@@ -20,6 +20,16 @@ is served: the `.tflite` is served only if the card records that it was converte
 exactly that `.keras` (the card's `model_id`) and records the `.tflite`'s own SHA-256, so
 both runtimes of one model give one id.
 
+A SECOND OPINION: a model's card may name another model beside it (`second_opinion`: its
+file, its id, `below` and `weight`). `digitd train` trains one for the CNN: a network of the
+same shape that saw MNIST's writers only, gently varied, while the served network is trained
+for other writers too. The two err on different digits, so the served network's answer
+stands when it is sure (top probability at least `below`), and below that the two networks'
+probabilities are averaged (`weight` for the second's). The second model is loaded like the
+first (its own `.tflite` and card); it must be the file the card records, or nothing is
+served. The model id stays the first `.keras` file's hash: the card written with it names
+the second by its hash.
+
 TensorFlow is imported inside functions only, so importing this module (and `digitd --help`)
 stays instant.
 """
@@ -140,6 +150,9 @@ class Classifier:
     served: Path  # the file actually run
     fallback: str = ""  # why the .tflite is not served; "" when it is
     shape: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)  # one input's (digitd.strip: a line's)
+    second: Classifier | None = None  # the second opinion (module docstring), if the card names one
+    below: float = 0.0  # ... asked for the digits whose top probability is below this
+    weight: float = 0.5  # ... and its share of the average
     _run: Callable[[np.ndarray], np.ndarray] = field(repr=False, default=None)
     _lock: threading.Lock = field(repr=False, default_factory=threading.Lock)
 
@@ -154,13 +167,30 @@ class Classifier:
                 parts.append(self._run(x[i:i + MAX_CHUNK]))
         if not parts:
             return np.zeros((0, NUM_CLASSES), dtype=np.float32)
-        return np.concatenate(parts)
+        probs = np.concatenate(parts)
+        if self.second is None:
+            return probs
+        return with_second_opinion(probs, x, self.second.predict, self.below, self.weight)
 
     def warm_up(self, max_batch: int = 64) -> None:
         """Run every bucket up to `max_batch` once, so the first real batch is fast."""
         last = next((b for b in BUCKETS if b >= max_batch), BUCKETS[-1])
         for size in BUCKETS[: BUCKETS.index(last) + 1]:
             self.predict(np.zeros((size, *self.shape), np.float32))
+        if self.second is not None:
+            self.second.warm_up(max_batch)
+
+
+def with_second_opinion(probs: np.ndarray, x: np.ndarray,
+                        second: Callable[[np.ndarray], np.ndarray], below: float,
+                        weight: float) -> np.ndarray:
+    """`probs` (the first model's, for inputs `x`), where the top probability is below
+    `below` averaged with `second`'s probabilities for those inputs (`weight` its share)."""
+    probs = probs.copy()
+    unsure = probs.max(axis=1) < below
+    if unsure.any():
+        probs[unsure] = (1 - weight) * probs[unsure] + weight * second(x[unsure])
+    return probs
 
 
 class LiteRTRunner:
@@ -274,9 +304,30 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
         model_path = model_path.with_suffix(".keras")
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: no such model file")
+    classifier = _load_one(model_path, threads, runtime, tuple(shape))
+    entry = classifier.card.get("second_opinion")
+    if entry:
+        second_path = model_path.with_name(entry["model"])
+        if not second_path.is_file():
+            raise ModelError(f"{model_path.name}: its card asks {entry['model']} for a second "
+                             f"opinion, and there is no such file beside it")
+        second = _load_one(second_path, threads, runtime, tuple(shape))
+        if second.model_id != entry["model_id"]:
+            raise ModelError(f"{model_path.name}: {entry['model']} is not the second opinion "
+                             f"its card records")
+        if second.fallback and not classifier.fallback:
+            classifier.fallback = f"second opinion {entry['model']}: {second.fallback}"
+        classifier.second, classifier.below, classifier.weight = (
+            second, float(entry["below"]), float(entry["weight"]))
+    return classifier
+
+
+def _load_one(model_path: Path, threads: int | None, runtime: str,
+              shape: tuple[int, int]) -> Classifier:
+    """One model file, through the .tflite if it can (see load_classifier)."""
     model_id = file_sha256(model_path)
     card = read_card(model_path)
-    common = {"path": model_path, "model_id": model_id, "card": card, "shape": tuple(shape)}
+    common = {"path": model_path, "model_id": model_id, "card": card, "shape": shape}
     fallback = ""
     if runtime != "tensorflow":
         fallback = tflite_problem(model_path, model_id, card)
