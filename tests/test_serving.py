@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from digitd.model import default_model_path, file_sha256
+from digitd.model import default_model_path, file_sha256, read_card
 from harness import DaemonProcess, drop, png_bytes, read_rows, sample_digits
 
 pytestmark = pytest.mark.slow
@@ -84,6 +84,10 @@ def test_the_daemon_serves_the_tflite_with_no_tensorflow_mapped(tmp_path):
     finally:
         d.close()
     assert {r["model"] for r in rows} == {file_sha256(default_model_path())}  # the .keras's hash
+    second = read_card(default_model_path())["second_opinion"]["model_id"]  # served beside it
+    for batch in {r["batch"] for r in rows}:
+        document = json.loads((d.outbox / "results" / f"{batch}.json").read_text())
+        assert document["model"]["second_opinion"] == second
     ready = [e for e in log_events(d) if e.get("event") == "ready" and "runtime" in e]
     assert [e["runtime"] for e in ready] == ["litert", "litert"]
     assert not [e for e in log_events(d) if e.get("event") == "model_fallback"]
