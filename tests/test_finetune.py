@@ -115,6 +115,9 @@ def test_fine_tunes_and_records_the_corrections_in_the_card(tmp_path):
         assert not calib["refitted"] and calib["temperature"] == base_t
     else:
         assert calib["refitted"]
+    if base_card.get("second_opinion"):  # it never saw the corrections: served alone
+        assert base_card["second_opinion"]["model"] in card["second_opinion_dropped"]
+    assert "second_opinion" not in card
     drop = card["mnist_test_accuracy"]["before"] - card["mnist_test_accuracy"]["after"]
     assert drop <= 0.001 + 1e-9
     predicted = subprocess.run(
