@@ -214,7 +214,8 @@ def test_a_huge_file_is_refused_from_its_header_alone(tmp_path):
 # The preview (shared with the daemon)
 
 
-def test_preview_layout_and_cheapness(sample):
+def test_preview_layout(sample):
+    """What the preview shows; its cost is measured in bench/file_budget.py, not here."""
     from digitd.preprocess import prepare
     from digitd.preview import render_preview
 
@@ -229,10 +230,6 @@ def test_preview_layout_and_cheapness(sample):
     assert np.array_equal(original, np.kron(prepared.image, np.ones((5, 5), np.uint8)))
     inset = body[2:58, 145:201]  # the model input, 2x
     assert np.array_equal(inset[::2, ::2], np.round(prepared.model_input * 255).astype(np.uint8))
-    start = time.perf_counter()
-    for _ in range(200):
-        render_preview(prepared.image, prepared.model_input, 7, 0.9987)
-    assert (time.perf_counter() - start) / 200 < 0.002  # ~0.1 ms; generous for a busy machine
 
 
 @pytest.mark.parametrize("shape", [(162, 206), (57, 31), (1, 1), (40, 61, 3)])
