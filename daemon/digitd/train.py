@@ -6,7 +6,8 @@ any Keras 3 can reload it; augmentation runs in the tf.data pipeline during trai
 [0, 1], ink bright). With `--usps`, the USPS train part (digitd.dataset's shared split) is
 trained on, the temperature is fitted on its calibration part and baked into the saved graph
 (logits / T before the softmax: digitd.calibration), and the operating point for the daemon's
-`min_confidence` is measured on the calibration part and checked on the test part.
+`min_confidence` is measured on the calibration part and checked on the test part. The CNN
+comes with a second opinion trained first (train_second; how it is served: digitd.model).
 """
 
 from __future__ import annotations
@@ -527,6 +528,7 @@ def train_second(keras, data: Mnist, epochs: int, seed: int, out: Path, limit: i
 
 
 def write_card(path: Path, card: dict[str, Any]) -> None:
+    """The card as indented JSON, written atomically."""
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
 
 
