@@ -186,10 +186,11 @@ def with_second_opinion(probs: np.ndarray, x: np.ndarray,
                         weight: float) -> np.ndarray:
     """`probs` (the first model's, for inputs `x`), where the top probability is below
     `below` averaged with `second`'s probabilities for those inputs (`weight` its share)."""
-    probs = probs.copy()
     unsure = probs.max(axis=1) < below
-    if unsure.any():
-        probs[unsure] = (1 - weight) * probs[unsure] + weight * second(x[unsure])
+    if not unsure.any():
+        return probs
+    probs = probs.copy()
+    probs[unsure] = (1 - weight) * probs[unsure] + weight * second(x[unsure])
     return probs
 
 

@@ -102,10 +102,9 @@ def compile_model(keras, model, arch: str, steps: int) -> None:
 # --- data pipeline and augmentation -------------------------------------------------------
 
 
-def make_train_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, augment: bool,
-                       vary=augment_batch):
-    """Shuffled, endlessly repeated, batched (and for the CNN varied by `vary`) training
-    batches."""
+def make_train_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, vary=None):
+    """Shuffled, endlessly repeated, batched training batches, each varied by `vary` (the
+    CNN's: digitd.augment; None: as they are)."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
@@ -113,7 +112,7 @@ def make_train_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, augm
 
     def prepare(step, xy):
         images = tf.cast(xy[0], tf.float32) / 255.0
-        if augment:
+        if vary is not None:
             images = vary(images, tf.cast(step, tf.int32), seed)
         return images, xy[1]
 
@@ -436,7 +435,7 @@ def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
     x_test = to_input(data.x_test)
     second = None
     if arch == "cnn" and second_epochs:
-        second = train_second(keras, data, second_epochs, seed, out, limit, usps)
+        second = train_second(keras, data, x_test, second_epochs, seed, out, limit, usps)
     x_train, y_train, sources = training_set(data, usps, seed, arch)
     model, history, seconds = fit(keras, x_train, y_train, data, arch, epochs, seed,
                                   start=second["network"] if second else None)
@@ -472,9 +471,7 @@ def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
             "mnist_test_together": test["accuracy"],
             "warm_start": "this network started from the second opinion's trained weights"}
         card["training_seconds"] = round(seconds + second["card"]["training_seconds"], 1)
-    card["tflite"] = tflite_card_entry(out / f"digitd-{arch}.keras", x_test, data.y_test,
-                                       f"MNIST test set ({data.source})")
-    write_card(out / f"digitd-{arch}.card.json", card)
+    finish_card(out / f"digitd-{arch}.keras", card, x_test, data)
     curves["mnist_test"], curves["mnist_test_y"] = probs, data.y_test
     title = (f"digitd-{arch}: MNIST test {test['accuracy']:.2%} ({test['errors']} errors / "
              f"{test['n']}), {card['training_seconds']:.0f} s, seed {seed}")
@@ -490,8 +487,8 @@ def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
     return card
 
 
-def train_second(keras, data: Mnist, epochs: int, seed: int, out: Path, limit: int | None,
-                 usps: Usps | None) -> dict[str, Any]:
+def train_second(keras, data: Mnist, x_test: np.ndarray, epochs: int, seed: int, out: Path,
+                 limit: int | None, usps: Usps | None) -> dict[str, Any]:
     """The second opinion: the CNN's network trained on MNIST's digits only, varied only as
     MNIST's own writers vary (digitd.augment.mnist_batch: the issue-2 network's recipe),
     calibrated like the CNN; written as digitd-cnn.second.keras (with its .tflite and card).
@@ -507,7 +504,6 @@ def train_second(keras, data: Mnist, epochs: int, seed: int, out: Path, limit: i
     if usps is not None:
         temperature, calib, _ = calibrate(keras, network, usps)
         served = calibrated(keras, network, temperature)
-    x_test = to_input(data.x_test)
     probs = served.predict(x_test, batch_size=500, verbose=0)
     test = metrics(data.y_test, probs)
     target = out / SECOND_NAME
@@ -519,17 +515,19 @@ def train_second(keras, data: Mnist, epochs: int, seed: int, out: Path, limit: i
     card["role"] = "the second opinion of digitd-cnn.keras (see its card)"
     if calib is not None:
         card["calibration"] = calib
-    card["tflite"] = tflite_card_entry(target, x_test, data.y_test,
-                                       f"MNIST test set ({data.source})")
-    write_card(card_path(target), card)
+    finish_card(target, card, x_test, data)
     _log().info("trained", arch="cnn", role="second opinion", accuracy=test["accuracy"],
                 seconds=round(seconds, 1), model_id=model_id)
     return {"network": network, "served": served, "card": card}
 
 
-def write_card(path: Path, card: dict[str, Any]) -> None:
-    """The card as indented JSON, written atomically."""
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+def finish_card(target: Path, card: dict[str, Any], x_test: np.ndarray, data: Mnist) -> None:
+    """Convert the saved `target` to its .tflite (parity checked on the MNIST test set,
+    recorded in the card), then write the card beside it, atomically."""
+    card["tflite"] = tflite_card_entry(target, x_test, data.y_test,
+                                       f"MNIST test set ({data.source})")
+    write_atomic(card_path(target),
+                 lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
 
 
 def fit(keras, x_train: np.ndarray, y_train: np.ndarray, data: Mnist, arch: str, epochs: int,
@@ -543,8 +541,8 @@ def fit(keras, x_train: np.ndarray, y_train: np.ndarray, data: Mnist, arch: str,
     if start is not None:
         model.set_weights(start.get_weights())
     compile_model(keras, model, arch, steps_per_epoch * epochs)
-    train_ds = make_train_dataset(x_train, y_train, batch, seed, augment=arch == "cnn",
-                                  vary=vary)
+    train_ds = make_train_dataset(x_train, y_train, batch, seed,
+                                  vary=vary if arch == "cnn" else None)
     interactive = sys.stdout.isatty()
     _log().info("training", arch=arch, epochs=epochs, seed=seed, train=len(x_train),
                 test=len(data.x_test), params=model.count_params())
