@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import math
 import sys
 import time
@@ -271,10 +270,9 @@ def recalibrate(keras, model, held: tuple[np.ndarray, np.ndarray], usps: Usps | 
 
 def fine_tune_command(args: argparse.Namespace) -> int:
     """`digitd train --corrections DIR ...`: report before/after; write the model or refuse."""
-    from digitd.export import tflite_card_entry
-    from digitd.fsutil import make_folder, write_atomic
-    from digitd.model import default_model_path, file_sha256, import_keras, read_card
-    from digitd.train import library_versions, metrics, save_model, to_input
+    from digitd.fsutil import make_folder
+    from digitd.model import card_path, default_model_path, file_sha256, import_keras, read_card
+    from digitd.train import finish_card, library_versions, metrics, save_model, to_input
 
     if args.epochs is not None or args.limit is not None:
         print("digitd train: --epochs and --limit train from scratch; with --corrections "
@@ -373,10 +371,7 @@ def fine_tune_command(args: argparse.Namespace) -> int:
             "the corrections and would be asked exactly where they matter (the digits the "
             "network is unsure of): this model is served alone")
     # the .tflite that serving runs, converted and checked against the .keras (digitd.export)
-    card["tflite"] = tflite_card_entry(target, x_test, mnist.y_test,
-                                       f"MNIST test set ({mnist.source})")
-    card_file = target.with_name(f"{name}.card.json")
-    write_atomic(card_file, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
-    print(f"wrote {target} (model id {model_id[:12]}) and {card_file.name}")
+    finish_card(target, card, x_test, mnist)
+    print(f"wrote {target} (model id {model_id[:12]}) and {card_path(target).name}")
     return EXIT_OK
 
