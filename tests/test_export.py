@@ -13,8 +13,22 @@ import numpy as np
 import pytest
 
 from digitd.cli import main
-from digitd.export import parity
-from digitd.model import card_path, file_sha256, import_keras, load_classifier, tflite_path
+from digitd.export import (
+    INT8_TOLERANCE,
+    ExportError,
+    export_tflite,
+    parity,
+    parity_problem,
+    tflite_card_entry,
+)
+from digitd.model import (
+    card_path,
+    default_model_path,
+    file_sha256,
+    import_keras,
+    load_classifier,
+    tflite_path,
+)
 
 SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
 
@@ -33,25 +47,71 @@ def small_cnn(folder: Path) -> Path:
     return path
 
 
+def sample() -> tuple[np.ndarray, np.ndarray]:
+    with np.load(SAMPLE) as npz:
+        return npz["x_test"].astype(np.float32) / 255.0, npz["y_test"]
+
+
 def test_export_command_writes_the_tflite_and_records_parity(tmp_path, capsys):
     model = small_cnn(tmp_path)
-    assert main(["export", str(model), "--data", str(SAMPLE)]) == 0
+    assert main(["export", str(model), "--data", str(SAMPLE), "--precision", "float32"]) == 0
     assert "same answer on 1,000 of 1,000 test digits" in capsys.readouterr().out
     card = json.loads(card_path(model).read_text())
     entry = card["tflite"]
     assert card["model_id"] == entry["converted_from"] == file_sha256(model)
     assert entry["sha256"] == file_sha256(tflite_path(model))
+    assert entry["precision"] == "float32"
     assert entry["parity"]["n"] == entry["parity"]["same_answers"] == 1000
     assert entry["parity"]["max_abs_diff"] < 1e-4
     assert entry["parity"]["keras_accuracy"] == entry["parity"]["tflite_accuracy"]
     classifier = load_classifier(model)
     assert (classifier.runtime, classifier.fallback) == ("litert", "")
+    assert card["as_served"]["mnist_test"] == entry["parity"]["tflite_accuracy"]
+
+
+@pytest.mark.skipif(not default_model_path().is_file(), reason="no shipped model")
+def test_a_trained_digit_model_is_exported_in_int8_by_default(tmp_path, capsys):
+    model = tmp_path / "trained.keras"  # the shipped network, alone (no card, no second)
+    model.write_bytes(default_model_path().read_bytes())
+    assert main(["export", str(model), "--data", str(SAMPLE)]) == 0
+    assert "(int8, " in capsys.readouterr().out
+    entry = json.loads(card_path(model).read_text())["tflite"]
+    assert entry["precision"] == "int8" and parity_problem(entry["parity"], "int8") == ""
+    assert entry["bytes"] < default_model_path().stat().st_size / 3  # 8-bit weights
+    assert 0 < entry["parity"]["max_abs_diff"] <= INT8_TOLERANCE  # not the float32 file
+    x, y = sample()
+    served = load_classifier(model)
+    assert served.runtime == "litert" and (served.predict(x).argmax(1) == y).mean() >= 0.99
+
+
+def test_an_int8_export_that_disagrees_is_refused_and_float32_served_instead(tmp_path):
+    model = small_cnn(tmp_path)  # untrained: near ties, which 8-bit weights flip
+    x, y = sample()
+    with pytest.raises(ExportError, match="int8 .tflite disagrees"):
+        export_tflite(model, x, y, "sample", precision="int8")
+    assert not tflite_path(model).exists()
+    entry = tflite_card_entry(model, x, y, "sample", precision="int8")
+    assert entry["precision"] == "float32" and "answers differ" in entry["int8_refused"]
+    assert entry["sha256"] == file_sha256(tflite_path(model))
+
+
+def test_parity_problem_float32_wants_every_answer_int8_within_its_tolerances():
+    good = {"n": 10_000, "same_answers": 10_000, "max_abs_diff": 5e-7,
+            "keras_accuracy": 0.996, "tflite_accuracy": 0.996}
+    assert parity_problem(good, "float32") == parity_problem(good, "int8") == ""
+    one_differs = {**good, "same_answers": 9_999, "tflite_accuracy": 0.9961, "max_abs_diff": 0.02}
+    assert "1 different answers" in parity_problem(one_differs, "float32")
+    assert parity_problem(one_differs, "int8") == ""
+    assert parity_problem({**one_differs, "same_answers": 9_989}, "int8")  # 11 > 0.1%
+    assert parity_problem({**one_differs, "tflite_accuracy": 0.9954}, "int8")  # 0.06 points
+    assert parity_problem({**one_differs, "max_abs_diff": 0.06}, "int8")
+    assert "labelled" in parity_problem({**good, "keras_accuracy": None}, "int8")
 
 
 def test_export_keeps_the_card_of_a_trained_model(tmp_path):
     model = small_cnn(tmp_path)
     card_path(model).write_text(json.dumps({"model_id": file_sha256(model), "arch": "x"}))
-    assert main(["export", str(model), "--data", str(SAMPLE)]) == 0
+    assert main(["export", str(model), "--data", str(SAMPLE), "--precision", "float32"]) == 0
     card = json.loads(card_path(model).read_text())
     assert card["arch"] == "x" and "tflite" in card
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitd.export import export_tflite, record
+from digitd.export import export_tflite, parity_problem, record
 from digitd.model import (
     BUCKETS,
     INPUT_SIZE,
@@ -240,8 +240,10 @@ def test_shipped_model_is_accurate_and_matches_its_card():
     assert (classifier.runtime, classifier.fallback) == ("litert", "")
     assert classifier.card["model_id"] == classifier.model_id
     assert classifier.card["test"]["accuracy"] >= 0.995
-    parity = classifier.card["tflite"]["parity"]
-    assert parity["n"] == parity["same_answers"] == 10_000
+    entry = classifier.card["tflite"]
+    assert entry["precision"] == "int8" and parity_problem(entry["parity"], "int8") == ""
+    assert entry["parity"]["n"] == 10_000  # the MNIST test set
+    assert classifier.card["as_served"]["mnist_test"] >= 0.996  # with its second opinion
     with np.load(SAMPLE) as npz:
         x, y = npz["x_test"].astype(np.float32) / 255.0, npz["y_test"]
     accuracy = (classifier.predict(x).argmax(axis=1) == y).mean()

@@ -10,7 +10,8 @@ THE INPUT CONTRACT (the one place it is written down; preprocessing produces exa
 The output is (N, 10) float32 softmax probabilities for the digits 0..9.
 
 A model is a `.keras` file (written by `digitd train`), a `.tflite` converted from it
-(digitd.export) and a `.card.json`, side by side. Serving (`digitd run`, `digitd predict`)
+(digitd.export: int8 weights for the digit models, float32 for the number model) and a
+`.card.json`, side by side. Serving (`digitd run`, `digitd predict`)
 runs the `.tflite` through LiteRT (ai-edge-litert, XNNPACK kernels) and never imports
 TensorFlow; it runs the `.keras` through TensorFlow only when the `.tflite` cannot be served
 (missing, not vouched for by the card, or no LiteRT), and says why (`Classifier.fallback`).
@@ -18,7 +19,8 @@ TensorFlow; it runs the `.keras` through TensorFlow only when the `.tflite` cann
 THE MODEL ID (the CSV's `model` column) is the SHA-256 of the `.keras` file, whichever file
 is served: the `.tflite` is served only if the card records that it was converted from
 exactly that `.keras` (the card's `model_id`) and records the `.tflite`'s own SHA-256, so
-both runtimes of one model give one id.
+both runtimes of one model give one id (an int8 `.tflite`'s probabilities differ from the
+`.keras`'s by up to a few hundredths; its card records how much, and the figures as served).
 
 A SECOND OPINION: a model's card may name another model beside it (`second_opinion`: its
 file, its id, `below` and `weight`). `digitd train` trains one for the CNN: a network of the

@@ -366,9 +366,18 @@ def calibrate(keras, model, usps: Usps, consult=None
             "ece_after": round(calibration.ece(after, yy), 5),
             "nll_before": round(calibration.nll(lg, yy), 5),
             "nll_after": round(calibration.nll(lg, yy, t), 5)}
-    point = calibration.choose_threshold(probs["calibration"], parts["calibration"][1])
-    check = calibration.at_threshold(probs["test"], parts["test"][1], point.threshold)
-    section["operating_point"] = {
+    section["operating_point"] = operating_point(
+        probs["calibration"], parts["calibration"][1], probs["test"], parts["test"][1])
+    return t, section, {"usps_test": probs["test"], "usps_test_y": parts["test"][1]}
+
+
+def operating_point(calib_probs: np.ndarray, calib_y: np.ndarray, test_probs: np.ndarray,
+                    test_y: np.ndarray) -> dict[str, Any]:
+    """The card's operating point: chosen on the USPS calibration part, checked on its test
+    part (calibration.choose_threshold's rule)."""
+    point = calibration.choose_threshold(calib_probs, calib_y)
+    check = calibration.at_threshold(test_probs, test_y, point.threshold)
+    return {
         "rule": f"highest threshold (0.01 steps) with review share <= "
                 f"{calibration.MAX_REVIEW:.0%} and silent errors <= "
                 f"{calibration.MAX_SILENT:.1%} on the USPS calibration part",
@@ -376,7 +385,6 @@ def calibrate(keras, model, usps: Usps, consult=None
         "usps_test": check.as_dict(),
         "review_within_target": check.review_share <= calibration.MAX_REVIEW,
         "silent_within_target": check.silent_errors <= calibration.MAX_SILENT}
-    return t, section, {"usps_test": probs["test"], "usps_test_y": parts["test"][1]}
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -471,7 +479,7 @@ def train(data: Mnist, arch: str, epochs: int, seed: int, out: Path,
             "mnist_test_together": test["accuracy"],
             "warm_start": "this network started from the second opinion's trained weights"}
         card["training_seconds"] = round(seconds + second["card"]["training_seconds"], 1)
-    finish_card(out / f"digitd-{arch}.keras", card, x_test, data)
+    finish_card(out / f"digitd-{arch}.keras", card, x_test, data, usps)
     curves["mnist_test"], curves["mnist_test_y"] = probs, data.y_test
     title = (f"digitd-{arch}: MNIST test {test['accuracy']:.2%} ({test['errors']} errors / "
              f"{test['n']}), {card['training_seconds']:.0f} s, seed {seed}")
@@ -515,19 +523,57 @@ def train_second(keras, data: Mnist, x_test: np.ndarray, epochs: int, seed: int,
     card["role"] = "the second opinion of digitd-cnn.keras (see its card)"
     if calib is not None:
         card["calibration"] = calib
-    finish_card(target, card, x_test, data)
+    finish_card(target, card, x_test, data, usps)
     _log().info("trained", arch="cnn", role="second opinion", accuracy=test["accuracy"],
                 seconds=round(seconds, 1), model_id=model_id)
     return {"network": network, "served": served, "card": card}
 
 
-def finish_card(target: Path, card: dict[str, Any], x_test: np.ndarray, data: Mnist) -> None:
-    """Convert the saved `target` to its .tflite (parity checked on the MNIST test set,
-    recorded in the card), then write the card beside it, atomically."""
+def finish_card(target: Path, card: dict[str, Any], x_test: np.ndarray, data: Mnist,
+                usps: Usps | None = None) -> None:
+    """Convert the saved `target` to its int8 .tflite (parity checked on the MNIST test set,
+    recorded in the card; float32 if int8 fails it: digitd.export), write the card beside
+    it, then measure the model as served (`as_served`) and write the card again."""
     card["tflite"] = tflite_card_entry(target, x_test, data.y_test,
-                                       f"MNIST test set ({data.source})")
+                                       f"MNIST test set ({data.source})", precision="int8")
+    write_card(target, card)
+    if card["tflite"].get("sha256"):
+        as_served(target, card, x_test, data.y_test, usps)
+        write_card(target, card)
+
+
+def write_card(target: Path, card: dict[str, Any]) -> None:
     write_atomic(card_path(target),
                  lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+
+
+def as_served(target: Path, card: dict[str, Any], x_test: np.ndarray, y_test: np.ndarray,
+              usps: Usps | None) -> None:
+    """Measure the model as the daemon serves it (its .tflite through LiteRT, with its card's
+    second opinion; digitd.model) into the card: `as_served` (MNIST test and, with `usps`,
+    its calibration and test parts) and, with `usps`, the operating point chosen again on
+    these answers: an int8 .tflite moves probabilities by a few hundredths, and the
+    min_confidence promise is about the answers people get."""
+    from digitd.model import load_classifier
+
+    served = load_classifier(target, runtime="litert")
+    section: dict[str, Any] = {
+        "runtime": served.runtime, "precision": card["tflite"]["precision"],
+        "second_opinion": served.second is not None,
+        "mnist_test": metrics(y_test, served.predict(x_test))["accuracy"]}
+    calib = card.get("calibration")
+    if usps is not None and calib is not None:
+        probs, labels = {}, {}
+        for name in ("calibration", "test"):
+            x16, y = usps.part(name)
+            probs[name], labels[name] = served.predict(usps_inputs(x16)), y.astype(np.int64)
+            section[f"usps_{name}"] = round(float((probs[name].argmax(1) == y).mean()), 6)
+        calib["operating_point"] = {
+            **operating_point(probs["calibration"], labels["calibration"], probs["test"],
+                              labels["test"]),
+            "answers": f"as served ({section['precision']} .tflite through LiteRT"
+                       + (", with the second opinion)" if section["second_opinion"] else ")")}
+    card["as_served"] = section
 
 
 def fit(keras, x_train: np.ndarray, y_train: np.ndarray, data: Mnist, arch: str, epochs: int,
