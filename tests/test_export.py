@@ -16,6 +16,7 @@ from digitd.cli import main
 from digitd.export import (
     INT8_TOLERANCE,
     ExportError,
+    answers,
     export_tflite,
     parity,
     parity_problem,
@@ -93,6 +94,19 @@ def test_an_int8_export_that_disagrees_is_refused_and_float32_served_instead(tmp
     entry = tflite_card_entry(model, x, y, "sample", precision="int8")
     assert entry["precision"] == "float32" and "answers differ" in entry["int8_refused"]
     assert entry["sha256"] == file_sha256(tflite_path(model))
+
+
+def test_the_number_models_answers_are_its_greedy_strings():
+    probs = np.full((2, 6, 11), 0.01, np.float32)  # class 0 the CTC blank, 1 + d the digit d
+    for row, path in enumerate([(2, 0, 3, 0, 0, 0), (0, 8, 8, 0, 0, 0)]):
+        probs[row, np.arange(6), path] = 0.9
+    assert answers(probs).tolist() == ["12", "7"]
+    other = probs.copy()
+    other[1, 1, 8], other[1, 1, 0] = 0.01, 0.9  # "7" from one step instead of two: same string
+    other[0, 2, 3], other[0, 2, 4] = 0.01, 0.9  # "13" instead of "12"
+    result = parity(probs, other, np.array(["12", "7"], dtype=object), "two strings")
+    assert (result["same_answers"], result["differing"]) == (1, [0])
+    assert (result["keras_accuracy"], result["tflite_accuracy"]) == (1.0, 0.5)
 
 
 def test_parity_problem_float32_wants_every_answer_int8_within_its_tolerances():

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", metavar="MODEL.keras")
     export.add_argument("--data", metavar="DIR", help="MNIST IDX files or mnist.npz (parity)")
     export.add_argument("--precision", choices=("float32", "int8"), help="the .tflite's "
-                        "weights (default: int8 for a digit model, float32 for the number model)")
+                        "weights (default: int8, float32 if int8 fails the parity check)")
     export.add_argument("--usps", metavar="DIR", help="USPS files: choose the operating point "
                         "again on the answers as served (digitd train does)")
     export.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check")

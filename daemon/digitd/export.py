@@ -12,7 +12,8 @@ refuses to write the `.tflite` unless the two agree (`parity_problem`):
   if its accuracy is within INT8_MAX_DROP of the .keras's, at most INT8_MAX_DIFFERING of the
   answers differ and no probability moves more than INT8_TOLERANCE. The digit models are
   served in int8 (`tflite_card_entry` falls back to float32, and says why, if it fails);
-  their operating point is measured on the answers as served (digitd.train).
+  their operating point is measured on the answers as served (digitd.train). So is the
+  number model, whose answers are its greedy strings (`answers`).
 
 It returns the card's `tflite` entry: the file's SHA-256, the `.keras` it came from, the
 precision and the parity measured. Serving trusts a `.tflite` only when the card beside it
@@ -76,12 +77,10 @@ def convert(model, precision: str = "float32") -> bytes:
 
 def parity(keras_probs: np.ndarray, tflite_probs: np.ndarray, labels: np.ndarray | None,
            data: str) -> dict[str, Any]:
-    """How closely the .tflite's probabilities follow the .keras's on one test set. An answer
-    is the most probable class of each row (of each output step, for the number model's
-    (N, steps, classes)); `labels` None: no accuracy (the number model's are strings)."""
-    keras_answer, tflite_answer = keras_probs.argmax(axis=-1), tflite_probs.argmax(axis=-1)
-    differs = (keras_answer != tflite_answer).reshape(len(keras_answer), -1).any(axis=1)
-    differing = np.flatnonzero(differs)
+    """How closely the .tflite's probabilities follow the .keras's on one test set (`answers`;
+    `labels` the right ones, None: no accuracy)."""
+    keras_answer, tflite_answer = answers(keras_probs), answers(tflite_probs)
+    differing = np.flatnonzero(keras_answer != tflite_answer)
     n = len(keras_answer)
     return {
         "data": data,
@@ -94,6 +93,16 @@ def parity(keras_probs: np.ndarray, tflite_probs: np.ndarray, labels: np.ndarray
         "tflite_accuracy": None if labels is None
         else round(float((tflite_answer == labels).mean()), 6),
     }
+
+
+def answers(probs: np.ndarray) -> np.ndarray:
+    """A model's answers: a digit model's (N, 10) the most probable digit of each row, the
+    number model's (N, steps, classes) the greedy string of each (digitd.ctc)."""
+    if probs.ndim == 2:
+        return probs.argmax(axis=1)
+    from digitd import ctc
+
+    return np.array([ctc.greedy(p).text for p in probs], dtype=object)
 
 
 def parity_problem(result: dict[str, Any], precision: str) -> str:
@@ -109,7 +118,8 @@ def parity_problem(result: dict[str, Any], precision: str) -> str:
         return "int8 needs labelled test digits to measure its accuracy"
     drop = result["keras_accuracy"] - result["tflite_accuracy"]
     if drop > INT8_MAX_DROP or differing > INT8_MAX_DIFFERING * n or diff > INT8_TOLERANCE:
-        return (f"accuracy {drop * 100:.2f} points below the .keras's, {differing} of {n} "
+        side = "below" if drop >= 0 else "above"
+        return (f"accuracy {abs(drop) * 100:.2f} points {side} the .keras's, {differing} of {n} "
                 f"answers differ, largest probability difference {diff:.2g} (int8 tolerance: "
                 f"{INT8_MAX_DROP * 100:.2f} points, {INT8_MAX_DIFFERING:.1%} of the answers, "
                 f"{INT8_TOLERANCE:g})")
@@ -204,8 +214,7 @@ def record(keras_file: Path, entry: dict[str, Any]) -> Path:
 
 def export_command(args) -> int:
     """`digitd export MODEL.keras [--data DIR] [--precision P]`: convert, check parity,
-    update the card. The default precision is what `digitd train` ships: int8 for a digit
-    model, float32 for the number model."""
+    update the card. The default precision is what `digitd train` ships: int8."""
     from digitd.dataset import DatasetError, load_mnist, load_usps
 
     keras_file = Path(args.model)
@@ -227,21 +236,29 @@ def export_command(args) -> int:
     from digitd.train import to_input
 
     numbers = card.get("arch") == "numbers"
-    precision = getattr(args, "precision", None) or ("float32" if numbers else "int8")
+    chosen = getattr(args, "precision", None)
     if numbers:  # parity on its held-out strings, made again
-        from digitd.train_numbers import held_out_strings
+        from digitd.train_numbers import held_out_strings, texts
 
         seed = card.get("training", {}).get("seed", 1)
         count = card.get("dataset", {}).get("held_out_strings", 4000)
         x, y, what = held_out_strings(data.x_train, data.y_train, seed, count)
-        y = None
+        y = np.array(texts(y), dtype=object)
     else:
         x, y, what = to_input(data.x_test), data.y_test, f"MNIST test set ({data.source})"
-    try:
-        entry = export_tflite(keras_file, x, y, what, precision=precision)
-    except ExportError as exc:
-        print(f"digitd export: {exc}", file=sys.stderr)
-        return ExitCode.FAILURE
+    if chosen:
+        try:
+            entry = export_tflite(keras_file, x, y, what, precision=chosen)
+        except ExportError as exc:
+            print(f"digitd export: {exc}", file=sys.stderr)
+            return ExitCode.FAILURE
+    else:  # int8, or float32 if int8 fails its parity
+        entry = tflite_card_entry(keras_file, x, y, what, precision="int8")
+        if "error" in entry:
+            print(f"digitd export: {entry['error']}", file=sys.stderr)
+            return ExitCode.FAILURE
+        if entry.get("int8_refused"):
+            print(f"digitd export: {entry['int8_refused']}: float32 instead", file=sys.stderr)
     record(keras_file, entry)
     if not numbers:  # measured as the daemon serves it (the operating point again, with --usps)
         from digitd.train import as_served, write_card
@@ -250,9 +267,9 @@ def export_command(args) -> int:
         as_served(keras_file, card, x, y, usps)
         write_card(keras_file, card)
     p = entry["parity"]
-    what = "held-out strings" if y is None else "test digits"
-    accuracy = "" if y is None else f", accuracy {p['tflite_accuracy']:.4%}"
-    print(f"wrote {tflite_path(keras_file)} ({precision}, {entry['bytes']:,} bytes): same "
+    what = "held-out strings" if numbers else "test digits"
+    accuracy = f", accuracy {p['tflite_accuracy']:.4%}"
+    print(f"wrote {tflite_path(keras_file)} ({entry['precision']}, {entry['bytes']:,} bytes): same "
           f"answer on {p['same_answers']:,} of {p['n']:,} {what}, largest probability "
           f"difference {p['max_abs_diff']:.2g}{accuracy}; card updated")
     if usps is not None and not numbers and "operating_point" in card.get("calibration", {}):

@@ -10,8 +10,8 @@ THE INPUT CONTRACT (the one place it is written down; preprocessing produces exa
 The output is (N, 10) float32 softmax probabilities for the digits 0..9.
 
 A model is a `.keras` file (written by `digitd train`), a `.tflite` converted from it
-(digitd.export: int8 weights for the digit models, float32 for the number model) and a
-`.card.json`, side by side. Serving (`digitd run`, `digitd predict`)
+(digitd.export: int8 weights, float32 if those fail the parity check) and a `.card.json`,
+side by side. Serving (`digitd run`, `digitd predict`)
 runs the `.tflite` through LiteRT (ai-edge-litert, XNNPACK kernels) and never imports
 TensorFlow; it runs the `.keras` through TensorFlow only when the `.tflite` cannot be served
 (missing, not vouched for by the card, or no LiteRT), and says why (`Classifier.fallback`).

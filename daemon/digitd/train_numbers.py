@@ -203,7 +203,8 @@ def with_softmax(keras, model, temperature: float):
 # --- calibration and measuring --------------------------------------------------------------
 
 
-def _texts(label: np.ndarray) -> list[str]:
+def texts(label: np.ndarray) -> list[str]:
+    """Strings' padded labels (1 + digit, 0 after the end) -> the strings."""
     return ["".join(str(c - 1) for c in row if c > 0) for row in label]
 
 
@@ -325,10 +326,10 @@ def train(x: np.ndarray, y: np.ndarray, count: int, epochs: int, seed: int, out:
                         verbose=1 if sys.stdout.isatty() else 2)
     fit_seconds = time.monotonic() - fit_started
 
-    texts = _texts(cy)
+    truth = texts(cy)
     logits = np.asarray(model.predict(held, batch_size=256, verbose=0), np.float64)
     greedy = [ctc.greedy(lg) for lg in logits]  # the argmax: the same for any T
-    right = np.array([r.text == t for r, t in zip(greedy, texts, strict=True)])
+    right = np.array([r.text == t for r, t in zip(greedy, truth, strict=True)])
     labels = [[e.value + 1 for e in r.emissions] for r in greedy]
     temperature = fit_temperature(logits, labels, right)
     final = with_softmax(keras, model, temperature)
@@ -337,11 +338,12 @@ def train(x: np.ndarray, y: np.ndarray, count: int, epochs: int, seed: int, out:
 
     model_id = save_model(keras, final, keras_file)
     probs = np.asarray(final.predict(held, batch_size=256, verbose=0), np.float32)
-    held_out = measure(probs, texts)
+    held_out = measure(probs, truth)
 
     from digitd.export import tflite_card_entry
 
-    tflite = tflite_card_entry(keras_file, held, None, held_what)
+    tflite = tflite_card_entry(keras_file, held, np.array(truth, dtype=object), held_what,
+                                precision="int8")
     seconds = time.monotonic() - started
     card = {
         "name": keras_file.name,
