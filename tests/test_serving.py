@@ -88,6 +88,8 @@ def test_the_daemon_serves_the_tflite_with_no_tensorflow_mapped(tmp_path):
     for batch in {r["batch"] for r in rows}:
         document = json.loads((d.outbox / "results" / f"{batch}.json").read_text())
         assert document["model"]["second_opinion"] == second
+        assert (document["model"]["served"], document["model"]["precision"]) == (
+            "digitd-cnn.tflite", "int8")
     ready = [e for e in log_events(d) if e.get("event") == "ready" and "runtime" in e]
     assert [e["runtime"] for e in ready] == ["litert", "litert"]
     assert not [e for e in log_events(d) if e.get("event") == "model_fallback"]

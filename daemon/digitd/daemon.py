@@ -486,6 +486,9 @@ class Daemon:
             "test_accuracy": card.get("test", {}).get("accuracy"),
             "created_at": card.get("created_at"),
             "second_opinion": classifier.second.model_id if classifier.second else None,
+            "served": classifier.served.name,  # the .tflite (LiteRT) or the .keras (fallback)
+            "precision": (card.get("tflite", {}).get("precision")
+                          if classifier.runtime == "litert" else "float32"),
         }
         document = {
             "batch": batch.id,
