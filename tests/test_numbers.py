@@ -6,16 +6,17 @@ with separators and decoration) through the real decoder, segmentation and shipp
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 import number_scans
 import scans
 from digitd.model import load_classifier
-from digitd.preprocess import decode_png, normalise
+from digitd.preprocess import Components, decode_png, normalise
 from digitd.reader import SHARPNESS, Reading, choose, model_inputs, read, read_all, read_line
 from digitd.result import Result
-from digitd.segment import Line, Piece, Single, segment
+from digitd.segment import Line, Piece, Single, _without_printed_bars, segment
 from harness import classifier_rows
 
 
@@ -316,3 +317,41 @@ def test_intake_of_a_line_makes_its_one_digit_input_when_asked(tmp_path, sample)
     assert intake.ok and intake.model_input is None and intake.line is not None
     assert "whole" not in vars(intake.line)
     assert np.array_equal(intake.whole, normalise(decode_png(data)))
+
+
+def _digit_and_bar(digit: np.ndarray, bar_width: int) -> np.ndarray:
+    """An MNIST digit (white on black) with an upright bar of `bar_width` pixels 4 px to its
+    right, as tall as most of the digit: on some MNIST digits a neighbour's stroke cut at the
+    scan's edge, on a form a comb's tick."""
+    canvas = np.zeros((28, 40), np.uint8)
+    canvas[:, :28] = digit
+    canvas[6:23, 32:32 + bar_width] = 255
+    return canvas
+
+
+def _broad(x: np.ndarray, y: np.ndarray, digit: int) -> int:
+    """The sample's `digit` with the most ink: written with a broad pen."""
+    which = np.flatnonzero(y == digit)
+    return int(which[np.argmax((x[which] > 127).sum(axis=(1, 2)))])
+
+
+def test_a_far_finer_upright_bar_is_not_a_digit(sample):
+    """segment's parts: a hairline beside a digit written with a broad pen is dropped (one
+    pen draws a number's digits alike); a bar of the digit's own stroke is kept (a 1)."""
+    x, y = sample
+    i = _broad(x, y, 2)
+    for width, kept in ((1, 1), (4, 2)):
+        binary = (_digit_and_bar(x[i], width) > 127).astype(np.uint8)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        parts = Components(binary, labels, stats, list(range(1, n)))
+        assert n - 1 == 2 and len(_without_printed_bars(parts, parts.candidates)) == kept
+
+
+def test_a_hairline_beside_a_digit_does_not_make_a_number(sample, classifier, numbers):
+    """`auto` reads the digit alone, as `digit` does (it read 21 and 61, both ok, on the
+    MNIST test set's broad 2 and 6 with such a line)."""
+    x, y = sample
+    for i in [_broad(x, y, d) for d in (2, 6)]:
+        png = cv2.imencode(".png", _digit_and_bar(x[i], 1))[1].tobytes()
+        text, reading = read_both(png, classifier, numbers)
+        assert (text, reading) == (str(y[i]), None)
