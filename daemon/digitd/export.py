@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from digitd.model import (
     import_keras,
     read_card,
     tflite_path,
+    write_card,
 )
 
 PRECISIONS = ("float32", "int8")
@@ -202,15 +202,14 @@ def tflite_card_entry(keras_file: Path, x: np.ndarray, y: np.ndarray | None,
     return {**entry, "int8_refused": refused} if refused else entry
 
 
-def record(keras_file: Path, entry: dict[str, Any]) -> Path:
+def record(keras_file: Path, entry: dict[str, Any]) -> dict[str, Any]:
     """Put `entry` into the card beside `keras_file` as its `tflite` (a minimal card is
-    started if there is none: the model id and the entry)."""
+    started if there is none: the model id and the entry); return the card written."""
     card = read_card(keras_file) or {"name": keras_file.name}
     card["model_id"] = entry["converted_from"]
     card["tflite"] = entry
-    target = card_path(keras_file)
-    write_atomic(target, (json.dumps(card, indent=2) + "\n").encode())
-    return target
+    write_card(keras_file, card)
+    return card
 
 
 def export_command(args) -> int:
@@ -260,11 +259,10 @@ def export_command(args) -> int:
             return ExitCode.FAILURE
         if entry.get("int8_refused"):
             print(f"digitd export: {entry['int8_refused']}: float32 instead", file=sys.stderr)
-    record(keras_file, entry)
+    card = record(keras_file, entry)
     if not numbers:  # measured as the daemon serves it (the operating point again, with --usps)
-        from digitd.train import as_served, write_card
+        from digitd.train import as_served
 
-        card = read_card(keras_file)
         as_served(keras_file, card, x, y, usps)
         write_card(keras_file, card)
     p = entry["parity"]

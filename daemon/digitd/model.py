@@ -87,6 +87,13 @@ def read_card(model_path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def write_card(model_path: Path, card: dict[str, Any]) -> None:
+    """Write the model card beside the model, atomically (indented JSON, one final newline)."""
+    from digitd.fsutil import write_atomic
+
+    write_atomic(card_path(model_path), (json.dumps(card, indent=2) + "\n").encode())
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 hex of a file: a model's id is the hash of its .keras file."""
     digest = hashlib.sha256()

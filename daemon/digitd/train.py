@@ -12,7 +12,6 @@ comes with a second opinion trained first (train_second; how it is served: digit
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import sys
@@ -29,7 +28,7 @@ from digitd.codes import ExitCode
 from digitd.dataset import DatasetError, Mnist, Usps, load_mnist, load_usps, split_sha256, usps_page
 from digitd.export import tflite_card_entry
 from digitd.fsutil import make_folder, write_atomic
-from digitd.model import card_path, file_sha256, import_keras, with_second_opinion
+from digitd.model import file_sha256, import_keras, with_second_opinion, write_card
 
 DEFAULT_EPOCHS = {"cnn": 12, "mlp": 3}
 SECOND_EPOCHS = 14  # cnn: the second opinion (MNIST only) trains first, then the CNN from it
@@ -540,11 +539,6 @@ def finish_card(target: Path, card: dict[str, Any], x_test: np.ndarray, data: Mn
     if card["tflite"].get("sha256"):
         as_served(target, card, x_test, data.y_test, usps)
         write_card(target, card)
-
-
-def write_card(target: Path, card: dict[str, Any]) -> None:
-    write_atomic(card_path(target),
-                 lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
 
 
 def as_served(target: Path, card: dict[str, Any], x_test: np.ndarray, y_test: np.ndarray,

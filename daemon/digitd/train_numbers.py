@@ -22,7 +22,6 @@ Writes digitd-numbers.keras, .tflite (digitd.export, parity on the held-out stri
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 from digitd import ctc, strip
 from digitd.codes import ExitCode
 from digitd.dataset import DatasetError, load_mnist
-from digitd.fsutil import make_folder, write_atomic
+from digitd.fsutil import make_folder
 from digitd.synth import DecorationRates, number_ink, pick_decorations
 
 NAME = "digitd-numbers"
@@ -302,7 +301,7 @@ def train(x: np.ndarray, y: np.ndarray, count: int, epochs: int, seed: int, out:
     made = time.monotonic() - started
     _log().info("strings", train=len(sx), held_out=len(held), seconds=round(made, 1))
 
-    from digitd.model import file_sha256, import_keras
+    from digitd.model import file_sha256, import_keras, write_card
 
     keras = import_keras()
     import tensorflow as tf
@@ -388,8 +387,7 @@ def train(x: np.ndarray, y: np.ndarray, count: int, epochs: int, seed: int, out:
         "tflite": tflite,
     }
     card["model_id"] = file_sha256(keras_file)
-    write_atomic(out / f"{NAME}.card.json",
-                 lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+    write_card(keras_file, card)
     _log().info("trained", arch="numbers", exact=held_out["exact"], seconds=round(seconds, 1),
                 model_id=model_id, temperature=round(temperature, 4))
     return card
