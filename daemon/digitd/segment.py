@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from digitd.preprocess import (
+    Components,
     Cut,
     Rejected,
     _ink_profile,
@@ -177,7 +178,7 @@ def _digit_height(stats: np.ndarray, labels: list[int]) -> int:
     return int(max(heights or [stats[i, 3] for i in labels]))
 
 
-def _without_printed_bars(parts, labels: list[int]) -> list[int]:
+def _without_printed_bars(parts: Components, labels: list[int]) -> list[int]:
     """`labels` without the upright bars drawn with a far finer line than the largest part
     (BAR): a neighbour's stroke cut at a scan's edge, a comb's tick or a box's edge a form's
     ruling removal left. Not a digit: one writer's pen draws a number's digits, a 1 too, with
@@ -188,9 +189,12 @@ def _without_printed_bars(parts, labels: list[int]) -> list[int]:
     if len(labels) < 2:
         return labels
     main = max(labels, key=lambda i: stats[i, 4])
+    slim = [i for i in labels if i != main and stats[i, 2] <= SLIM * stats[i, 3]]
+    if not slim:  # most lines: no upright bar, no outline traced
+        return labels
     width = _stroke(parts.labels, stats[main], main)
-    return [i for i in labels if i == main or stats[i, 2] > SLIM * stats[i, 3]
-            or _stroke(parts.labels, stats[i], i) > BAR * width]
+    printed = {i for i in slim if _stroke(parts.labels, stats[i], i) <= BAR * width}
+    return [i for i in labels if i not in printed]
 
 
 def _stroke(labels: np.ndarray, stat: np.ndarray, label: int) -> float:
