@@ -2,16 +2,18 @@
 
     nice -n 10 .venv/bin/python bench/number_accuracy.py --data ../shared/data/mnist --n 2000
         [--seed 0] [--model PATH] [--numbers PATH] [--segmentation-only]
-        [--recognise auto|number] [--min-confidence 0.99] [--keep DIR] [--json-out PATH]
+        [--recognise auto|number] [--min-confidence 0.99] [--keep DIR] [--batch 64]
+        [--json-out PATH]
 
 1. Renders N numbers of 2-8 MNIST *test* digits (bench/number_scans.py: paper flavours,
    gaps from overlapping to wide, separators, underlines, currency signs, stray strokes).
 2. Reads each PNG as the daemon does (digitd.reader.read_all: the number model and the
    segmentation reader, or with --segmentation-only the latter alone), on one thread (OpenCV
-   and the models limited to one): decode, segment, one number-model call per image, greedy
-   decoding, and where the number model is unsure the pieces and one classifier call. The
-   time per image covers all of it, as CPU time of the process (robust on a shared
-   machine) and as wall time.
+   and the models limited to one): decode, segment, one number-model call per image (with
+   --batch N: per N images, as the daemon calls it once per batch), greedy decoding, and
+   where the number model is unsure the pieces and one classifier call. The time per image
+   covers all of it, as CPU time of the process (robust on a shared machine) and as wall
+   time; with --batch, each image is charged its batch's time / N.
 3. Prints: strings exactly right; silent errors (wrong, yet status `ok`: confidence at least
    --min-confidence and no doubtful digit); what goes to review; per flavour, per decoration
    and per length; how the string confidence compares with accuracy; how each number was
@@ -72,6 +74,9 @@ def main() -> int:
                         help="default: the built-in configuration's min_confidence")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", metavar="DIR", help="render into DIR and keep the files")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="images read together, as the daemon reads a batch (its "
+                             "batch.max_size is 64); the time per image is the batch's / N")
     parser.add_argument("--json-out", metavar="PATH")
     args = parser.parse_args()
 
@@ -102,33 +107,40 @@ def main() -> int:
     numbers = None
     if not args.segmentation_only:
         numbers = ctc.load(args.numbers, threads=1)
-        numbers.warm_up(1)
+        numbers.warm_up(args.batch)
     rows = []
     times = []
-    for path, truth, info in rendered:
-        data = Path(path).read_bytes()
+    for first in range(0, len(rendered), args.batch):
+        batch = rendered[first : first + args.batch]
         start, cpu = time.perf_counter(), time.process_time()
-        try:
-            found = segment(decode_png(data))
-        except Rejected as exc:
-            rows.append((truth, "", 0.0, False, info, exc.code, None))
-            times.append((time.perf_counter() - start, time.process_time() - cpu))
-            continue
-        line = found if isinstance(found, Line) else None
-        whole = None if line is not None else found.model_input  # a line's: when needed
-        [(probabilities, reading)] = read_all([(whole, line)], classifier.predict,
-                                              args.recognise,
-                                              numbers.predict if numbers else None,
-                                              sure=min_conf)
-        times.append((time.perf_counter() - start, time.process_time() - cpu))
-        if reading is None:
-            result = Result.recognised(probabilities, min_conf, file=path)
-            agreed = None
-        else:
-            result = Result.number(reading, min_conf, file=path)
-            agreed = (reading.source, reading.agreed)
-        rows.append((truth, result.digits, result.confidence, result.status == "ok", info, "",
-                     agreed))
+        found: list = []
+        for path, _, _ in batch:
+            try:
+                found.append(segment(decode_png(Path(path).read_bytes())))
+            except Rejected as exc:
+                found.append(exc)
+        good = [f for f in found if not isinstance(f, Rejected)]
+        lines = [f if isinstance(f, Line) else None for f in good]
+        answers = iter(read_all([(None if line is not None else f.model_input, line)
+                                 for f, line in zip(good, lines, strict=True)],
+                                classifier.predict, args.recognise,
+                                numbers.predict if numbers else None, sure=min_conf))
+        spent = ((time.perf_counter() - start) / len(batch),
+                 (time.process_time() - cpu) / len(batch))
+        times += [spent] * len(batch)
+        for (path, truth, info), f in zip(batch, found, strict=True):
+            if isinstance(f, Rejected):
+                rows.append((truth, "", 0.0, False, info, f.code, None))
+                continue
+            probabilities, reading = next(answers)
+            if reading is None:
+                result = Result.recognised(probabilities, min_conf, file=path)
+                agreed = None
+            else:
+                result = Result.number(reading, min_conf, file=path)
+                agreed = (reading.source, reading.agreed)
+            rows.append((truth, result.digits, result.confidence, result.status == "ok",
+                         info, "", agreed))
 
     n = len(rows)
     right = sum(t == r for t, r, *_ in rows)
@@ -143,9 +155,10 @@ def main() -> int:
     print(f"status ok: {ok / n:.2%} of all, of which right {ok_right / max(ok, 1):.2%}; "
           f"silent errors (wrong and ok): {silent / n:.2%}")
     print(f"to review (low_confidence): {(n - ok) / n:.2%}")
-    print(f"time per number image, one thread: CPU mean {cpu_ms.mean():.2f} ms, median "
-          f"{np.median(cpu_ms):.2f} ms, p95 {np.percentile(cpu_ms, 95):.2f} ms; wall mean "
-          f"{ms.mean():.2f} ms (load {os.getloadavg()[0]:.1f})")
+    print(f"time per number image, one thread, batches of {args.batch}: CPU mean "
+          f"{cpu_ms.mean():.2f} ms, median {np.median(cpu_ms):.2f} ms, p95 "
+          f"{np.percentile(cpu_ms, 95):.2f} ms; wall mean {ms.mean():.2f} ms "
+          f"(load {os.getloadavg()[0]:.1f})")
 
     table = collections.defaultdict(lambda: [0, 0, 0])  # n, right, silent
     for truth, text, _, status_ok, info, *_ in rows:
@@ -194,7 +207,8 @@ def main() -> int:
         points.append({"t": t, "ok": cells[0], "silent": cells[1]})
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({
-            "n": n, "seed": args.seed, "min_confidence": min_conf, "right": right / n,
+            "n": n, "seed": args.seed, "batch": args.batch, "min_confidence": min_conf,
+            "right": right / n,
             "ok": ok / n, "silent": silent / n, "cpu_ms_mean": float(cpu_ms.mean()),
             "cpu_ms_median": float(np.median(cpu_ms)),
             "cpu_ms_p95": float(np.percentile(cpu_ms, 95)), "wall_ms_mean": float(ms.mean()),
