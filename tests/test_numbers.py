@@ -255,7 +255,11 @@ def test_both_readers_boxes_are_in_input_pixels(sample, classifier, numbers):
         for d in reading.digits:
             bx, by, bw, bh = d.box
             assert bx >= -2 and by >= -2 and bx + bw <= w + 2 and by + bh <= h + 2, (i, d.box)
-            assert min(bw, bh) > 0 and len(d.top) == 3 and d.top[0][0] == d.value
+            assert min(bw, bh) > 0 and len(d.top) == 3
+            # `top` is the number model's; where both readers chose a digit together, its
+            # value may be the number model's second (and it is doubtful)
+            assert d.top[0][0] == d.value or (reading.source == "both readers"
+                                              and d.value in dict(d.top) and not d.agreed)
     assert seen_agreed >= 18 and seen_alignment >= 1  # both ways of placing boxes
 
 
