@@ -359,3 +359,29 @@ def test_a_hairline_beside_a_digit_does_not_make_a_number(sample, classifier, nu
         png = cv2.imencode(".png", _digit_and_bar(x[i], 1))[1].tobytes()
         text, reading = read_both(png, classifier, numbers)
         assert (text, reading) == (str(y[i]), None)
+
+
+def _comb_field(digit: np.ndarray, tick: int) -> bytes:
+    """A comb field as a PNG (dark ink on white): an MNIST digit enlarged 1.5 times standing
+    above a printed baseline, and the comb's ticks at both sides of its cell, straight, upright
+    and `tick` px wide (as thick as the pen: thick enough to stay when the baseline goes)."""
+    canvas = np.zeros((64, 60), np.uint8)
+    canvas[6:48, 9:51] = cv2.resize(digit, (42, 42), interpolation=cv2.INTER_LINEAR)
+    canvas[50:52, :] = 255  # the baseline, across the crop
+    canvas[24:50, 3 : 3 + tick] = 255
+    canvas[24:50, 56 - tick : 56] = 255
+    return cv2.imencode(".png", 255 - canvas)[1].tobytes()
+
+
+def test_a_forms_printed_bars_are_not_digits(sample, monkeypatch):
+    """A comb's ticks at the ends of the line, standing on the form's ruling and straight,
+    are not 1s: `auto` sees one digit (it read 141-like strings, some ok, on form fields);
+    without the rule the same field is a line."""
+    from digitd import segment as segmentation
+
+    x, y = sample
+    i = _broad(x, y, 4)
+    png = _comb_field(x[i], 4)
+    assert isinstance(segment(decode_png(png)), Single)
+    monkeypatch.setattr(segmentation, "_without_form_bars", lambda parts, labels, ruling: labels)
+    assert isinstance(segment(decode_png(png)), Line)
