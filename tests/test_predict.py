@@ -397,8 +397,8 @@ def test_a_decoder_crash_costs_that_file_only(tmp_path, sample, capsys, monkeypa
 
 
 def test_numbers_print_their_string(tmp_path, sample):
-    """A PNG holding a number prints its string (`--recognise auto`); `digit`, the
-    default, reads all its ink as one digit as before; --json gives each digit's box and top-3; the
+    """A PNG holding a number prints its string (`--recognise auto`, the default); `digit`
+    reads all its ink as one digit as before; --json gives each digit's box and top-3; the
     preview shows the string and the boxes, wider than a single digit's."""
     import number_scans
 
@@ -417,7 +417,8 @@ def test_numbers_print_their_string(tmp_path, sample):
     assert sum(read[name] == truth for name, truth in truths.items()) >= 3
     assert read["one.png"] == str(y[0])
 
-    one_digit = run(*names, cwd=tmp_path)  # the default: digit
+    assert run(*names, cwd=tmp_path).stdout == text.stdout  # the default: auto
+    one_digit = run("--recognise", "digit", *names, cwd=tmp_path)
     assert all(len(line.split()[1]) == 1 for line in one_digit.stdout.splitlines())
 
     proc = run("--recognise", "auto", "--json", "--preview", "previews", *names,

@@ -75,7 +75,7 @@ class Config:
     outbox: Path = Path("outbox")
     model: Path | None = None  # a .keras file (its .tflite is served); None: the shipped one
     min_confidence: float = 0.99  # below this a result is "low_confidence" and goes to review
-    recognise: str = "digit"  # "digit": one digit per image; "number": a line of digits; "auto"
+    recognise: str = "auto"  # "digit": one digit per image; "number": a line of digits; "auto"
     max_pixels: int = 40_000_000  # larger declared PNG sizes are rejected without decoding
     processes: int = 0  # worker processes, each a whole pipeline; 0 means one per CPU core
     watch: WatchConfig = field(default_factory=WatchConfig)
