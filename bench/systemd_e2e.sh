@@ -459,6 +459,40 @@ ino_out="$(in_c stat -c %i "/srv/digitd/outbox/processed/$probe" 2>/dev/null || 
 in_c systemctl stop digitd.service
 check rename "processed/$probe is inode $ino_out, dropped as inode $ino_in: moved by rename(2), not copied" test "$ino_in" = "$ino_out"
 
+# Numbers under the unit as shipped (config.yaml: recognise: auto): the number model is
+# served by LiteRT as the digit model is, under the same sandbox.
+"$HOSTPY" - "$REPO" "$ROOT$WORK/numbers" >>"$LOG" 2>&1 <<'PY'
+import pathlib, sys
+import numpy as np
+repo, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+sys.path.insert(0, str(repo / "bench"))
+import number_scans
+out.mkdir(parents=True, exist_ok=True)
+d = np.load(repo / "tests/data/mnist_sample.npz")
+for i in range(8):
+    data, truth, _ = number_scans.render_number(d["x_test"], d["y_test"], i, seed=11,
+                                                flavour="paper_grey", decorations=())
+    (out / f"number{i}_digits{truth}.png").write_bytes(data)
+PY
+chmod -R a+rX "$ROOT$WORK/numbers"
+base="$(csv_rows)"
+in_c systemctl start digitd.service
+drop numbers
+wait_for 60 rows_at_least $((base + 8)) || true
+in_c systemctl stop digitd.service
+numbers="$(in_c /opt/digitd/bin/python - <<'PY'
+import csv
+rows = [r for r in csv.DictReader(open("/srv/digitd/outbox/results.csv", newline="", encoding="utf-8"))
+        if r["file"].startswith("number")]
+right = sum(r["digits"] == r["file"].rsplit("digits", 1)[1].split(".")[0] for r in rows)
+several = sum(int(r["digit_count"] or 0) >= 2 for r in rows)
+print(f"{len(rows)} {several} {right}")
+PY
+)"
+read -r n_rows n_several n_right <<<"${numbers:-0 0 0}"
+check numbers "8 PNGs of 2-8 digits: $n_rows rows, $n_several read as numbers, $n_right strings exactly right (recognise: auto, the default)" \
+    test "$n_rows" = 8 -a "$n_several" = 8 -a "$n_right" -ge 6
+
 # ---------------------------------------------------------------------------------------
 # 10. throughput of a burst under three set-ups: the unit as shipped; a drop-in with
 #     MemoryDenyWriteExecute=no; a transient unit with no sandbox at all (same user), which
