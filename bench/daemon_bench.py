@@ -4,6 +4,7 @@
     .venv/bin/python bench/daemon_bench.py                 # all checks, default sizes
     .venv/bin/python bench/daemon_bench.py --burst 100000  # the big burst (memory bounded?)
     .venv/bin/python bench/daemon_bench.py --burst-only    # help, predict, READY, idle, burst
+    .venv/bin/python bench/daemon_bench.py --recognise digit   # the daemons' recognise
 
 Runs the real daemon as a subprocess on temp folders (bench/harness.py). Prints one line per
 check with its figure; the figures go into docs/BENCHMARKS.md.
@@ -25,6 +26,12 @@ import cv2
 import numpy as np
 
 from harness import DaemonProcess, png_bytes, read_rows, rss_kb, sample_digits
+
+RECOGNISE: str | None = None  # --recognise; None: the daemon's built-in default
+
+
+def _recognise() -> dict:
+    return {"recognise": RECOGNISE} if RECOGNISE else {}
 
 
 def stage_files(folder: Path, n: int, prefix: str) -> list[Path]:
@@ -80,7 +87,8 @@ def tensorflow_mapped(pids: list[int]) -> list[int]:
 
 
 def bench_burst(root: Path, n: int, previews: bool) -> float:
-    d = DaemonProcess(root / "burst", outputs={"previews": previews}, log={"format": "json"})
+    d = DaemonProcess(root / "burst", outputs={"previews": previews}, log={"format": "json"},
+                      **_recognise())
     cpu0 = time.thread_time()
     staged = stage_files(d.root / "staging", n, "b")
     # The file system's state, which the burst's new files (previews, JSON) depend on: on
@@ -130,7 +138,7 @@ def bench_burst(root: Path, n: int, previews: bool) -> float:
 
 
 def bench_latency(root: Path, n: int, interval_s: float) -> None:
-    d = DaemonProcess(root / "latency", log={"format": "json"})
+    d = DaemonProcess(root / "latency", log={"format": "json"}, **_recognise())
     staged = stage_files(d.root / "staging", n, "l")
     d.start()
     d.wait_ready()
@@ -227,7 +235,11 @@ def main() -> None:
     parser.add_argument("--baseline-files", type=int, default=200)
     parser.add_argument("--no-previews", action="store_true")
     parser.add_argument("--burst-only", action="store_true", help="skip latency and baseline")
+    parser.add_argument("--recognise", choices=("auto", "digit", "number"),
+                        help="the daemons' recognise (default: the built-in default)")
     args = parser.parse_args()
+    global RECOGNISE
+    RECOGNISE = args.recognise
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory(prefix="digitd-bench-") as tmp:
         root = Path(tmp)

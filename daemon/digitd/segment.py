@@ -139,6 +139,9 @@ def segment(image: np.ndarray) -> Single | Line:
     page = locate(image)
     parts = ink_components(page.ink, page.floor, page.top, page.level)
     stats = parts.stats
+    if len(parts.candidates) == 1 and stats[parts.candidates[0], 2] <= ALONE * stats[
+            parts.candidates[0], 3]:  # most single digits: one part, not wide (step 1's answer)
+        return Single(_whole(page, parts))
     areas = stats[:, 4]
     big = max(areas[i] for i in parts.candidates)
     kept = [i for i in parts.candidates if areas[i] >= DUST * big]
