@@ -9,8 +9,9 @@ The steps, on preprocess's located ink (the same paper, lighting and noise handl
 one digit):
 
 1. The ink's parts on the small copy (preprocess.ink_components: scanner border lines and
-   shadows dropped), dust dropped; one part, or parts that are not side by side, is a single
-   digit: the result is exactly preprocess.normalise's.
+   shadows dropped), dust dropped, and upright bars that are printed, not written (far finer
+   than the ink, or straight at either end on a form's ruling); one part, or parts that are
+   not side by side, is a single digit: the result is exactly preprocess.normalise's.
 2. Several parts along a line: the whole line is cut out at a resolution where its height is
    about WORK_SIZE (preprocess.extract), and its parts found again there.
 3. Decoration is removed: long horizontal lines (an underline, touching the digits or not),
@@ -52,6 +53,7 @@ from digitd.preprocess import (
     locate,
     mask_of,
 )
+from digitd.ruling import SKEW_DEG
 from digitd.strip import Strip, strip
 
 MAX_RUN = 3  # units a piece may join (a digit broken into up to three parts, or cut apart)
@@ -65,7 +67,7 @@ ALONE = 1.3  # one part alone is read as touching digits only when this much wid
 SLIM = 0.3  # an upright bar is at most this much wider than tall...
 BAR = 0.3  # ...and printed when its stroke is at most this share of the largest part's
 STRAIGHT = 0.02  # ...or, at an end of the line and touching a form's ruling, when its centre
-SKEW = 2.5  # ...strays at most this share of its height from a line this far off upright
+# strays at most this share of its height from a line at most ruling.SKEW_DEG off upright
 CUT = math.log(0.4)  # log-penalty for reading a part cut apart as two digits
 VALLEY = 0.9  # a cut goes where the ink is at most this share of the part's median column
 DOUBT = 1.05  # a piece wider than this many digit heights may be two digits read as one
@@ -210,9 +212,10 @@ def _without_form_bars(parts: Components, labels: list[int],
     upright within a crooked scan's skew. A comb's tick standing on its baseline, a box's
     edge or a neighbouring box's edge, printed as thick as the pen or thicker (a finer one
     goes by BAR); printed lines stand straight, a written 1 wavers, if only at its ends
-    (measured: 27 -> 4 of 10,000 form fields read otherwise by `auto` than by `digit`; not
-    one of 3,000 generated numbers read otherwise; judged on the middle rows only, a 1
-    standing at the end of a number on its underline went too)."""
+    (measured: 27 -> 4 of 10,000 form fields read otherwise by `auto` than by `digit`, 7
+    with the number model trained since; not one of 3,000 generated numbers read otherwise;
+    judged on the middle rows only, a 1 standing at the end of a number on its underline
+    went too)."""
     if ruling is None or len(labels) < 2:
         return labels
     stats = parts.stats
@@ -234,7 +237,7 @@ def _without_form_bars(parts: Components, labels: list[int],
         centres = (mine[rows] * cols).sum(axis=1) / mine[rows].sum(axis=1)
         slope, offset = np.polyfit(rows, centres, 1)
         wander = float(np.abs(centres - (slope * rows + offset)).max())
-        if abs(slope) <= math.tan(math.radians(SKEW)) and wander <= STRAIGHT * h:
+        if abs(slope) <= math.tan(math.radians(SKEW_DEG)) and wander <= STRAIGHT * h:
             printed.add(i)
     return [i for i in labels if i not in printed] or labels
 

@@ -43,7 +43,7 @@ NAME = "digitd-numbers"
 MAX_DIGITS = 8
 HOLD_OUT = 5000  # the last MNIST training digits: calibration strings only
 # 100,000 strings seen 4 times read the bench better than 120,000 seen 3 times, in the same
-# ~17 minutes (docs/BENCHMARKS.md, Numbers: the number model trained longer)
+# ~17 minutes (docs/BENCHMARKS.md, Numbers: "Trained longer, a form's bars ...")
 STRINGS = 100_000  # training strings (each seen EPOCHS times)
 EPOCHS = 4
 CALIBRATION_STRINGS = 4000
