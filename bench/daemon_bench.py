@@ -27,12 +27,6 @@ import numpy as np
 
 from harness import DaemonProcess, png_bytes, read_rows, rss_kb, sample_digits
 
-RECOGNISE: str | None = None  # --recognise; None: the daemon's built-in default
-
-
-def _recognise() -> dict:
-    return {"recognise": RECOGNISE} if RECOGNISE else {}
-
 
 def stage_files(folder: Path, n: int, prefix: str) -> list[Path]:
     """Write `n` 28x28 digit PNGs into a staging folder on the inbox's filesystem."""
@@ -86,9 +80,9 @@ def tensorflow_mapped(pids: list[int]) -> list[int]:
     return found
 
 
-def bench_burst(root: Path, n: int, previews: bool) -> float:
+def bench_burst(root: Path, n: int, previews: bool, config: dict) -> float:
     d = DaemonProcess(root / "burst", outputs={"previews": previews}, log={"format": "json"},
-                      **_recognise())
+                      **config)
     cpu0 = time.thread_time()
     staged = stage_files(d.root / "staging", n, "b")
     # The file system's state, which the burst's new files (previews, JSON) depend on: on
@@ -137,8 +131,8 @@ def bench_burst(root: Path, n: int, previews: bool) -> float:
     return n / elapsed
 
 
-def bench_latency(root: Path, n: int, interval_s: float) -> None:
-    d = DaemonProcess(root / "latency", log={"format": "json"}, **_recognise())
+def bench_latency(root: Path, n: int, interval_s: float, config: dict) -> None:
+    d = DaemonProcess(root / "latency", log={"format": "json"}, **config)
     staged = stage_files(d.root / "staging", n, "l")
     d.start()
     d.wait_ready()
@@ -238,8 +232,7 @@ def main() -> None:
     parser.add_argument("--recognise", choices=("auto", "digit", "number"),
                         help="the daemons' recognise (default: the built-in default)")
     args = parser.parse_args()
-    global RECOGNISE
-    RECOGNISE = args.recognise
+    config = {"recognise": args.recognise} if args.recognise else {}  # else the built-in
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory(prefix="digitd-bench-") as tmp:
         root = Path(tmp)
@@ -247,10 +240,10 @@ def main() -> None:
               f"{os.getloadavg()[2]:.2f} (1, 5, 15 min) at {time.strftime('%H:%M:%S')}")
         bench_help()
         bench_predict(root)
-        ours = bench_burst(root, args.burst, previews=not args.no_previews)
+        ours = bench_burst(root, args.burst, previews=not args.no_previews, config=config)
         if args.burst_only:
             return
-        bench_latency(root, args.latency_files, 0.1)
+        bench_latency(root, args.latency_files, 0.1, config)
         base = bench_baseline(root, args.baseline_files)
         print(f"ratio: burst throughput / original approach = {ours / base:,.0f}x")
 
