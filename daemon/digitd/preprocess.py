@@ -134,17 +134,14 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def _composite_on_white(image: np.ndarray) -> np.ndarray:
-    """grey+alpha or BGRA -> grey or BGR, painted over a white page."""
-    colour, alpha = image[:, :, :-1], image[:, :, -1]
-    if colour.shape[2] == 1:
-        colour = colour[:, :, 0]
-    if cv2.minMaxLoc(alpha)[0] == 255:  # opaque: nothing to composite
-        return np.ascontiguousarray(colour)
-    if colour.ndim == 3:
-        alpha = cv2.merge([alpha, alpha, alpha])
-    # white - (white - colour) * alpha: ink where opaque, white where transparent
-    ink = cv2.multiply(cv2.bitwise_not(colour), alpha, scale=1 / 255)
-    return cv2.bitwise_not(ink)
+    """grey+alpha or BGRA -> grey or BGR, painted over a white page. Channel by channel: on
+    the interleaved pixels (strided views, a merged alpha) the same arithmetic cost 4x."""
+    *colour, alpha = cv2.split(image)
+    if cv2.minMaxLoc(alpha)[0] != 255:  # not opaque: composite
+        # white - (white - colour) * alpha: ink where opaque, white where transparent
+        colour = [cv2.bitwise_not(cv2.multiply(cv2.bitwise_not(c), alpha, scale=1 / 255))
+                  for c in colour]
+    return colour[0] if len(colour) == 1 else cv2.merge(colour)
 
 
 # --------------------------------------------------------------------------------------------
