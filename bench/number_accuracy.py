@@ -3,10 +3,13 @@
     nice -n 10 .venv/bin/python bench/number_accuracy.py --data ../shared/data/mnist --n 2000
         [--seed 0] [--model PATH] [--numbers PATH] [--segmentation-only]
         [--recognise auto|number] [--min-confidence 0.99] [--keep DIR] [--batch 64]
-        [--json-out PATH]
+        [--json-out PATH] [--usps ../shared/data/usps]
 
 1. Renders N numbers of 2-8 MNIST *test* digits (bench/number_scans.py: paper flavours,
    gaps from overlapping to wide, separators, underlines, currency signs, stray strokes).
+   With --usps DIR, the digits are instead the held-out USPS test part (digitd.dataset's
+   shared split, never trained on): real handwriting from writers MNIST never saw, 16x16
+   scans enlarged to the number's size, written along the line in the same way.
 2. Reads each PNG as the daemon does (digitd.reader.read_all: the number model and the
    segmentation reader, or with --segmentation-only the latter alone), on one thread (OpenCV
    and the models limited to one): decode, segment, one number-model call per image (with
@@ -47,9 +50,17 @@ from accuracy import load_test  # noqa: E402
 _X = _Y = None
 
 
-def _init(data: str) -> None:
+def _init(data: str, usps: str | None) -> None:
     global _X, _Y
-    _X, _Y = load_test(Path(data))
+    _X, _Y = usps_digits(usps) if usps else load_test(Path(data))
+
+
+def usps_digits(folder: str) -> tuple[np.ndarray, np.ndarray]:
+    """The USPS test part as number_ink takes digits (digitd.dataset.usps_ink)."""
+    from digitd.dataset import load_usps, usps_ink
+
+    x, y = load_usps(folder).part("test")
+    return usps_ink(x), y
 
 
 def _render(job):
@@ -78,6 +89,9 @@ def main() -> int:
                         help="images read together, as the daemon reads a batch (its "
                              "batch.max_size is 64); the time per image is the batch's / N")
     parser.add_argument("--json-out", metavar="PATH")
+    parser.add_argument("--usps", metavar="DIR",
+                        help="compose the numbers of the held-out USPS test digits found in "
+                             "DIR (e.g. ../shared/data/usps) instead of MNIST test digits")
     args = parser.parse_args()
 
     import cv2
@@ -96,7 +110,7 @@ def main() -> int:
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     jobs = [(i, args.seed, str(folder)) for i in range(args.n)]
-    with ProcessPoolExecutor(args.jobs, initializer=_init, initargs=(args.data,)) as pool:
+    with ProcessPoolExecutor(args.jobs, initializer=_init, initargs=(args.data, args.usps)) as pool:
         rendered = list(pool.map(_render, jobs, chunksize=32))
     print(f"rendered {len(rendered)} numbers in {time.time() - t0:.0f} s into {folder}",
           flush=True)
@@ -207,7 +221,8 @@ def main() -> int:
         points.append({"t": t, "ok": cells[0], "silent": cells[1]})
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({
-            "n": n, "seed": args.seed, "batch": args.batch, "min_confidence": min_conf,
+            "n": n, "seed": args.seed, "digits": "usps test" if args.usps else "mnist test",
+            "batch": args.batch, "min_confidence": min_conf,
             "right": right / n,
             "ok": ok / n, "silent": silent / n, "cpu_ms_mean": float(cpu_ms.mean()),
             "cpu_ms_median": float(np.median(cpu_ms)),

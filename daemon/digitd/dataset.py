@@ -248,6 +248,15 @@ def load_usps(data: str | Path, *, verify: bool = True) -> Usps:
     return Usps(x=x, y=labels.astype(np.uint8), source=str(file), sha256=digest)
 
 
+def usps_ink(x16: np.ndarray) -> np.ndarray:
+    """USPS digits as MNIST's arrays hold theirs, for digitd.synth to write along a line:
+    uint8 (N, 28, 28), ink bright on 0, each digit's own 16x16 values (paper -1 -> 0, the
+    faint scanning noise below 8 dropped) in the middle. (synth crops each to its ink.)"""
+    ink = np.clip((np.asarray(x16, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    ink[ink < 8] = 0
+    return np.pad(ink, ((0, 0), (6, 6), (6, 6)))
+
+
 def usps_page(digit16: np.ndarray) -> np.ndarray:
     """One USPS digit as a scanned page would show it: uint8 grey, dark ink on white paper,
     enlarged 4x (bicubic: a low-resolution scan seen at a normal size) with a paper margin.
