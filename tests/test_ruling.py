@@ -157,6 +157,19 @@ def test_a_lone_one_is_not_a_line():
     assert normalise(one).max() == pytest.approx(1.0)
 
 
+def test_a_thin_one_in_a_line_of_bolder_digits_is_not_ruling():
+    """A number written with a 1 thinner than its other digits, over a scanner's border line:
+    the 1 is an upright stroke touching no line, not ruling thinner than the strokes."""
+    ink = np.zeros((42, 180), np.uint8)
+    cv2.line(ink, (0, 40), (179, 40), 200, 1)  # the border line, across the image
+    cv2.line(ink, (24, 6), (24, 25), 255, 2)  # the 1, 2 px
+    for x in (60, 100, 140):  # bolder digits, 5 px strokes: 0s
+        cv2.ellipse(ink, (x, 16), (10, 11), 0, 0, 360, 255, 5)
+    result = remove_ruling(ink, LEVEL)
+    assert [line.vertical for line in result.lines] == [False]  # the border line alone
+    assert np.count_nonzero(result.ink[6:26, 22:27] > LEVEL) >= 35  # the 1 is all there
+
+
 def test_underlined_digits_keep_their_shape_through_normalise(sample):
     x = sample[0]
     for i in range(10):

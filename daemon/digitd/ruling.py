@@ -31,6 +31,8 @@ What counts as ruling:
    1), or meets another candidate at a corner (a box's sides). A spanning line as thick as a
    stroke (`bold`: a neighbouring box's edge, often two lines a gap apart) is ruling only near
    the image's side and across two perpendicular lines, with a steady thickness all along.
+   An upright one shorter than the image, inside it and touching no other line is not ruling
+   however thin: a 1 written with a finer pen than the other digits of a number.
 3. Removal keeps the strokes: at each position along a line the run of ink across it is taken
    out only where it is the line's own thickness (and a pixel of fringe); where a stroke
    crosses the line, touches it or runs along it, the run is longer and stays whole (a
@@ -372,6 +374,9 @@ def _is_ruling(c: _Candidate, everyone: list[_Candidate], stroke: float | None,
         other = w if line.vertical else h
         return (min(across, other - 1 - across) < EDGE_BAND * other
                 and sum(_crosses(line, o) for o in perpendicular) >= 2)
+    if (line.vertical and length < SPAN * side and line.start > 2 and line.stop < side - 3
+            and not any(_crosses(line, o) for o in perpendicular)):
+        return False  # a lone upright stroke inside the image, touching no line: may be a 1
     if stroke is not None and line.thickness <= THINNER * stroke:
         return True
     if length >= SPAN * side:
