@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 
 from digitd.codes import REASONS, Rejected
+from digitd.components import label
 from digitd.pngcheck import check_png
 from digitd.ruling import remove_ruling
 
@@ -431,7 +432,7 @@ def ink_components(ink: np.ndarray, floor: int, top: int, level: int) -> Compone
     """The small copy's ink parts, given the strongest ink and the ink level (_ink_level);
     Rejected("no_ink") if none."""
     binary = cv2.compare(ink, level, cv2.CMP_GT)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    n, labels, stats = label(binary)
     if n <= 1:
         raise Rejected("no_ink", "no ink found: the image is blank or uniform")
     # Hysteresis: a part of the digit reaches well above the paper somewhere; faint blobs
@@ -575,7 +576,7 @@ def _extract(img, background, mask, box, f, floor, ruling=None, side=None) -> Cu
     floor = min(max(floor, local), int(cv2.minMaxLoc(ink)[1]) // 2)
     # Only the digit's own parts at this resolution: no stray noise at the mask's edges.
     binary = cv2.bitwise_and(cv2.compare(ink, floor, cv2.CMP_GT), near)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    n, labels, stats = label(binary)
     if n > 2:
         areas = stats[1:, 4]
         keep = np.zeros(n, np.uint8)

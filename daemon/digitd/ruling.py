@@ -55,6 +55,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from digitd.components import label
+
 __all__ = ["Line", "Ruling", "remove_ruling"]
 
 LONG = 0.4  # a candidate line is at least this share of the image's side long...
@@ -349,7 +351,7 @@ def _stroke_width(binary: np.ndarray) -> float | None:
     """The handwriting's typical stroke width: twice the area over the boundary of the marks
     left (a stroke w wide and L long has area wL and about 2L boundary pixels). None when no
     mark is left: the fringes of removed lines say nothing about strokes."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    n, labels, stats = label(binary)
     side = MARK * min(binary.shape)
     marks = [i for i in range(1, n) if max(stats[i, 2], stats[i, 3]) >= side]
     if not marks:
@@ -459,7 +461,7 @@ def _stubs(kept: np.ndarray, removed: np.ndarray, lines: list[Line],
            stroke: float | None) -> np.ndarray | None:
     """Short straight pieces as thin as the ruling, standing on a removed line (a comb's
     ticks), unless as thick as the handwriting or as long as its longest part."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(kept, connectivity=8)
+    n, labels, stats = label(kept)
     if n <= 1:
         return None
     near = cv2.dilate(removed, np.ones((5, 5), np.uint8))
@@ -498,7 +500,7 @@ def _stubs(kept: np.ndarray, removed: np.ndarray, lines: list[Line],
 
 def _has_mark(binary: np.ndarray) -> bool:
     """Is anything left the size of a handwritten mark?"""
-    n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    n, _, stats = label(binary)
     if n <= 1:
         return False
     side = MARK * min(binary.shape)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from digitd.components import label
 from digitd.preprocess import (
     Components,
     Cut,
@@ -279,7 +280,7 @@ def _line(cut: Cut, height: float) -> tuple[np.ndarray, np.ndarray, list[list[in
     groups' box in the cut (x0, y0, x1, y1: the units' too); None when it turns out to hold
     one digit."""
     binary = _remove_rules(cut.binary, int(height))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    n, labels, stats = label(binary)
     if n <= 1:
         return None
     parts = list(range(1, n))
