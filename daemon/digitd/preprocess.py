@@ -279,10 +279,11 @@ def finish(cut: Cut) -> np.ndarray:
 
 
 def _min_pool(image: np.ndarray, k: int) -> np.ndarray:
-    """Each k x k block's minimum (per channel); the sides are multiples of k."""
-    h, w = image.shape[:2]
-    blocks = image.reshape(h // k, k, w // k, k, *image.shape[2:])
-    return blocks.min(axis=(1, 3))
+    """Each k x k block's minimum (per channel); the sides are multiples of k. (An erosion
+    whose window starts at each pixel, every k-th pixel of it: numpy's min over the blocks'
+    axes cost 70 times as much.)"""
+    eroded = cv2.erode(image, np.ones((k, k), np.uint8), anchor=(0, 0))
+    return np.ascontiguousarray(eroded[::k, ::k])
 
 
 def _light_ink(grey: np.ndarray) -> bool:
@@ -482,16 +483,15 @@ def _drop_edge_lines(stats: np.ndarray, labels: np.ndarray, ink: np.ndarray,
     """Indices (into stats, background excluded) of the components that reach strong ink,
     without scanner border lines and faint shadows along the edges."""
     height, width = ink.shape
+    n = len(stats) + 1
     if len(strong) > 1:
-        # How much of each edge every component lies on, and its mean darkness.
-        n = len(stats) + 1
+        # How much of each edge every component lies on.
         touch = np.maximum(
             np.maximum(np.bincount(labels[0], minlength=n), np.bincount(labels[-1], minlength=n))
             / width,
             np.maximum(np.bincount(labels[:, 0], minlength=n),
                        np.bincount(labels[:, -1], minlength=n)) / height,
         )[1:]
-        darkness = np.bincount(labels.ravel(), ink.ravel(), minlength=n)[1:] / stats[:, 4]
     candidates, hugging = [], []
     for i in strong.tolist():
         x, y, w, h, area = stats[i].tolist()
@@ -505,7 +505,8 @@ def _drop_edge_lines(stats: np.ndarray, labels: np.ndarray, ink: np.ndarray,
             continue
         candidates.append(i)
     if hugging:
-        if candidates:
+        if candidates:  # each component's mean darkness
+            darkness = np.bincount(labels.ravel(), ink.ravel(), minlength=n)[1:] / stats[:, 4]
             best = max(darkness[i] for i in candidates)
             candidates += [i for i in hugging if darkness[i] >= 0.6 * best]
         else:
