@@ -12,16 +12,18 @@ import pytest
 
 from digitd import ctc, strip, train_numbers
 from digitd.cli import main
+from digitd.dataset import load_usps, usps_ink
 from digitd.model import file_sha256
 
 SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
+USPS_SAMPLE = Path(__file__).parent / "data" / "usps_sample.gz"
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("numbers")
-    assert main(["train", "--arch", "numbers", "--data", str(SAMPLE), "--limit", "640",
-                 "--epochs", "1", "--out", str(out)]) == 0
+    assert main(["train", "--arch", "numbers", "--data", str(SAMPLE), "--usps",
+                 str(USPS_SAMPLE), "--limit", "640", "--epochs", "1", "--out", str(out)]) == 0
     return out
 
 
@@ -39,6 +41,8 @@ def test_outputs_card_and_serving(trained):
     assert data["mnist"]["sha256"] and data["train_strings"] == 640
     assert len(data["train_strings_sha256"]) == 64 and data["held_out_strings_sha256"]
     assert "not used" in data["test_digits"]
+    assert data["usps"]["sha256"] == file_sha256(USPS_SAMPLE)
+    assert "300 digits" in data["usps"]["train_digits"]  # the sample's train part
     assert 0.05 <= card["calibration"]["temperature"] <= 5.0
     model = ctc.load(trained / "digitd-numbers.keras", threads=1)
     assert model.runtime == "litert"
@@ -63,6 +67,24 @@ def test_strings_are_reproducible_and_labelled():
     assert lengths.min() >= 1 and lengths.max() <= train_numbers.MAX_DIGITS
     for row, n in zip(labels, lengths, strict=True):
         assert (row[:n] > 0).all() and (row[n:] == 0).all()
+
+
+def test_usps_strings_are_written_by_one_population_each():
+    """With a second population (USPS), about USPS_SHARE of the strings are written with its
+    digits and the rest with the first's, never mixed within a string (one writer)."""
+    sample = np.load(SAMPLE)
+    x = sample["x_train"][:500]
+    ux = usps_ink(load_usps(USPS_SAMPLE).part("train")[0])
+    assert ux.shape == (300, 28, 28) and ux.dtype == np.uint8
+    assert ux[:, :6].max() == 0 and ux.max() > 200  # ink bright, paper 0, in the middle
+    # Labels that tell the populations apart: every first-population digit a 0, every USPS one a 9.
+    images = np.concatenate([x, ux])
+    labels = np.concatenate([np.zeros(len(x), np.uint8), np.full(len(ux), 9, np.uint8)])
+    _, rows = train_numbers.strings(images, labels, 0, 400, seed=5, workers=1, other=len(x))
+    digits = [set(row[row > 0].tolist()) for row in rows]
+    assert all(d in ({1}, {10}) for d in digits)  # 1 + digit: all 0s or all 9s
+    share = sum(d == {10} for d in digits) / len(digits)
+    assert abs(share - train_numbers.USPS_SHARE) < 0.06
 
 
 def test_export_remakes_the_tflite_from_the_held_out_strings(trained, capsys):

@@ -97,10 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="USPS zip.train.gz (or its folder): train on its train part, calibrate on its "
         "calibration part, measure the operating point (digitd.dataset's shared split); with "
-        "--corrections: refit the temperature on its calibration part too",
+        "--corrections: refit the temperature on its calibration part too; with --arch "
+        "numbers: write a share of the training strings with its train part's digits",
     )
     train.add_argument("--arch", choices=("cnn", "mlp", "numbers"), default="cnn",
-                       help="numbers: the number reader (CTC) on strings of MNIST digits")
+                       help="numbers: the number reader (CTC) on strings of MNIST (and USPS) "
+                            "digits")
     train.add_argument("--epochs", type=int,
                        help="default: 3 for mlp, the tuned value for cnn and numbers")
     train.add_argument("--second-epochs", type=int, metavar="N",

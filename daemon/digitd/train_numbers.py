@@ -14,7 +14,9 @@ a stray stroke), then stroke width, blur, contrast and noise varied as preproces
 vary. The last HOLD_OUT training digits are kept out of the training strings: strings made of
 them (CALIBRATION_STRINGS) fit the temperature (the string confidence, calibrated: logits / T
 before the softmax, baked into the saved graph) and measure the model. MNIST's test digits
-are never used here (bench/number_accuracy.py measures on them).
+are never used here (bench/number_accuracy.py measures on them). With `--usps`, USPS_SHARE of
+the strings are written with the USPS train part's digits instead (digitd.dataset's shared
+split): real writers MNIST never saw, as the digit model trains on them too.
 
 Writes digitd-numbers.keras, .tflite (digitd.export, parity on the held-out strings) and
 .card.json into --out.
@@ -35,7 +37,7 @@ import numpy as np
 
 from digitd import ctc, strip
 from digitd.codes import ExitCode
-from digitd.dataset import DatasetError, load_mnist
+from digitd.dataset import DatasetError, Usps, load_mnist, load_usps, split_sha256, usps_ink
 from digitd.fsutil import make_folder
 from digitd.synth import DecorationRates, number_ink, pick_decorations
 
@@ -51,6 +53,9 @@ BATCH = 64
 PEAK_LR = 2e-3
 HEIGHTS = (22, 64)  # digit heights drawn for training (the strip rescales them anyway)
 SEED_SALT = 17  # default_rng([seed, SEED_SALT, index]) draws string `index`
+# With --usps: this share of the training strings is written with USPS train digits (one
+# writer's population per string); the rest with MNIST's.
+USPS_SHARE = 0.2
 
 
 def _log():
@@ -91,13 +96,19 @@ def _vary(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return ink
 
 
-def example(images: np.ndarray, labels: np.ndarray, index: int,
-            seed: int) -> tuple[np.ndarray, np.ndarray]:
+def example(images: np.ndarray, labels: np.ndarray, index: int, seed: int,
+            other: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Training string `index`: its strip as uint8 (HEIGHT, WIDTH) and its label (the CTC
-    classes 1 + digit, padded with 0 to MAX_DIGITS)."""
+    classes 1 + digit, padded with 0 to MAX_DIGITS). `other`: where a second population's
+    digits (USPS) begin in `images`; a string is written with them at USPS_SHARE."""
     rng = np.random.default_rng([seed, SEED_SALT, index])
     n = 1 if rng.random() < 0.04 else int(rng.integers(2, MAX_DIGITS + 1))
-    picks = rng.integers(0, len(images), n)
+    if other is None:
+        picks = rng.integers(0, len(images), n)
+    elif rng.random() < USPS_SHARE:
+        picks = rng.integers(other, len(images), n)
+    else:
+        picks = rng.integers(0, other, n)
     decorations = pick_decorations(rng, n, TRAINING_DECORATIONS)
     ink = number_ink([images[i] for i in picks], rng, decorations, heights=HEIGHTS)
     pixels = strip.strip(_vary(ink, rng)).pixels
@@ -106,31 +117,32 @@ def example(images: np.ndarray, labels: np.ndarray, index: int,
     return np.round(pixels * 255).astype(np.uint8), label
 
 
-_POOL: tuple[np.ndarray, np.ndarray, int] | None = None
+_POOL: tuple[np.ndarray, np.ndarray, int, int | None] | None = None
 
 
-def _init(images: np.ndarray, labels: np.ndarray, seed: int) -> None:
+def _init(images: np.ndarray, labels: np.ndarray, seed: int, other: int | None) -> None:
     global _POOL
-    _POOL = (images, labels, seed)
+    _POOL = (images, labels, seed, other)
     cv2.setNumThreads(1)
 
 
 def _examples(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    images, labels, seed = _POOL
-    out = [example(images, labels, i, seed) for i in range(*span)]
+    images, labels, seed, other = _POOL
+    out = [example(images, labels, i, seed, other) for i in range(*span)]
     return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
 def strings(images: np.ndarray, labels: np.ndarray, first: int, count: int, seed: int,
-            workers: int) -> tuple[np.ndarray, np.ndarray]:
-    """Strings first..first+count-1 (uint8 strips, labels), made on `workers` processes."""
+            workers: int, other: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Strings first..first+count-1 (uint8 strips, labels), made on `workers` processes.
+    `other`: see example()."""
     spans = [(a, min(a + 1000, first + count)) for a in range(first, first + count, 1000)]
     if workers <= 1:
-        _init(images, labels, seed)
+        _init(images, labels, seed, other)
         parts = [_examples(s) for s in spans]
     else:
         context = multiprocessing.get_context("spawn")  # a fork hangs once TF is loaded
-        with context.Pool(workers, _init, (images, labels, seed)) as pool:
+        with context.Pool(workers, _init, (images, labels, seed, other)) as pool:
             parts = pool.map(_examples, spans)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -263,11 +275,10 @@ def measure(probs: np.ndarray, texts: list[str]) -> dict[str, Any]:
 
 def train_numbers_command(args) -> int:
     """`digitd train --arch numbers`: make the strings, train, calibrate, export, write."""
-    if args.usps:
-        print("digitd train: --usps is for the digit model (--arch cnn)", file=sys.stderr)
-        return ExitCode.USAGE
+    verify = not getattr(args, "no_verify", False)
     try:
-        data = load_mnist(args.data, verify=not getattr(args, "no_verify", False))
+        data = load_mnist(args.data, verify=verify)
+        usps = load_usps(args.usps, verify=verify) if args.usps else None
     except DatasetError as exc:
         print(f"digitd train: {exc}", file=sys.stderr)
         return ExitCode.USAGE
@@ -277,7 +288,8 @@ def train_numbers_command(args) -> int:
         return ExitCode.USAGE
     count = args.limit or STRINGS
     card = train(data.x_train, data.y_train, count=count, epochs=args.epochs or EPOCHS,
-                 seed=args.seed, out=out, source={"source": data.source, "sha256": data.sha256})
+                 seed=args.seed, out=out, source={"source": data.source, "sha256": data.sha256},
+                 usps=usps)
     check, t = card["calibration"]["held_out"], card["calibration"]["temperature"]
     print(f"held-out strings read exactly {check['exact']:.2%} (T={t}) in "
           f"{card['training_seconds']:.0f} s ({card['training_cpu_seconds']:.0f} CPU-seconds);"
@@ -287,16 +299,24 @@ def train_numbers_command(args) -> int:
 
 
 def train(x: np.ndarray, y: np.ndarray, count: int, epochs: int, seed: int, out: Path,
-          source: dict[str, Any], workers: int | None = None) -> dict[str, Any]:
-    """Train the number model on `count` strings of x (its last digits held out); write the
-    model, its .tflite and card into `out`; return the card."""
+          source: dict[str, Any], workers: int | None = None,
+          usps: Usps | None = None) -> dict[str, Any]:
+    """Train the number model on `count` strings of x (its last digits held out), and with
+    `usps` of its train part's digits too; write the model, its .tflite and card into `out`;
+    return the card."""
     import os
 
     started = time.monotonic()
     cpu0 = _cpu_seconds()
     workers = workers or len(os.sched_getaffinity(0))
     first_held = held_out_from(len(x))
-    sx, sy = strings(x[:first_held], y[:first_held], 0, count, seed, workers)
+    digits, digit_labels, other, usps_digits = x[:first_held], y[:first_held], None, 0
+    if usps is not None:
+        ux, uy = usps.part("train")
+        digits = np.concatenate([digits, usps_ink(ux)])
+        digit_labels = np.concatenate([digit_labels, uy])
+        other, usps_digits = first_held, len(uy)
+    sx, sy = strings(digits, digit_labels, 0, count, seed, workers, other)
     # as many as CALIBRATION_STRINGS, fewer for a short run (the tests')
     held, cy, held_what = held_out_strings(x, y, seed, min(CALIBRATION_STRINGS,
                                                              max(400, count // 4)), workers)
@@ -362,6 +382,11 @@ def train(x: np.ndarray, y: np.ndarray, count: int, epochs: int, seed: int, out:
             "held_out_digits": f"MNIST training digits {first_held}-{len(x) - 1} "
                                "(calibration and the figures below only)",
             "test_digits": "not used (bench/number_accuracy.py measures on them)",
+            **({"usps": {"source": usps.source, "sha256": usps.sha256,
+                         "train_digits": f"the USPS train part ({usps_digits} digits, "
+                                         f"split {split_sha256(usps.split()['train'])[:12]})",
+                         "share": f"{USPS_SHARE:.0%} of the training strings"}}
+               if usps is not None else {}),
             "synthesis": "digitd.synth.number_ink + digitd.train_numbers._vary, seeded per "
                          f"string: numpy default_rng([seed, {SEED_SALT}, index])",
             "train_strings": len(sx),
