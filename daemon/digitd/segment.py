@@ -344,26 +344,28 @@ def _group(stats: np.ndarray, parts: list[int], height: int) -> list[list[int]]:
     line of digits (a stray stroke), low in it (a thousands dot or comma) or are flat (a dash,
     an equals sign); what is left (part of a digit broken apart) is a unit of its own. In
     reading order."""
+    rows = stats.tolist()  # Python ints: these loops index them many times
+
     def small(i: int) -> bool:  # or low and wide: a dash, an equals sign
-        w, h = stats[i, 2], stats[i, 3]
+        w, h = rows[i][2], rows[i][3]
         return h < FLAT * height or (w < SMALL * height and h < SMALL * height) \
             or h < 0.6 * height and (w < 0.45 * height or w > 1.2 * h)
 
     digits = [i for i in parts if not small(i)]
     if not digits:
         return []
-    top = float(np.median([stats[i, 1] for i in digits]))
-    bottom = float(np.median([stats[i, 1] + stats[i, 3] for i in digits]))
+    top = float(np.median([rows[i][1] for i in digits]))
+    bottom = float(np.median([rows[i][1] + rows[i][3] for i in digits]))
     middle = (top + bottom) / 2
     groups = {i: [i] for i in digits}
     loose = []
     for i in parts:
         if i in groups:
             continue
-        x, y, w, h, _ = stats[i]
+        x, y, w, h, _ = rows[i]
         best, best_gap = None, None
         for d in digits:
-            dx, dy, dw, dh, _ = stats[d]
+            dx, dy, dw, dh, _ = rows[d]
             if min(x + w, dx + dw) - max(x, dx) < 0.3 * w:
                 continue
             gap_y = max(0, dy - (y + h), y - (dy + dh))
@@ -375,19 +377,19 @@ def _group(stats: np.ndarray, parts: list[int], height: int) -> list[list[int]]:
             loose.append(i)
     # Loose small parts close together that make up a digit's height: a digit written with
     # a broken, faint stroke.
-    for cluster in _clusters(stats, loose, JOIN_GAP * height):
+    for cluster in _clusters(rows, loose, JOIN_GAP * height):
         x0, y0, x1, y1 = _bounds(stats, cluster)
         if len(cluster) > 1 and y1 - y0 >= 0.6 * height and x1 - x0 <= MAX_WIDTH * height:
             groups[cluster[0]] = cluster
             continue
         for i in cluster:
-            x, y, w, h, _ = stats[i]
+            x, y, w, h, _ = rows[i]
             centre = y + h / 2
             if centre < top or centre > bottom or y > middle - 0.1 * height \
                     or h < PART * height or w > 1.2 * h:
                 continue
             groups[i] = [i]
-    return sorted(groups.values(), key=lambda g: stats[g[0], 0] + stats[g[0], 2] / 2)
+    return sorted(groups.values(), key=lambda g: rows[g[0]][0] + rows[g[0]][2] / 2)
 
 
 def _bounds(stats: np.ndarray, labels: list[int]) -> tuple[int, int, int, int]:
@@ -397,8 +399,9 @@ def _bounds(stats: np.ndarray, labels: list[int]) -> tuple[int, int, int, int]:
             int(max(stats[i, 1] + stats[i, 3] for i in labels)))
 
 
-def _clusters(stats: np.ndarray, labels: list[int], reach: float) -> list[list[int]]:
-    """The parts grouped by proximity: boxes at most `reach` apart are linked."""
+def _clusters(rows: list[list[int]], labels: list[int], reach: float) -> list[list[int]]:
+    """The parts grouped by proximity: boxes at most `reach` apart are linked. `rows`: the
+    parts' stats as lists."""
     root = {i: i for i in labels}
 
     def find(i: int) -> int:
@@ -408,11 +411,11 @@ def _clusters(stats: np.ndarray, labels: list[int], reach: float) -> list[list[i
         return i
 
     for a in labels:
-        ax, ay, aw, ah, _ = stats[a]
+        ax, ay, aw, ah, _ = rows[a]
         for b in labels:
             if b <= a:
                 continue
-            bx, by, bw, bh, _ = stats[b]
+            bx, by, bw, bh, _ = rows[b]
             gap_x = max(0, bx - (ax + aw), ax - (bx + bw))
             gap_y = max(0, by - (ay + ah), ay - (by + bh))
             if gap_x <= reach and gap_y <= reach:
