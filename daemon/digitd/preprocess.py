@@ -580,9 +580,11 @@ def _extract(img, background, mask, box, f, floor, ruling=None, side=None) -> Cu
     n, labels, stats = label(binary)
     if n > 2:
         areas = stats[1:, 4]
-        keep = np.zeros(n, np.uint8)
-        keep[1:][areas >= max(3, 0.02 * areas.max())] = 255
-        binary = keep[labels]
+        specks = areas < max(3, 0.02 * areas.max())
+        if specks.any():  # (otherwise the parts are `binary` as it is)
+            keep = np.zeros(n, np.uint8)
+            keep[1:][~specks] = 255
+            binary = keep[labels]
         near = cv2.dilate(binary, _SQUARE3)
     return Cut(ink, near, binary, floor, (x0 * f, y0 * f), f2)
 

@@ -324,9 +324,10 @@ def _remove_rules(binary: np.ndarray, height: int) -> np.ndarray:
     if binary.shape[1] <= length:
         return binary
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
-    rule = cv2.morphologyEx(binary, cv2.MORPH_OPEN, kernel)
-    if not rule.any():
+    core = cv2.erode(binary, kernel)  # an opening is this erosion dilated back: nothing
+    if not core.any():  # this long, no rule
         return binary
+    rule = cv2.dilate(core, kernel)
     thick = max(1, round(0.06 * height))
     rule = cv2.dilate(rule, np.ones((2 * thick + 1, 3), np.uint8))
     return cv2.bitwise_and(binary, cv2.bitwise_not(rule))
