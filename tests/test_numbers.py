@@ -224,6 +224,24 @@ def test_number_model_reads_numbers_on_paper(sample, classifier, numbers):
     assert wrong_ok <= 1
 
 
+def test_the_number_model_answers_alike_in_chunks(sample, numbers):
+    """Strips run ctc.CHUNK at a time (faster: they stay in the caches) give the same outputs,
+    bit for bit, as all of them in one call."""
+    from digitd import ctc
+
+    x, y = sample
+    strips = []
+    for i in range(20):
+        found = segment(decode_png(number_scans.render_number(x, y, i, seed=5)[0]))
+        if isinstance(found, Line):
+            strips.append(found.strip.pixels)
+    batch = np.stack(strips)
+    assert numbers.chunk == ctc.CHUNK < len(batch)
+    whole = ctc.load(threads=1)
+    whole.chunk = len(batch)
+    assert np.array_equal(numbers.predict(batch), whole.predict(batch))
+
+
 def test_currency_sign_is_not_a_digit(sample, classifier, numbers):
     """$, EUR and GBP before the number were read as digits by segmentation alone; the number
     model skips them."""

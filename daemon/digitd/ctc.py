@@ -33,6 +33,10 @@ BLANK = 0
 STEPS = WIDTH // STRIDE
 TOP = 3
 SHAPE = (HEIGHT, WIDTH)  # one input of the number model
+# Strips run in one call: a strip's activations are large (16x128x24 floats after the second
+# convolution), and 8 at a time stay in the caches: 0.70 -> 0.65 ms a strip on one core,
+# the same outputs bit for bit (docs/BENCHMARKS.md, Numbers).
+CHUNK = 8
 # The forward algorithm rescales every RESCALE steps: each step's emissions are float32
 # probabilities (>= 1e-45 unless 0), so 4 steps lose at most 180 of float64's 308 decades.
 RESCALE = 4
@@ -69,7 +73,7 @@ def load(path: str | Path | None = None, threads: int | None = None):
     fallback rules). Raises FileNotFoundError or digitd.model.ModelError."""
     from digitd.model import load_classifier
 
-    return load_classifier(path or default_path(), threads=threads, shape=SHAPE)
+    return load_classifier(path or default_path(), threads=threads, shape=SHAPE, chunk=CHUNK)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
