@@ -138,7 +138,8 @@ def main() -> int:
         answers = iter(read_all([(None if line is not None else f.model_input, line)
                                  for f, line in zip(good, lines, strict=True)],
                                 classifier.predict, args.recognise,
-                                numbers.predict if numbers else None, sure=min_conf))
+                                numbers.predict if numbers else None, sure=min_conf,
+                                second=ctc.second_of(numbers)))
         spent = ((time.perf_counter() - start) / len(batch),
                  (time.process_time() - cpu) / len(batch))
         times += [spent] * len(batch)

@@ -229,3 +229,36 @@ def test_a_digit_the_number_model_is_fairly_sure_of_stays():
     assert reading.text == "34" and reading.source == "number model"
     assert reading.confidence == decoded.confidence
     assert [d.agreed for d in reading.digits] == [True, False]
+
+
+def _two_digits(first: dict[int, float], second: int) -> np.ndarray:
+    """A strip's output reading two digits: at step 1 the digits `first` (digit ->
+    probability), at step 3 the digit `second`, surely; blanks elsewhere."""
+    probs = _steps(ctc.BLANK, ctc.BLANK, ctc.BLANK, 1 + second, sure=0.999)
+    probs[1] = 1e-4
+    for digit, p in first.items():
+        probs[1, 1 + digit] = p
+    probs[1] /= probs[1].sum()
+    return probs
+
+
+def test_reconsider_keeps_the_string_more_probable_under_both():
+    """The first model leans to 47, the second is sure of 97: 97 is the more probable under
+    both; its confidence is the first model's probability of it, its digits the second's."""
+    first, second = _two_digits({4: 0.55, 9: 0.40}, 7), _two_digits({4: 0.05, 9: 0.9}, 7)
+    [mine], [theirs] = ctc.read(first[None]), ctc.read(second[None])
+    assert (mine.text, theirs.text) == ("47", "97")
+    kept = ctc.reconsider(first, second, mine, theirs)
+    assert kept.text == "97" and kept.emissions == theirs.emissions
+    assert kept.confidence == pytest.approx(np.exp(ctc.string_log_probs(first[None],
+                                                                        [[10, 8]]))[0])
+    assert kept.confidence < mine.confidence  # never surer than the first model was
+
+
+def test_reconsider_keeps_the_first_reading_unless_both_prefer_the_other():
+    first, second = _two_digits({4: 0.9, 9: 0.05}, 7), _two_digits({4: 0.4, 9: 0.5}, 7)
+    [mine], [theirs] = ctc.read(first[None]), ctc.read(second[None])
+    assert theirs.text == "97"
+    assert ctc.reconsider(first, second, mine, theirs) is mine
+    [nothing] = ctc.read(_steps()[None])  # the second reads no digit at all
+    assert ctc.reconsider(first, _steps(), mine, nothing) is mine

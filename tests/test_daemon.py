@@ -461,6 +461,7 @@ def test_numbers_through_the_daemon(daemons):
     assert right >= 5
     number_model = document["number_model"]  # the strings are the number model's
     assert len(number_model["id"]) == 64 and number_model["runtime"] == "litert"
+    assert len(number_model["second_id"]) == 64 != number_model["id"]  # its second, served too
     for i in range(3):
         row = rows[f"single-{i}.png"]
         assert row["digits"] == row["digit"] == str(labels[i]) and row["digit_count"] == "1"

@@ -12,7 +12,8 @@ import pytest
 
 import number_scans
 import scans
-from digitd.model import load_classifier
+from digitd import ctc
+from digitd.model import ModelError, load_classifier
 from digitd.preprocess import Components, decode_png, normalise
 from digitd.reader import SHARPNESS, Reading, choose, model_inputs, read, read_all, read_line
 from digitd.result import Result
@@ -193,8 +194,6 @@ def test_preview_draws_each_digit_box_and_value():
 
 @pytest.fixture(scope="module")
 def numbers():
-    from digitd import ctc
-
     return ctc.load(threads=1)
 
 
@@ -204,7 +203,7 @@ def read_both(data: bytes, classifier, numbers, mode: str = "auto"):
     line = found if isinstance(found, Line) else None
     whole = found.whole if line is not None else found.model_input
     [(probabilities, reading)] = read_all([(whole, line)], classifier.predict, mode,
-                                          numbers.predict)
+                                          numbers.predict, second=ctc.second_of(numbers))
     return (reading.text if reading else str(int(probabilities.argmax()))), reading
 
 
@@ -227,8 +226,6 @@ def test_number_model_reads_numbers_on_paper(sample, classifier, numbers):
 def test_the_number_model_answers_alike_in_chunks(sample, numbers):
     """Strips run ctc.CHUNK at a time (faster: they stay in the caches) give the same outputs,
     bit for bit, as all of them in one call."""
-    from digitd import ctc
-
     x, y = sample
     strips = []
     for i in range(20):
@@ -310,6 +307,55 @@ def test_a_number_the_number_model_is_sure_of_needs_no_pieces(sample, classifier
         assert probabilities is not None and "_candidates" in vars(line)
         assert "whole" in vars(line)  # read as one digit too (row 0)
         assert reading is None or reading.agreed is not None
+
+
+def test_the_second_number_model_reads_only_what_the_first_is_unsure_of(sample, classifier,
+                                                                       numbers):
+    """The shipped number model's card names its second, loaded beside it; read_all asks the
+    second once, for the strips the first reads as a number below `sure`, and never when it
+    is sure of them all."""
+    second = numbers.second_reading
+    assert second is not None and second.path.name == ctc.SECOND_NAME
+    assert second.model_id == numbers.card["second_reading"]["model_id"] != numbers.model_id
+    x, y = sample
+    found = [segment(decode_png(number_scans.render_number(x, y, i, seed=13)[0]))
+             for i in range(24)]
+    images = [(None, f) for f in found if isinstance(f, Line)]
+    strips = np.stack([line.strip.pixels for _, line in images])
+    unsure = [k for k, d in enumerate(ctc.read(numbers.predict(strips)))
+              if d.confidence < 0.99 and len(d.emissions) >= 2]
+    assert 0 < len(unsure) < len(images)
+    asked = []
+
+    def ask(x: np.ndarray) -> np.ndarray:
+        asked.append(x.copy())
+        return second.predict(x)
+
+    read_all(images, classifier.predict, "auto", numbers.predict, sure=0.99, second=ask)
+    assert len(asked) == 1 and np.array_equal(asked[0], strips[unsure])
+    asked.clear()
+    read_all(images, classifier.predict, "auto", numbers.predict, sure=0.0, second=ask)
+    assert asked == []
+
+
+def _copy_numbers(folder, second: bool) -> None:
+    models = ctc.default_path().parent
+    names = ["digitd-numbers.keras", "digitd-numbers.tflite", "digitd-numbers.card.json"]
+    if second:
+        names += [n.replace("numbers.", "numbers.second.") for n in names]
+    for name in names:
+        (folder / name).write_bytes((models / name).read_bytes())
+
+
+def test_a_second_number_model_the_card_names_must_be_there_and_the_same(tmp_path):
+    _copy_numbers(tmp_path, second=False)
+    with pytest.raises(ModelError, match="no such file"):
+        ctc.load(tmp_path / ctc.NAME, threads=1)
+    _copy_numbers(tmp_path, second=True)
+    assert ctc.load(tmp_path / ctc.NAME, threads=1).second_reading.runtime == "litert"
+    (tmp_path / ctc.SECOND_NAME).write_bytes((tmp_path / ctc.NAME).read_bytes())
+    with pytest.raises(ModelError, match="not the second number model"):
+        ctc.load(tmp_path / ctc.NAME, threads=1)
 
 
 def test_numbers_touching_an_underline_are_lines(sample, classifier, numbers):

@@ -12,6 +12,7 @@ import pytest
 
 from digitd import ctc, strip, train_numbers
 from digitd.cli import main
+from digitd.codes import ExitCode
 from digitd.dataset import load_usps, usps_ink
 from digitd.model import file_sha256
 
@@ -49,6 +50,33 @@ def test_outputs_card_and_serving(trained):
     out = model.predict(np.zeros((3, strip.HEIGHT, strip.WIDTH), np.float32))
     assert out.shape == (3, ctc.STEPS, ctc.CLASSES)
     assert np.allclose(out.sum(axis=2), 1.0, atol=1e-4)  # a softmax per step
+
+
+def test_a_second_number_model_is_trained_beside_the_first(trained, tmp_path, capsys):
+    """`--second`: written beside the first as digitd-numbers.second.keras and named in the
+    first's card (its .keras, so its id, unchanged); ctc.load serves the pair. Without a
+    first in --out it refuses."""
+    assert main(["train", "--arch", "numbers", "--data", str(SAMPLE), "--second",
+                 "--out", str(tmp_path)]) == ExitCode.USAGE
+    assert "no such file" in capsys.readouterr().err
+    for name in ("digitd-numbers.keras", "digitd-numbers.tflite", "digitd-numbers.card.json"):
+        (tmp_path / name).write_bytes((trained / name).read_bytes())
+    first_id = file_sha256(tmp_path / ctc.NAME)
+    assert main(["train", "--arch", "numbers", "--data", str(SAMPLE), "--limit", "640",
+                 "--epochs", "1", "--seed", "2", "--second", "--out", str(tmp_path)]) == 0
+    second = tmp_path / ctc.SECOND_NAME
+    card = json.loads((tmp_path / "digitd-numbers.card.json").read_text())
+    assert card["model_id"] == first_id == file_sha256(tmp_path / ctc.NAME)
+    entry = card["second_reading"]
+    assert entry["model"] == second.name and entry["model_id"] == file_sha256(second)
+    assert entry["seed"] == 2 and entry["usps"] is False
+    second_card = json.loads((tmp_path / "digitd-numbers.second.card.json").read_text())
+    assert second_card["name"] == second.name and second_card["training"]["seed"] == 2
+    assert second_card["tflite"]["sha256"] == file_sha256(
+        tmp_path / "digitd-numbers.second.tflite")
+    model = ctc.load(tmp_path / ctc.NAME, threads=1)
+    assert model.second_reading.model_id == entry["model_id"]
+    assert model.second_reading.runtime == "litert"
 
 
 def test_strings_are_reproducible_and_labelled():

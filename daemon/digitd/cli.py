@@ -51,6 +51,10 @@ def _train(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     if args.arch == "numbers":
         return _command("train_numbers", "train_numbers_command", needs_tensorflow=True)(args)
+    if args.second:
+        print("digitd train: --second needs --arch numbers (the digit model's second opinion "
+              "is --second-epochs)", file=sys.stderr)
+        return ExitCode.USAGE
     return _command("train", "train_command", needs_tensorflow=True)(args)
 
 
@@ -108,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--second-epochs", type=int, metavar="N",
                        help="cnn: epochs of the second opinion, trained first on MNIST only "
                        "(default: the tuned value; 0: none)")
+    train.add_argument("--second", action="store_true",
+                       help="numbers: train the second number model for the one in --out "
+                       "(written beside it as digitd-numbers.second.keras and named in its "
+                       "card; give it another --seed, and --usps)")
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--out", metavar="DIR", default="models")
     train.add_argument("--limit", type=int, metavar="N", help="train on the first N digits only "

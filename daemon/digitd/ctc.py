@@ -14,6 +14,12 @@ held-out strings before the softmax (baked into its graph), so that it predicts 
 string is read exactly. Each digit is an emission: a run of steps with the same digit, its
 value's probability at its surest step and the top-3 digits there.
 
+A second number model (its own training: another seed, USPS's writers among the strings)
+may stand beside the first; its card names it (`second_reading`, load_second). Where the first
+is unsure of a line, the second reads it too and the string more probable under both is kept
+(reconsider): two differently trained networks' errors are partly independent
+(docs/BENCHMARKS.md, "Numbers").
+
 `boxes()` places each emission on the strip: its columns reach from the thinnest ink column
 between its centre and each neighbour's centre, at most about a digit's width from its own
 centre, and its box is the ink within them.
@@ -41,6 +47,7 @@ CHUNK = 8
 # probabilities (>= 1e-45 unless 0), so 4 steps lose at most 180 of float64's 308 decades.
 RESCALE = 4
 NAME = "digitd-numbers.keras"
+SECOND_NAME = "digitd-numbers.second.keras"  # the second number model, beside the first
 
 
 @dataclass(frozen=True)
@@ -70,10 +77,53 @@ def default_path() -> Path:
 def load(path: str | Path | None = None, threads: int | None = None):
     """The number model (default: the shipped one) for serving: a digitd.model.Classifier
     whose inputs are strips, served through its .tflite as the digit model is (the same
-    fallback rules). Raises FileNotFoundError or digitd.model.ModelError."""
-    from digitd.model import load_classifier
+    fallback rules), with the second number model its card names (`second_reading`, served
+    alike) as its `second_reading`. Raises FileNotFoundError or digitd.model.ModelError
+    (also when the card names a second that is missing or is not the file it records)."""
+    from digitd.model import ModelError, load_classifier
 
-    return load_classifier(path or default_path(), threads=threads, shape=SHAPE, chunk=CHUNK)
+    numbers = load_classifier(path or default_path(), threads=threads, shape=SHAPE,
+                              chunk=CHUNK)
+    entry = numbers.card.get("second_reading")
+    if not entry:
+        return numbers
+    second_path = numbers.path.with_name(entry["model"])
+    if not second_path.is_file():
+        raise ModelError(f"{numbers.path.name}: its card names {entry['model']} as its "
+                         f"second number model, and there is no such file beside it")
+    second = load_classifier(second_path, threads=threads, shape=SHAPE, chunk=CHUNK)
+    if second.model_id != entry["model_id"]:
+        raise ModelError(f"{numbers.path.name}: {entry['model']} is not the second number "
+                         f"model its card records")
+    if second.fallback and not numbers.fallback:
+        numbers.fallback = f"second number model {entry['model']}: {second.fallback}"
+    numbers.second_reading = second
+    return numbers
+
+
+def second_of(numbers):
+    """The batch function of the second number model of `numbers` (a loaded number model, or
+    None), for digitd.reader.read_all; None when there is none."""
+    second = numbers.second_reading if numbers else None
+    return second.predict if second is not None else None
+
+
+def reconsider(first: np.ndarray, second: np.ndarray, mine: Decoded,
+               theirs: Decoded) -> Decoded:
+    """Two number models' greedy readings of one strip (`mine` the first's, `theirs` the
+    second's; `first`, `second` their outputs, (STEPS, CLASSES)) -> the string more probable
+    under both: the larger sum of its log probabilities under each (string_log_probs). The
+    first's reading stands on a tie and when the second reads nothing. A string taken from
+    the second keeps its emissions (alignment, top 3s) and, as confidence, the first's
+    probability of it: min_confidence is set against the first's calibration."""
+    if theirs.text == mine.text or not theirs.emissions:
+        return mine
+    labels = [[e.value + 1 for e in d.emissions] for d in (mine, theirs)]
+    under_first = string_log_probs(np.stack([first, first]), labels)
+    under_second = string_log_probs(np.stack([second, second]), labels)
+    if under_first[1] + under_second[1] <= under_first[0] + under_second[0]:
+        return mine
+    return Decoded(theirs.text, float(np.exp(under_first[1])), theirs.emissions)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

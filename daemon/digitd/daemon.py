@@ -348,7 +348,7 @@ class Daemon:
         numbers = self.numbers.predict if self.numbers is not None else None
         answers = read_all([(intakes[i].model_input, intakes[i].line) for i in good],
                            classifier.predict, self.config.recognise, numbers,
-                           sure=serving.min_confidence)
+                           sure=serving.min_confidence, second=ctc.second_of(self.numbers))
         for i, answer in zip(good, answers, strict=True):
             readings[i] = answer
         t2 = time.monotonic()
@@ -504,6 +504,8 @@ class Daemon:
                 "runtime": self.numbers.runtime,
                 "temperature": self.numbers.card.get("calibration", {}).get("temperature"),
                 "created_at": self.numbers.card.get("created_at")}
+            if self.numbers.second_reading is not None:  # consulted where it is unsure
+                document["number_model"]["second_id"] = self.numbers.second_reading.model_id
         return document
 
     def _report(self, batch: Batch, results: list[Result], timings: dict) -> None:

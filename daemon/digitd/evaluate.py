@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from digitd import calibration
+from digitd import calibration, ctc
 from digitd.codes import ExitCode, Reason, Status
 from digitd.config import ConfigError, command_config
 from digitd.intake import take_in
@@ -115,7 +115,7 @@ def run_set(folder: Path, classifier, config,
         good = [(row, intake) for row, intake in taken if intake.ok]
         read = read_all([(i.model_input, i.line) for _, i in good], classifier.predict,
                         config.recognise, numbers.predict if numbers else None,
-                        sure=config.min_confidence)
+                        sure=config.min_confidence, second=ctc.second_of(numbers))
         answers = {id(intake): a for (_, intake), a in zip(good, read, strict=True)}
         for row, intake in taken:
             if not intake.ok:
@@ -244,6 +244,8 @@ def set_command(args) -> int:
               "model_id": classifier.model_id, "runtime": classifier.runtime,
               "recognise": config.recognise,
               "number_model": numbers.model_id if numbers else None,
+              "second_number_model": (numbers.second_reading.model_id
+                                      if numbers and numbers.second_reading else None),
               "min_confidence_from": source, **summarise(judged, config.min_confidence),
               "bad_rows": [{"line": b.line, "file": b.file, "reason": b.reason} for b in bad]}
     if args.json:
@@ -256,8 +258,6 @@ def set_command(args) -> int:
 def _load_numbers(prog: str):
     """The shipped number model, or None (said on stderr): numbers are then read by
     segmentation alone, as the daemon would."""
-    from digitd import ctc
-
     try:
         return ctc.load()
     except Exception as exc:  # missing, truncated or not a model

@@ -163,6 +163,7 @@ class Classifier:
     second: Classifier | None = None  # the second opinion (module docstring), if the card names one
     below: float = 0.0  # ... asked for the digits whose top probability is below this
     weight: float = 0.5  # ... and its share of the average
+    second_reading: Classifier | None = None  # a number model's second (digitd.ctc.load)
     _run: Callable[[np.ndarray], np.ndarray] = field(repr=False, default=None)
     _lock: threading.Lock = field(repr=False, default_factory=threading.Lock)
 
@@ -187,8 +188,9 @@ class Classifier:
         last = next((b for b in BUCKETS if b >= max_batch), BUCKETS[-1])
         for size in BUCKETS[: BUCKETS.index(last) + 1]:
             self.predict(np.zeros((size, *self.shape), np.float32))
-        if self.second is not None:
-            self.second.warm_up(max_batch)
+        for other in (self.second, self.second_reading):
+            if other is not None:
+                other.warm_up(max_batch)
 
 
 def with_second_opinion(probs: np.ndarray, x: np.ndarray,

@@ -119,7 +119,7 @@ def predict_command(args) -> int:
             answers = read_all([(intakes[i].model_input, intakes[i].line) for i in good],
                                classifier.predict, config.recognise,
                                numbers.predict if numbers else None,
-                               sure=config.min_confidence)
+                               sure=config.min_confidence, second=ctc.second_of(numbers))
             for i, answer in zip(good, answers, strict=True):
                 readings[i] = answer
         for file, intake, (probs, number) in zip(chunk, intakes, readings, strict=True):

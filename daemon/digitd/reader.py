@@ -5,8 +5,8 @@ the candidates and the line's strip).
 Pure functions, no model: the caller passes the models' batch functions in, and each runs
 at most once for many images.
 
-    read_all([(whole, line), ...], classifier.predict, mode, numbers.predict, sure)
-        -> [(probabilities | None, Reading | None)]
+    read_all([(whole, line), ...], classifier.predict, mode, numbers.predict, sure,
+             second.predict) -> [(probabilities | None, Reading | None)]
     read_line(line, probabilities) -> Reading            the segmentation reader alone
     alone(line, decoded) -> Reading                       the number model alone
     combine(line, pieces, decoded, mode, steps) -> Reading | None    both together
@@ -17,7 +17,9 @@ Two readers, measured against each other (docs/BENCHMARKS.md, "Numbers"):
   decoration too, and says the string and its calibrated probability;
 - the segmentation reader (read_line): the single-digit classifier on candidate pieces.
 
-With the number model, it reads every line first. A number it reads (two digits or more)
+With the number model, it reads every line first (and where it is unsure, the second number
+model too, if there is one: digitd.ctc.reconsider keeps the string more probable under
+both). A number it reads (two digits or more)
 at confidence `sure` or above (min_confidence) is the answer as it stands: its string, its
 probability, boxes from its alignment (digitd.ctc.boxes); the line's pieces are never cut
 and the classifier reads nothing of it. That is most numbers (about 70%), and the cheap
@@ -112,7 +114,8 @@ def model_inputs(whole: np.ndarray, line: Line | None) -> np.ndarray:
 
 
 def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode: str = "auto",
-             numbers=None, sure: float = 1.0) -> list[tuple[np.ndarray | None, Reading | None]]:
+             numbers=None, sure: float = 1.0,
+             second=None) -> list[tuple[np.ndarray | None, Reading | None]]:
     """Read many images with at most one call of `predict` ((N, 28, 28) -> (N, 10), the
     classifier) and, unless `mode` is "digit", one of `numbers` ((N, HEIGHT, WIDTH) strips ->
     (N, STEPS, CLASSES), the number model; None: the segmentation reader alone): for each
@@ -123,7 +126,12 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
     With the number model, a line it reads as two digits or more at confidence `sure` or
     above (the callers pass min_confidence) is that number as it stands: the classifier
     reads nothing of it and its pieces are never cut. Below `sure` the segmentation reader
-    is consulted (combine()); fewer than two digits: one digit, the whole ink's."""
+    is consulted (combine()); fewer than two digits: one digit, the whole ink's.
+
+    `second`: the second number model's batch function (None: there is none), called at most
+    once, on the strips `numbers` reads as two digits or more below `sure`; each of those
+    readings is then the string more probable under both (digitd.ctc.reconsider), before the
+    rest. A line it reads as one digit stays one digit: the second does not make numbers."""
     if not images:
         return []
     if all(line is None for _, line in images):  # single digits only (e.g. recognise: digit)
@@ -137,6 +145,12 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
         outputs = numbers(np.stack([images[k][1].strip.pixels for k in lines]))
         decoded = dict(zip(lines, ctc.read(outputs), strict=True))
         steps = dict(zip(lines, outputs, strict=True))
+        unsure = [k for k in lines
+                  if decoded[k].confidence < sure and len(decoded[k].emissions) >= 2]
+        if second is not None and unsure:
+            theirs = second(np.stack([images[k][1].strip.pixels for k in unsure]))
+            for k, reading, out in zip(unsure, ctc.read(theirs), theirs, strict=True):
+                decoded[k] = ctc.reconsider(steps[k], out, decoded[k], reading)
     inputs: list[np.ndarray | None] = []
     for k, (whole, line) in enumerate(images):
         found = decoded.get(k)

@@ -19,7 +19,13 @@ the strings are written with the USPS train part's digits instead (digitd.datase
 split): real writers MNIST never saw, as the digit model trains on them too.
 
 Writes digitd-numbers.keras, .tflite (digitd.export, parity on the held-out strings) and
-.card.json into --out.
+.card.json into --out. With `--second`, the same training writes digitd-numbers.second.keras
+(.tflite, .card.json) beside the digitd-numbers.keras already in --out, and names it in that
+model's card (pair): the second number model, consulted where the first is unsure
+(digitd.ctc.reconsider). The shipped pair is two runs, each within the 20-minute budget:
+
+    digitd train --arch numbers --data DIR --out OUT
+    digitd train --arch numbers --data DIR --usps USPS --limit 125000 --seed 2 --second --out OUT
 """
 
 from __future__ import annotations
@@ -39,9 +45,9 @@ from digitd import ctc, strip
 from digitd.codes import ExitCode
 from digitd.dataset import DatasetError, Usps, load_mnist, load_usps, split_sha256, usps_ink
 from digitd.fsutil import make_folder
+from digitd.model import read_card, write_card
 from digitd.synth import DecorationRates, number_ink, pick_decorations
 
-NAME = "digitd-numbers"
 MAX_DIGITS = 8
 HOLD_OUT = 5000  # the last MNIST training digits: calibration strings only
 # 100,000 strings seen 4 times read the bench better than 120,000 seen 3 times, in the same
@@ -286,24 +292,46 @@ def train_numbers_command(args) -> int:
     if problem := make_folder(out):
         print(f"digitd train: {problem}", file=sys.stderr)
         return ExitCode.USAGE
+    first = out / ctc.NAME
+    second = getattr(args, "second", False)
+    if second and not first.is_file():
+        print(f"digitd train: --second trains the second number model for {first}, and there "
+              "is no such file (train the first into the same --out)", file=sys.stderr)
+        return ExitCode.USAGE
     count = args.limit or STRINGS
     card = train(data.x_train, data.y_train, count=count, epochs=args.epochs or EPOCHS,
                  seed=args.seed, out=out, source={"source": data.source, "sha256": data.sha256},
-                 usps=usps)
+                 usps=usps, name=ctc.SECOND_NAME if second else ctc.NAME)
     check, t = card["calibration"]["held_out"], card["calibration"]["temperature"]
     print(f"held-out strings read exactly {check['exact']:.2%} (T={t}) in "
           f"{card['training_seconds']:.0f} s ({card['training_cpu_seconds']:.0f} CPU-seconds);"
-          f" wrote {out / (NAME + '.keras')} "
-          f"(model id {card['model_id'][:12]})")
+          f" wrote {out / card['name']} (model id {card['model_id'][:12]})")
+    if second:
+        pair(first, card)
+        print(f"{first.name}'s card names it as its second number model")
     return ExitCode.OK
+
+
+def pair(first: Path, second_card: dict[str, Any]) -> None:
+    """Name the second number model (its card `second_card`, beside `first`) in the first's
+    card, which digitd.ctc.load reads; the first's .keras, so its id, is unchanged."""
+    card = read_card(first)
+    card["second_reading"] = {
+        "model": second_card["name"], "model_id": second_card["model_id"],
+        "rule": "where this model's string confidence is below min_confidence, the second "
+                "reads the strip too and the string more probable under both is kept; its "
+                "confidence stays this model's probability of it (digitd.ctc.reconsider)",
+        "seed": second_card["training"]["seed"],
+        "usps": "usps" in second_card["dataset"]}
+    write_card(first, card)
 
 
 def train(x: np.ndarray, y: np.ndarray, count: int, epochs: int, seed: int, out: Path,
           source: dict[str, Any], workers: int | None = None,
-          usps: Usps | None = None) -> dict[str, Any]:
+          usps: Usps | None = None, name: str = ctc.NAME) -> dict[str, Any]:
     """Train the number model on `count` strings of x (its last digits held out), and with
-    `usps` of its train part's digits too; write the model, its .tflite and card into `out`;
-    return the card."""
+    `usps` of its train part's digits too; write the model (`name`), its .tflite and card
+    into `out`; return the card."""
     import os
 
     started = time.monotonic()
@@ -323,7 +351,7 @@ def train(x: np.ndarray, y: np.ndarray, count: int, epochs: int, seed: int, out:
     made = time.monotonic() - started
     _log().info("strings", train=len(sx), held_out=len(held), seconds=round(made, 1))
 
-    from digitd.model import file_sha256, import_keras, write_card
+    from digitd.model import file_sha256, import_keras
 
     keras = import_keras()
     import tensorflow as tf
@@ -354,7 +382,7 @@ def train(x: np.ndarray, y: np.ndarray, count: int, epochs: int, seed: int, out:
     labels = [[e.value + 1 for e in r.emissions] for r in greedy]
     temperature = fit_temperature(logits, labels, right)
     final = with_softmax(keras, model, temperature)
-    keras_file = out / f"{NAME}.keras"
+    keras_file = out / name
     from digitd.train import library_versions, save_model
 
     model_id = save_model(keras, final, keras_file)
