@@ -223,20 +223,56 @@ def test_number_model_reads_numbers_on_paper(sample, classifier, numbers):
     assert wrong_ok <= 1
 
 
-def test_the_number_model_answers_alike_in_chunks(sample, numbers):
-    """Strips run ctc.CHUNK at a time (faster: they stay in the caches) give the same outputs,
-    bit for bit, as all of them in one call."""
+def test_the_number_model_runs_strips_cut_short_with_the_whole_strips_outputs(sample,
+                                                                             numbers):
+    """Each strip runs cut short after its ink, CHUNK of neighbouring widths at a time
+    (ctc.CutStrips): the outputs are, bit for bit, those of the whole strips in one call of
+    the same .tflite; a strip inked to its end runs whole."""
+    from digitd.model import LiteRTRunner, tflite_path
+
     x, y = sample
     strips = []
-    for i in range(20):
+    for i in range(24):
         found = segment(decode_png(number_scans.render_number(x, y, i, seed=5)[0]))
         if isinstance(found, Line):
             strips.append(found.strip.pixels)
-    batch = np.stack(strips)
-    assert numbers.chunk == ctc.CHUNK < len(batch)
-    whole = ctc.load(threads=1)
-    whole.chunk = len(batch)
-    assert np.array_equal(numbers.predict(batch), whole.predict(batch))
+    long = np.zeros_like(strips[0])
+    long[10:20, 2:254] = 1.0  # ink to the strip's end
+    batch = np.stack([*strips, long, np.zeros_like(long)])
+    whole = LiteRTRunner(tflite_path(numbers.path), threads=1, shape=ctc.SHAPE)
+    assert whole.free_width
+    assert np.array_equal(numbers.predict(batch), whole(batch))
+    assert np.array_equal(numbers.second_reading.predict(batch),
+                          LiteRTRunner(tflite_path(numbers.second_reading.path), threads=1,
+                                       shape=ctc.SHAPE)(batch))
+
+
+def test_cut_strips_run_cut_to_their_ink_and_whole_for_a_fixed_width_model():
+    """What CutStrips asks its runner: widths after each strip's ink (REACH, a multiple of
+    STRIDE), CHUNK strips at a time; a runner of fixed width gets whole strips."""
+    from digitd.strip import HEIGHT, STRIDE, WIDTH
+
+    asked = []
+
+    def run(x: np.ndarray) -> np.ndarray:  # a stand-in network: step t is column 4t's ink
+        asked.append(x.shape)
+        steps = np.zeros((len(x), x.shape[2] // STRIDE, ctc.CLASSES), np.float32)
+        steps[..., 0] = x[:, 0, ::STRIDE]
+        return steps
+
+    strips = np.zeros((10, HEIGHT, WIDTH), np.float32)
+    for k in range(10):
+        strips[k, 0, : 20 * (k + 1)] = 1.0  # ink to column 20 (k + 1) - 1
+    out = ctc.CutStrips(run)(strips)
+    assert out.shape == (10, ctc.STEPS, ctc.CLASSES)
+    assert asked == [(ctc.CHUNK, HEIGHT, WIDTH), (2, HEIGHT, WIDTH)]  # not free: whole strips
+    asked.clear()
+    run.free_width = True
+    out = ctc.CutStrips(run)(strips)
+    # a blank strip first (its outputs stand past each cut), then the first 8 strips at the
+    # 8th's width: its ink ends at column 159, 159 + REACH = 221 -> 224; the last two whole
+    assert asked == [(1, HEIGHT, WIDTH), (ctc.CHUNK, HEIGHT, 224), (2, HEIGHT, WIDTH)]
+    assert np.array_equal(out[:, :, 0], strips[:, 0, ::STRIDE])  # each step where it was
 
 
 def test_currency_sign_is_not_a_digit(sample, classifier, numbers):

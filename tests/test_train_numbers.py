@@ -14,7 +14,7 @@ from digitd import ctc, strip, train_numbers
 from digitd.cli import main
 from digitd.codes import ExitCode
 from digitd.dataset import load_usps, usps_ink
-from digitd.model import file_sha256
+from digitd.model import LiteRTRunner, file_sha256
 
 SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
 USPS_SAMPLE = Path(__file__).parent / "data" / "usps_sample.gz"
@@ -47,6 +47,8 @@ def test_outputs_card_and_serving(trained):
     assert 0.05 <= card["calibration"]["temperature"] <= 5.0
     model = ctc.load(trained / "digitd-numbers.keras", threads=1)
     assert model.runtime == "litert"
+    runner = LiteRTRunner(trained / "digitd-numbers.tflite", threads=1, shape=ctc.SHAPE)
+    assert runner.free_width  # converted width-free: serving runs strips cut short
     out = model.predict(np.zeros((3, strip.HEIGHT, strip.WIDTH), np.float32))
     assert out.shape == (3, ctc.STEPS, ctc.CLASSES)
     assert np.allclose(out.sum(axis=2), 1.0, atol=1e-4)  # a softmax per step

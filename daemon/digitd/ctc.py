@@ -43,6 +43,14 @@ SHAPE = (HEIGHT, WIDTH)  # one input of the number model
 # convolution), and 8 at a time stay in the caches: 0.70 -> 0.65 ms a strip on one core,
 # the same outputs bit for bit (docs/BENCHMARKS.md, Numbers).
 CHUNK = 8
+# Output step t of the number model sees strip columns 4t - 26 .. 4t + 30 (its convolutions'
+# reach). A strip whose ink ends at column c, run cut to a width w >= c + REACH (a multiple of
+# STRIDE), gives the whole strip's outputs at its first w / 4 - NEAR_CUT steps, and each later
+# step sees no ink: it is a blank strip's. Bit for bit (tests/test_numbers.py), and a strip
+# costs about its width: 0.65 -> 0.50 ms a strip on the bench's numbers (docs/BENCHMARKS.md,
+# Numbers).
+REACH = 62
+NEAR_CUT = 8  # steps next to the cut, whose view reaches past it
 # The forward algorithm rescales every RESCALE steps: each step's emissions are float32
 # probabilities (>= 1e-45 unless 0), so 4 steps lose at most 180 of float64's 308 decades.
 RESCALE = 4
@@ -83,7 +91,7 @@ def load(path: str | Path | None = None, threads: int | None = None):
     from digitd.model import ModelError, load_classifier
 
     numbers = load_classifier(path or default_path(), threads=threads, shape=SHAPE,
-                              chunk=CHUNK)
+                              wrap=CutStrips)
     entry = numbers.card.get("second_reading")
     if not entry:
         return numbers
@@ -91,7 +99,7 @@ def load(path: str | Path | None = None, threads: int | None = None):
     if not second_path.is_file():
         raise ModelError(f"{numbers.path.name}: its card names {entry['model']} as its "
                          f"second number model, and there is no such file beside it")
-    second = load_classifier(second_path, threads=threads, shape=SHAPE, chunk=CHUNK)
+    second = load_classifier(second_path, threads=threads, shape=SHAPE, wrap=CutStrips)
     if second.model_id != entry["model_id"]:
         raise ModelError(f"{numbers.path.name}: {entry['model']} is not the second number "
                          f"model its card records")
@@ -99,6 +107,38 @@ def load(path: str | Path | None = None, threads: int | None = None):
         numbers.fallback = f"second number model {entry['model']}: {second.fallback}"
     numbers.second_reading = second
     return numbers
+
+
+class CutStrips:
+    """A number model's runner ((N, HEIGHT, WIDTH) strips -> (N, STEPS, CLASSES)) that runs
+    each strip cut short after its ink (REACH): CHUNK strips of neighbouring widths at a time,
+    at the widest one's width, the steps past the cut a blank strip's outputs. The whole
+    strips' outputs, bit for bit, for about the ink's width of work. A model of fixed width
+    (a .tflite exported before its width was free, or the .keras through TensorFlow) runs
+    whole strips, CHUNK at a time."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+        self.free = bool(getattr(run, "free_width", False))
+        self._blank: np.ndarray | None = None  # a blank strip's outputs, made on first use
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if not self.free:
+            return np.concatenate([self.run(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)])
+        if self._blank is None:
+            self._blank = self.run(np.zeros((1, HEIGHT, WIDTH), np.float32))[0]
+        inked = x.max(axis=1) > 0  # (N, WIDTH)
+        last = WIDTH - 1 - inked[:, ::-1].argmax(axis=1)
+        widths = np.minimum(WIDTH, -(-(last + REACH) // STRIDE) * STRIDE)
+        order = np.argsort(widths, kind="stable")
+        out = np.empty((len(x), STEPS, CLASSES), np.float32)
+        for i in range(0, len(x), CHUNK):  # neighbours in width, cut at the widest's width
+            some = order[i:i + CHUNK]
+            width = int(widths[some[-1]])
+            keep = STEPS if width == WIDTH else width // STRIDE - NEAR_CUT
+            out[some, :keep] = self.run(x[some, :, :width])[:, :keep]
+            out[some, keep:] = self._blank[keep:]
+        return out
 
 
 def second_of(numbers):

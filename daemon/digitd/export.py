@@ -16,6 +16,10 @@ refuses to write the `.tflite` unless the two agree (`parity_problem`):
   model's int8 is tried by the same rule, its answers being its greedy strings (`answers`);
   the shipped one fails it (12 of 4,000 held-out strings differ) and is served in float32.
 
+The number model is converted with its width left free (digitd.train_numbers.width_free):
+serving runs each strip cut short after its ink (digitd.ctc.CutStrips); parity is measured at
+the strip's whole width.
+
 It returns the card's `tflite` entry: the file's SHA-256, the `.keras` it came from, the
 precision and the parity measured. Serving trusts a `.tflite` only when the card beside it
 holds that entry (digitd.model.tflite_problem).
@@ -144,7 +148,7 @@ def export_tflite(keras_file: Path, x: np.ndarray, y: np.ndarray | None, data: s
         model = keras.saving.load_model(keras_file, compile=False)
     started = time.monotonic()
     try:
-        content = convert(model, precision)
+        content = convert(_servable(keras, model), precision)
     except Exception as exc:  # the converter raises many kinds; one line for the user
         raise ExportError(f"{keras_file.name}: conversion failed: {exc}") from exc
     seconds = time.monotonic() - started
@@ -176,6 +180,18 @@ def export_tflite(keras_file: Path, x: np.ndarray, y: np.ndarray | None, data: s
         "conversion_seconds": round(seconds, 2),
         "parity": result,
     }
+
+
+def _servable(keras, model):
+    """What is converted: the model, or for the number model (its input a strip) the same
+    network with its width left free (digitd.train_numbers.width_free)."""
+    from digitd import strip
+
+    if tuple(model.input_shape[1:]) != (strip.HEIGHT, strip.WIDTH):
+        return model
+    from digitd.train_numbers import width_free
+
+    return width_free(keras, model)
 
 
 def tflite_card_entry(keras_file: Path, x: np.ndarray, y: np.ndarray | None,

@@ -210,6 +210,8 @@ class LiteRTRunner:
     """The .tflite through LiteRT's interpreter (XNNPACK); resized to each batch's size.
 
     Resizing the input costs microseconds with XNNPACK (measured), so batches are not padded.
+    `free_width`: the model takes inputs of any width (the number model's, digitd.ctc runs
+    strips cut short); it is then resized to each batch's width too.
     """
 
     def __init__(self, path: Path, threads: int | None,
@@ -218,20 +220,23 @@ class LiteRTRunner:
 
         self.shape = tuple(shape)
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads or _cores())
-        self._input = self.interpreter.get_input_details()[0]["index"]
+        details = self.interpreter.get_input_details()[0]
+        self._input = details["index"]
+        self.free_width = len(details["shape_signature"]) == 3 and \
+            details["shape_signature"][2] == -1
         self._output = self.interpreter.get_output_details()[0]["index"]
-        self._size = -1
+        self._size: tuple[int, ...] = ()
         with _stderr_muted(True):  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            self._resize(1)
+            self._resize((1, *self.shape))
 
-    def _resize(self, n: int) -> None:
-        self.interpreter.resize_tensor_input(self._input, [n, *self.shape])
+    def _resize(self, size: tuple[int, ...]) -> None:
+        self.interpreter.resize_tensor_input(self._input, list(size))
         self.interpreter.allocate_tensors()
-        self._size = n
+        self._size = size
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if len(x) != self._size:
-            self._resize(len(x))
+        if x.shape != self._size:
+            self._resize(x.shape)
         self.interpreter.set_tensor(self._input, np.ascontiguousarray(x))
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._output).copy()
@@ -300,7 +305,8 @@ def tflite_problem(model_path: Path, model_id: str, card: dict[str, Any]) -> str
 def load_classifier(path: str | Path | None = None, threads: int | None = None,
                     runtime: str = "auto",
                     shape: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE),
-                    chunk: int = MAX_CHUNK) -> Classifier:
+                    chunk: int = MAX_CHUNK,
+                    wrap: Callable[[Callable], Callable] | None = None) -> Classifier:
     """Load a model (default: the shipped one) for serving; see the module's docstring.
 
     `path` names the .keras file (a .tflite path is taken as the .keras beside it).
@@ -310,7 +316,8 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
     runtime's threads (a worker process gets its share of the cores); None uses every core.
     `shape`: one input's shape (the number model takes digitd.strip's); `chunk`: the most
     inputs run in one call (the same answers whatever it is; a model with large activations
-    runs faster in small chunks, which stay in the caches).
+    runs faster in small chunks, which stay in the caches); `wrap`: applied to the runner
+    (LiteRTRunner or KerasRunner) each call goes through (the number model's: digitd.ctc).
     Raises FileNotFoundError for a missing .keras file and ModelError if nothing can serve it.
     """
     if runtime not in RUNTIMES:
@@ -320,7 +327,7 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
         model_path = model_path.with_suffix(".keras")
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: no such model file")
-    classifier = _load_one(model_path, threads, runtime, tuple(shape))
+    classifier = _load_one(model_path, threads, runtime, tuple(shape), wrap)
     classifier.chunk = chunk
     entry = classifier.card.get("second_opinion")
     if entry:
@@ -328,7 +335,7 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
         if not second_path.is_file():
             raise ModelError(f"{model_path.name}: its card asks {entry['model']} for a second "
                              f"opinion, and there is no such file beside it")
-        second = _load_one(second_path, threads, runtime, tuple(shape))
+        second = _load_one(second_path, threads, runtime, tuple(shape), wrap)
         second.chunk = chunk
         if second.model_id != entry["model_id"]:
             raise ModelError(f"{model_path.name}: {entry['model']} is not the second opinion "
@@ -341,7 +348,7 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
 
 
 def _load_one(model_path: Path, threads: int | None, runtime: str,
-              shape: tuple[int, int]) -> Classifier:
+              shape: tuple[int, int], wrap: Callable | None = None) -> Classifier:
     """One model file, through the .tflite if it can (see load_classifier)."""
     model_id = file_sha256(model_path)
     card = read_card(model_path)
@@ -353,7 +360,7 @@ def _load_one(model_path: Path, threads: int | None, runtime: str,
             try:
                 run = LiteRTRunner(tflite_path(model_path), threads, shape)
                 return Classifier(**common, runtime="litert", served=tflite_path(model_path),
-                                  _run=run)
+                                  _run=wrap(run) if wrap else run)
             except ImportError:
                 fallback = "LiteRT is not installed (pip install ai-edge-litert)"
             except (ValueError, RuntimeError) as exc:
@@ -367,4 +374,4 @@ def _load_one(model_path: Path, threads: int | None, runtime: str,
         raise ModelError(f"{model_path.name}: {why}TensorFlow is not installed for the .keras "
                          f"(pip install 'digitd[train]'): {exc}") from exc
     return Classifier(**common, runtime="tensorflow", served=model_path, fallback=fallback,
-                      _run=run)
+                      _run=wrap(run) if wrap else run)

@@ -199,6 +199,26 @@ def build(keras) -> Any:
     ], name="digitd_numbers")
 
 
+def width_free(keras, model) -> Any:
+    """The saved number model (build() + with_softmax()) with its width left free: the same
+    layers and weights, its two reshapes' width axes -1. digitd.export converts this one, so
+    that serving can run strips cut short after their ink (digitd.ctc.CutStrips); at the
+    strip's whole width it computes what the model does."""
+    layers = []
+    for layer in model.layers:
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.Reshape):
+            shape = list(config["target_shape"])
+            shape[1 if len(shape) == 3 else 0] = -1  # (HEIGHT, WIDTH, 1) or (STEPS, 96)
+            config["target_shape"] = tuple(shape)
+        layers.append(type(layer).from_config(config))
+    free = keras.Sequential([keras.Input(shape=(strip.HEIGHT, None), name="strip"), *layers],
+                            name=model.name)
+    for source, target in zip(model.layers, free.layers, strict=True):
+        target.set_weights(source.get_weights())
+    return free
+
+
 def ctc_loss(keras):
     def loss(y_true, y_pred):
         ops = keras.ops
