@@ -15,10 +15,10 @@ string is read exactly. Each digit is an emission: a run of steps with the same 
 value's probability at its surest step and the top-3 digits there.
 
 A second number model (its own training: another seed, USPS's writers among the strings)
-may stand beside the first; its card names it (`second_reading`, load_second). Where the first
-is unsure of a line, the second reads it too and the string more probable under both is kept
-(reconsider): two differently trained networks' errors are partly independent
-(docs/BENCHMARKS.md, "Numbers").
+may stand beside the first; its card names it (`second_reading`), and load() loads both.
+Where the first is unsure of a line, the second reads it too and the string more probable
+under both is kept (reconsider): two differently trained networks' errors are partly
+independent (docs/BENCHMARKS.md, "Numbers").
 
 `boxes()` places each emission on the strip: its columns reach from the thinnest ink column
 between its centre and each neighbour's centre, at most about a digit's width from its own
