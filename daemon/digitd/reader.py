@@ -17,9 +17,9 @@ Two readers, measured against each other (docs/BENCHMARKS.md, "Numbers"):
   decoration too, and says the string and its calibrated probability;
 - the segmentation reader (read_line): the single-digit classifier on candidate pieces.
 
-With the number model, it reads every line first (and where it is unsure, the second number
-model too, if there is one: digitd.ctc.reconsider keeps the string more probable under
-both). A number it reads (two digits or more)
+With the number model, it reads every line first (and where it reads a number but is
+unsure of it, the second number model too, if there is one: digitd.ctc.reconsider keeps the
+string more probable under both). A number it reads (two digits or more)
 at confidence `sure` or above (min_confidence) is the answer as it stands: its string, its
 probability, boxes from its alignment (digitd.ctc.boxes); the line's pieces are never cut
 and the classifier reads nothing of it. That is most numbers (about 70%), and the cheap

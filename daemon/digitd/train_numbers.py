@@ -338,9 +338,10 @@ def pair(first: Path, second_card: dict[str, Any]) -> None:
     card = read_card(first)
     card["second_reading"] = {
         "model": second_card["name"], "model_id": second_card["model_id"],
-        "rule": "where this model's string confidence is below min_confidence, the second "
-                "reads the strip too and the string more probable under both is kept; its "
-                "confidence stays this model's probability of it (digitd.ctc.reconsider)",
+        "rule": "where this model reads a number (two digits or more) below "
+                "min_confidence, the second reads the strip too and the string more probable "
+                "under both is kept; its confidence stays this model's probability of it "
+                "(digitd.ctc.reconsider)",
         "seed": second_card["training"]["seed"],
         "usps": "usps" in second_card["dataset"]}
     write_card(first, card)
