@@ -231,6 +231,24 @@ def test_a_digit_the_number_model_is_fairly_sure_of_stays():
     assert [d.agreed for d in reading.digits] == [True, False]
 
 
+def test_the_other_number_models_reading_is_a_third_vote_for_each_digit():
+    """The same digit, and the other number model read 39 (its 9 at 0.95): three readers
+    together find 9 the most probable; its confidence stays the first model's probability of
+    the string. A reading of another length has no vote."""
+    s, decoded, probs = _unsure_of_the_second({4: 0.9, 9: 0.05})
+    rows = classifier_rows((3, 0.99), (9, 0.4))
+    rows[1] = 0.3 / 8
+    rows[1, 9], rows[1, 4] = 0.4, 0.3
+    _, other, _ = _unsure_of_the_second({9: 0.95, 4: 0.02})
+    assert other.text == "39"
+    reading = combine(_line_for(s), rows, decoded, "auto", probs, other)
+    assert reading.text == "39" and reading.source == "both readers"
+    assert reading.confidence == pytest.approx(
+        np.exp(ctc.string_log_probs(probs[None], [[1 + 3, 1 + 9]]))[0])
+    [longer] = ctc.read(_steps(ctc.BLANK, 1 + 3, ctc.BLANK, 1 + 9, ctc.BLANK, 1 + 9)[None])
+    assert combine(_line_for(s), rows, decoded, "auto", probs, longer).text == "34"
+
+
 def _two_digits(first: dict[int, float], second: int) -> np.ndarray:
     """A strip's output reading two digits: at step 1 the digits `first` (digit ->
     probability), at step 3 the digit `second`, surely; blanks elsewhere."""

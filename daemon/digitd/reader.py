@@ -29,9 +29,10 @@ classifier on each and, at min_confidence 0.99, caught no more silent errors
 
 Below `sure` (such a number goes to review anyway), the segmentation reader is consulted
 (combine): when it reads the same number of digits, each digit is the one both readers
-together find the most probable (_together: the classifier's vote at SEGMENTATION_WEIGHT),
-which mends some of the number model's misread digits; the string's confidence is then its
-probability under the number model. Each digit is `agreed` when the segmentation reader
+together find the most probable (_together: the classifier's vote at SEGMENTATION_WEIGHT,
+and the other number model's reading at full weight where it read as many digits), which
+mends some of the number model's misread digits; the string's confidence is then its
+probability under the (first) number model. Each digit is `agreed` when the segmentation reader
 read the same digit there (the same string, or the same length and that digit); a digit not
 agreed is doubtful (highlighted for review). Boxes: where the readers agree, the
 segmentation's pieces (cut from the ink itself), otherwise the number model's alignment.
@@ -138,6 +139,7 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
         wholes = np.stack([whole for whole, _ in images]).astype(np.float32, copy=False)
         return [(row, None) for row in predict(wholes)]
     decoded: dict[int, ctc.Decoded] = {}
+    others: dict[int, ctc.Decoded] = {}  # the reading of the two number models' not kept
     steps: dict[int, np.ndarray] = {}
     lines = [k for k, (_, line) in enumerate(images)
              if line is not None and line.strip is not None]
@@ -150,7 +152,9 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
         if second is not None and unsure:
             theirs = second(np.stack([images[k][1].strip.pixels for k in unsure]))
             for k, reading, out in zip(unsure, ctc.read(theirs), theirs, strict=True):
-                decoded[k] = ctc.reconsider(steps[k], out, decoded[k], reading)
+                kept = ctc.reconsider(steps[k], out, decoded[k], reading)
+                others[k] = reading if kept is decoded[k] else decoded[k]
+                decoded[k] = kept
     inputs: list[np.ndarray | None] = []
     for k, (whole, line) in enumerate(images):
         found = decoded.get(k)
@@ -180,7 +184,8 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
         elif len(mine) == 1:
             out.append((theirs[0], None))
         else:
-            out.append((theirs[0], combine(line, theirs[1:], decoded[k], mode, steps[k])))
+            out.append((theirs[0], combine(line, theirs[1:], decoded[k], mode, steps[k],
+                                           others.get(k))))
     return out
 
 
@@ -194,12 +199,15 @@ def alone(line: Line, decoded: ctc.Decoded) -> Reading:
 
 
 def combine(line: Line, pieces: np.ndarray, decoded: ctc.Decoded, mode: str,
-            steps: np.ndarray | None = None) -> Reading | None:
+            steps: np.ndarray | None = None,
+            other: ctc.Decoded | None = None) -> Reading | None:
     """The number model's reading, unsure, checked against the segmentation reader's (see
     the module's docstring); None when the image is read as one digit: the number model
     reads fewer than two digits, or with "auto" the segmentation reader reads one digit too
     (choose()). `steps`: the number model's output for the line, for the confidence of a string
-    the two readers made together (None: the number model's own string's)."""
+    the two readers made together (None: the number model's own string's). `other`: the
+    other number model's reading (the one ctc.reconsider did not keep), a third vote for
+    each digit where it read as many digits."""
     if len(decoded.emissions) < 2:
         return None
     segmented = read_line(line, pieces)
@@ -210,8 +218,12 @@ def combine(line: Line, pieces: np.ndarray, decoded: ctc.Decoded, mode: str,
     places = [d.box for d in segmented.digits] if same else ctc.boxes(decoded, line.strip)
     values = [e.value for e in decoded.emissions]
     if lengths and not same:
-        values = [_together(e.top, d.top) for e, d in zip(decoded.emissions, segmented.digits,
-                                                           strict=True)]
+        thirds = [o.top for o in other.emissions] \
+            if other is not None and len(other.emissions) == len(decoded.emissions) \
+            else [()] * len(decoded.emissions)
+        values = [_together(e.top, d.top, t) for e, d, t in zip(decoded.emissions,
+                                                                segmented.digits, thirds,
+                                                                strict=True)]
     digits = tuple(
         Digit(value=v, confidence=dict(e.top).get(v, 0.0) if v != e.value else e.confidence,
               box=box, cut=False, top=e.top,
@@ -226,13 +238,19 @@ def combine(line: Line, pieces: np.ndarray, decoded: ctc.Decoded, mode: str,
 
 
 def _together(number: tuple[tuple[int, float], ...],
-              segmented: tuple[tuple[int, float], ...]) -> int:
-    """The digit both readers together find the most probable at one place (each gives its
-    top 3): the largest log P(number model) + SEGMENTATION_WEIGHT log P(classifier), each
-    at least FLOOR."""
-    a, b = dict(number), dict(segmented)
-    return max(sorted(set(a) | set(b)), key=lambda d: math.log(max(a.get(d, 0.0), FLOOR))
-               + SEGMENTATION_WEIGHT * math.log(max(b.get(d, 0.0), FLOOR)))
+              segmented: tuple[tuple[int, float], ...],
+              other: tuple[tuple[int, float], ...] = ()) -> int:
+    """The digit the readers together find the most probable at one place (each gives its
+    top 3): the largest log P(number model) + SEGMENTATION_WEIGHT log P(classifier)
+    [+ log P(other number model), when it is given], each at least FLOOR."""
+    a, b, c = dict(number), dict(segmented), dict(other)
+
+    def score(d: int) -> float:
+        third = math.log(max(c.get(d, 0.0), FLOOR)) if c else 0.0
+        return (math.log(max(a.get(d, 0.0), FLOOR))
+                + SEGMENTATION_WEIGHT * math.log(max(b.get(d, 0.0), FLOOR)) + third)
+
+    return max(sorted(set(a) | set(b) | set(c)), key=score)
 
 
 def read(line: Line | None, probabilities: np.ndarray, mode: str = "auto") -> Reading | None:
