@@ -139,7 +139,7 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
         wholes = np.stack([whole for whole, _ in images]).astype(np.float32, copy=False)
         return [(row, None) for row in predict(wholes)]
     decoded: dict[int, ctc.Decoded] = {}
-    others: dict[int, ctc.Decoded] = {}  # the reading of the two number models' not kept
+    others: dict[int, ctc.Decoded] = {}  # the number reading ctc.reconsider did not keep
     steps: dict[int, np.ndarray] = {}
     lines = [k for k, (_, line) in enumerate(images)
              if line is not None and line.strip is not None]
