@@ -54,7 +54,7 @@ import numpy as np
 INPUT_SIZE = 28  # see the input contract above
 NUM_CLASSES = 10
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # TensorFlow: batch sizes the function is traced for
-MAX_CHUNK = BUCKETS[-1]  # the most inputs run in one call by default (Classifier.chunk)
+MAX_CHUNK = BUCKETS[-1]  # the most inputs run in one call, whatever the runtime
 RUNTIMES = ("auto", "litert", "tensorflow")
 
 
@@ -159,7 +159,6 @@ class Classifier:
     served: Path  # the file actually run
     fallback: str = ""  # why the .tflite is not served; "" when it is
     shape: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)  # one input's (digitd.strip: a line's)
-    chunk: int = MAX_CHUNK  # the most inputs run in one call
     second: Classifier | None = None  # the second opinion (module docstring), if the card names one
     below: float = 0.0  # ... asked for the digits whose top probability is below this
     weight: float = 0.5  # ... and its share of the average
@@ -168,14 +167,14 @@ class Classifier:
     _lock: threading.Lock = field(repr=False, default_factory=threading.Lock)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 28, 28) float32 in [0, 1] -> (N, 10) float32 probabilities, `chunk` at a time."""
+        """(N, 28, 28) float32 in [0, 1] -> (N, 10) float32 probabilities, MAX_CHUNK at a time."""
         x = np.asarray(batch, dtype=np.float32)
         if x.ndim != 3 or x.shape[1:] != self.shape:
             raise ValueError(f"expected (N, {self.shape[0]}, {self.shape[1]}), got {x.shape}")
         parts = []
-        for i in range(0, len(x), self.chunk):
+        for i in range(0, len(x), MAX_CHUNK):
             with self._lock:  # one call at a time: neither runtime is re-entrant
-                parts.append(self._run(x[i:i + self.chunk]))
+                parts.append(self._run(x[i:i + MAX_CHUNK]))
         if not parts:
             return np.zeros((0, NUM_CLASSES), dtype=np.float32)
         probs = np.concatenate(parts)
@@ -305,7 +304,6 @@ def tflite_problem(model_path: Path, model_id: str, card: dict[str, Any]) -> str
 def load_classifier(path: str | Path | None = None, threads: int | None = None,
                     runtime: str = "auto",
                     shape: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE),
-                    chunk: int = MAX_CHUNK,
                     wrap: Callable[[Callable], Callable] | None = None) -> Classifier:
     """Load a model (default: the shipped one) for serving; see the module's docstring.
 
@@ -314,10 +312,9 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
     `runtime`: "auto" serves the .tflite if it can and falls back to the .keras (the reason is
     in `Classifier.fallback`); "litert" or "tensorflow" insist on one. `threads` caps the
     runtime's threads (a worker process gets its share of the cores); None uses every core.
-    `shape`: one input's shape (the number model takes digitd.strip's); `chunk`: the most
-    inputs run in one call (the same answers whatever it is; a model with large activations
-    runs faster in small chunks, which stay in the caches); `wrap`: applied to the runner
-    (LiteRTRunner or KerasRunner) each call goes through (the number model's: digitd.ctc).
+    `shape`: one input's shape (the number model takes digitd.strip's); `wrap`: applied to
+    the runner (LiteRTRunner or KerasRunner) each call goes through (the number model's:
+    digitd.ctc.CutStrips, which runs strips in small chunks that stay in the caches).
     Raises FileNotFoundError for a missing .keras file and ModelError if nothing can serve it.
     """
     if runtime not in RUNTIMES:
@@ -328,7 +325,6 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: no such model file")
     classifier = _load_one(model_path, threads, runtime, tuple(shape), wrap)
-    classifier.chunk = chunk
     entry = classifier.card.get("second_opinion")
     if entry:
         second_path = model_path.with_name(entry["model"])
@@ -336,7 +332,6 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
             raise ModelError(f"{model_path.name}: its card asks {entry['model']} for a second "
                              f"opinion, and there is no such file beside it")
         second = _load_one(second_path, threads, runtime, tuple(shape), wrap)
-        second.chunk = chunk
         if second.model_id != entry["model_id"]:
             raise ModelError(f"{model_path.name}: {entry['model']} is not the second opinion "
                              f"its card records")
