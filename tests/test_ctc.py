@@ -40,6 +40,26 @@ def test_greedy_reads_nothing_from_blanks():
     assert decoded.text == "" and decoded.emissions == ()
 
 
+def test_read_decodes_each_strip_of_a_batch_on_its_own():
+    """read() decodes a batch at once: a digit running on from one strip's last step into
+    the next strip's first is two emissions, one in each; an emission's peak is the first
+    of its surest steps; a blank strip reads nothing; each as greedy() reads it alone."""
+    b = ctc.BLANK
+    first = _steps(*[b] * (ctc.STEPS - 2), 1 + 6, 1 + 6)  # a 6 at its last two steps
+    second = _steps(1 + 6, 1 + 6, 1 + 6, b, 1 + 2)  # a 6 from its first step, then a 2
+    second[1, 1 + 6] = second[2, 1 + 6] = 0.99  # two surest steps: the first is the peak
+    probs = np.stack([first, second, _steps()])
+    decoded = ctc.read(probs)
+    assert [d.text for d in decoded] == ["6", "62", ""]
+    assert [(e.first, e.last, e.peak) for e in decoded[0].emissions] == [
+        (ctc.STEPS - 2, ctc.STEPS - 1, ctc.STEPS - 2)]
+    assert [(e.first, e.last, e.peak) for e in decoded[1].emissions] == [(0, 2, 1), (4, 4, 4)]
+    for d, p in zip(decoded, probs, strict=True):
+        alone = ctc.greedy(p)
+        assert (d.text, d.emissions) == (alone.text, alone.emissions)
+    assert ctc.read(np.zeros((0, ctc.STEPS, ctc.CLASSES))) == []
+
+
 def test_strip_fits_the_line_keeps_its_aspect_and_maps_back():
     ink = np.zeros((60, 300), np.float32)
     ink[10:50, 20:220] = 0.5  # the line: 40 x 200 in a 60 x 300 map
