@@ -8,8 +8,9 @@ Failures raise `Rejected` with a reason code (digitd.codes.Reason).
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
+
+from zlib_ng import zlib_ng  # its crc32: zlib's, 5x faster (SIMD) on a scan's 100 kB
 
 from digitd.codes import Reason, Rejected
 
@@ -76,7 +77,7 @@ def read_header(data: bytes, max_pixels: int) -> PngHeader:
     length, ctype = struct.unpack_from(">I4s", data, 8)
     if ctype != b"IHDR" or length != 13:
         raise Rejected(Reason.CORRUPT, "the PNG does not start with a valid IHDR chunk")
-    if zlib.crc32(data[12:29]) != struct.unpack_from(">I", data, 29)[0]:
+    if zlib_ng.crc32(data[12:29]) != struct.unpack_from(">I", data, 29)[0]:
         raise Rejected(Reason.CORRUPT, "bad CRC in the IHDR chunk")
     width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(
         ">IIBBBBB", data, 16
@@ -100,7 +101,7 @@ def check_chunks(data: bytes, header: PngHeader) -> None:
     view = memoryview(data)
     pos, end, count = 33, len(data), 0
     seen_idat = seen_plte = False
-    crc32 = zlib.crc32
+    crc32 = zlib_ng.crc32
     unpack = struct.unpack_from
     while True:
         if pos + 12 > end:
