@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from digitd.components import label
+from digitd.components import label, without
 
 
 def test_parts_their_boxes_and_areas():
@@ -38,3 +38,21 @@ def test_the_same_labels_as_opencvs_default_algorithm():
                 assert np.array_equal(stats, expected_stats)
     finally:
         cv2.setNumThreads(before)
+
+
+def test_without_is_labelling_again_without_the_parts_dropped():
+    """without(): the labels and statistics label() gives once some parts are made
+    background (the specks preprocess drops, the large parts too), on noisy blobs."""
+    rng = np.random.default_rng(1)
+    for k in range(40):
+        noise = rng.random((40 + k, 90 + 3 * k))
+        binary = (cv2.GaussianBlur(noise, (0, 0), 1 + k % 4) > 0.5).astype(np.uint8) * 255
+        n, labels, stats = label(binary)
+        drop = rng.random(n - 1) < (0.2 if k % 2 else 0.7)
+        drop[0] = True  # at least one
+        kept = np.zeros(n, np.uint8)
+        kept[1:][~drop] = 255
+        m, expected, expected_stats = label(kept[labels])
+        got_n, got, got_stats = without((n, labels, stats), drop)
+        assert got_n == m and np.array_equal(got, expected), k
+        assert np.array_equal(got_stats, expected_stats), k

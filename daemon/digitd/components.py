@@ -2,6 +2,7 @@
 
     label(binary) -> (n, labels, stats)    8-connected; labels int32, 0 the background;
                                            stats (n, 5): x, y, width, height, area
+    without((n, labels, stats), drop) -> (n, labels, stats)    the same with parts dropped
 
 OpenCV's default for 8-connectivity (Spaghetti) and BBDT give the same labels and statistics
 (equal on all 1,340 calls that segmenting 400 number images makes, on one thread and on
@@ -14,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["label"]
+__all__ = ["label", "without"]
 
 
 def label(binary: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -23,3 +24,22 @@ def label(binary: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
         binary, 8, cv2.CV_32S, cv2.CCL_BBDT)
     return n, labels, stats
+
+
+def without(parts: tuple[int, np.ndarray, np.ndarray],
+            drop: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """What label() gives on the same image with the parts `drop` (a bool per part, the
+    background excluded) made background, without labelling it again: the other parts keep
+    their order (a part's label follows where the scan first meets it, which no other part
+    changes) and are numbered on; the background's box and area take the dropped parts in."""
+    n, labels, stats = parts
+    kept = np.flatnonzero(~drop) + 1
+    gone = np.flatnonzero(drop) + 1
+    renumber = np.zeros(n, np.int32)
+    renumber[kept] = np.arange(1, len(kept) + 1, dtype=np.int32)
+    out = stats[np.concatenate(([0], kept))]
+    paper = stats[np.concatenate(([0], gone))]
+    x0, y0 = paper[:, 0].min(), paper[:, 1].min()
+    x1, y1 = (paper[:, 0] + paper[:, 2]).max(), (paper[:, 1] + paper[:, 3]).max()
+    out[0] = (x0, y0, x1 - x0, y1 - y0, paper[:, 4].sum())
+    return len(kept) + 1, renumber[labels], out

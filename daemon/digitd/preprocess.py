@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 
 from digitd.codes import REASONS, Rejected
-from digitd.components import label
+from digitd.components import label, without
 from digitd.pngcheck import check_png
 from digitd.ruling import remove_ruling
 
@@ -255,6 +255,17 @@ class Cut:
     floor: int  # residuals up to this are paper noise
     origin: tuple[int, int]  # (x, y) of the cut's top-left corner in the input's pixels
     scale: int  # input pixels per pixel of the cut
+    # Where the cut was labelled (_extract): the labelling and the specks then dropped from
+    # it, from which `parts` gives label(binary) without labelling again (segment._line).
+    labelled: tuple[int, np.ndarray, np.ndarray] | None = None
+    dropped: np.ndarray | None = None  # a bool per part of `labelled`: a speck, dropped
+
+    @property
+    def parts(self) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """label(binary), where the cut was labelled; None where it was not."""
+        if self.labelled is None or self.dropped is None:
+            return self.labelled
+        return without(self.labelled, self.dropped)
 
 
 def extract(page: Located, mask: np.ndarray, box: tuple[int, int, int, int],
@@ -577,7 +588,9 @@ def _extract(img, background, mask, box, f, floor, ruling=None, side=None) -> Cu
     floor = min(max(floor, local), int(cv2.minMaxLoc(ink)[1]) // 2)
     # Only the digit's own parts at this resolution: no stray noise at the mask's edges.
     binary = cv2.bitwise_and(cv2.compare(ink, floor, cv2.CMP_GT), near)
-    n, labels, stats = label(binary)
+    labelled = label(binary)
+    n, labels, stats = labelled
+    dropped = None
     if n > 2:
         areas = stats[1:, 4]
         specks = areas < max(3, 0.02 * areas.max())
@@ -585,8 +598,9 @@ def _extract(img, background, mask, box, f, floor, ruling=None, side=None) -> Cu
             keep = np.zeros(n, np.uint8)
             keep[1:][~specks] = 255
             binary = keep[labels]
+            dropped = specks
         near = cv2.dilate(binary, _SQUARE3)
-    return Cut(ink, near, binary, floor, (x0 * f, y0 * f), f2)
+    return Cut(ink, near, binary, floor, (x0 * f, y0 * f), f2, labelled, dropped)
 
 
 def _ink_profile(ink: np.ndarray, mask: np.ndarray, floor: int) -> np.ndarray:

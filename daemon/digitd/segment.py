@@ -280,7 +280,9 @@ def _line(cut: Cut, height: float) -> tuple[np.ndarray, np.ndarray, list[list[in
     groups' box in the cut (x0, y0, x1, y1: the units' too); None when it turns out to hold
     one digit."""
     binary = _remove_rules(cut.binary, int(height))
-    n, labels, stats = label(binary)
+    # the cut's own parts, unless a rule was wiped from them (most lines: none)
+    known = cut.parts if binary is cut.binary else None
+    n, labels, stats = known if known is not None else label(binary)
     if n <= 1:
         return None
     parts = list(range(1, n))
