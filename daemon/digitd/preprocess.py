@@ -227,11 +227,10 @@ def locate(image: np.ndarray) -> Located:
                 mode = int(hist[::-1].argmax())
             background = np.empty(small.shape, np.uint8)
             background.fill(mode)
-        floor = MIN_FLOOR
     else:
         background = _background(small)
-        floor = _noise_floor(_residual(background, small), grey)
     ink = _residual(background, small)
+    floor = MIN_FLOOR if flat else _noise_floor(ink, grey)
     min_contrast = MIN_CONTRAST if flat else MIN_CONTRAST_PAPER
     top, level = _ink_level(ink, floor, min_contrast)
     ruling = remove_ruling(ink, level, faint=max(floor, level // 2))
