@@ -37,7 +37,9 @@ read the same digit there (the same string, or the same length and that digit); 
 agreed is doubtful (highlighted for review). Boxes: where the readers agree, the
 segmentation's pieces (cut from the ink itself), otherwise the number model's alignment.
 With `auto`, a line is one digit when the number model reads fewer than two digits, or, when
-it is unsure, the segmentation reader reads one digit too (choose()).
+it is unsure, the segmentation reader reads one digit too (choose()); only then is the whole
+ink read as one digit (an unsure number's pieces are read first, its whole ink after, in a
+second classifier call for the few lines that need it).
 
 Without the number model (recognise: auto/number with no digitd-numbers model), the
 segmentation reader alone answers, as below.
@@ -117,17 +119,21 @@ def model_inputs(whole: np.ndarray, line: Line | None) -> np.ndarray:
 def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode: str = "auto",
              numbers=None, sure: float = 1.0,
              second=None) -> list[tuple[np.ndarray | None, Reading | None]]:
-    """Read many images with at most one call of `predict` ((N, 28, 28) -> (N, 10), the
-    classifier) and, unless `mode` is "digit", one of `numbers` ((N, HEIGHT, WIDTH) strips ->
-    (N, STEPS, CLASSES), the number model; None: the segmentation reader alone): for each
-    (whole, line) its whole ink's probabilities (None when it is read as a number without
-    them) and its number (None: one digit). `whole` may be None for a line: line.whole is
-    then made only where it is read.
+    """Read many images with one call of `predict` ((N, 28, 28) -> (N, 10), the classifier;
+    a second one only for numbers found to be one digit, below) and, unless `mode` is
+    "digit", one of `numbers` ((N, HEIGHT, WIDTH) strips -> (N, STEPS, CLASSES), the number
+    model; None: the segmentation reader alone): for each (whole, line) its whole ink's
+    probabilities (None when it is read as a number: a number needs none) and its number
+    (None: one digit). `whole` may be None for a line: line.whole is then made only where it
+    is read.
 
     With the number model, a line it reads as two digits or more at confidence `sure` or
     above (the callers pass min_confidence) is that number as it stands: the classifier
     reads nothing of it and its pieces are never cut. Below `sure` the segmentation reader
-    is consulted (combine()); fewer than two digits: one digit, the whole ink's.
+    is consulted (combine()) on the line's pieces, and where it finds one digit after all
+    (`auto`), the whole ink is read as that digit in a second call of `predict`, for those
+    lines only (most unsure numbers stay numbers, and their whole ink is never made). Fewer
+    than two digits: one digit, the whole ink's.
 
     `second`: the second number model's batch function (None: there is none), called at most
     once, on the strips `numbers` reads as two digits or more below `sure`; each of those
@@ -158,34 +164,44 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
     inputs: list[np.ndarray | None] = []
     for k, (whole, line) in enumerate(images):
         found = decoded.get(k)
-        if found is not None and len(found.emissions) >= 2 and found.confidence >= sure:
-            inputs.append(None)
+        if found is not None and len(found.emissions) >= 2:
+            # a number: as it stands when sure; else its pieces, for the segmentation reader
+            # (its whole ink is read only if it turns out to be one digit, below)
+            inputs.append(None if found.confidence >= sure else
+                          np.stack([piece.model_input for piece in line.pieces]))
             continue
         if whole is None:
             whole = line.whole
         if found is None:  # no number model: the segmentation reader alone
             inputs.append(model_inputs(whole, line if mode != "digit" else None))
-        elif len(found.emissions) < 2:  # one digit (or none): the whole ink's
+        else:  # one digit (or none): the whole ink's
             inputs.append(whole[None])
-        else:
-            inputs.append(model_inputs(whole, line))
     rows = [x for x in inputs if x is not None]
     probabilities = (predict(np.concatenate(rows).astype(np.float32, copy=False))
                      if rows else None)
-    out, at = [], 0
+    out: list[tuple[np.ndarray | None, Reading | None]] = []
+    at, ones = 0, []
     for k, ((_, line), mine) in enumerate(zip(images, inputs, strict=True)):
+        found = decoded.get(k)
         if mine is None:
-            out.append((None, alone(line, decoded[k])))
+            out.append((None, alone(line, found)))
             continue
         theirs = probabilities[at : at + len(mine)]
         at += len(mine)
-        if k not in decoded:
+        if found is None:
             out.append((theirs[0], read(line, theirs, mode)))
-        elif len(mine) == 1:
+        elif len(found.emissions) < 2:
             out.append((theirs[0], None))
         else:
-            out.append((theirs[0], combine(line, theirs[1:], decoded[k], mode, steps[k],
-                                           others.get(k))))
+            reading = combine(line, theirs, found, mode, steps[k], others.get(k))
+            out.append((None, reading))
+            if reading is None:  # one digit after all
+                ones.append(k)
+    if ones:  # their whole inks, in one more call
+        wholes = np.stack([images[k][0] if images[k][0] is not None else images[k][1].whole
+                           for k in ones])
+        for k, row in zip(ones, predict(wholes.astype(np.float32, copy=False)), strict=True):
+            out[k] = (row, None)
     return out
 
 
