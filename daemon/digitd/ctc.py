@@ -88,24 +88,15 @@ def load(path: str | Path | None = None, threads: int | None = None):
     fallback rules), with the second number model its card names (`second_reading`, served
     alike) as its `second_reading`. Raises FileNotFoundError or digitd.model.ModelError
     (also when the card names a second that is missing or is not the file it records)."""
-    from digitd.model import ModelError, load_classifier
+    from digitd.model import companion, load_classifier
 
     numbers = load_classifier(path or default_path(), threads=threads, shape=SHAPE,
                               wrap=CutStrips)
     entry = numbers.card.get("second_reading")
-    if not entry:
-        return numbers
-    second_path = numbers.path.with_name(entry["model"])
-    if not second_path.is_file():
-        raise ModelError(f"{numbers.path.name}: its card names {entry['model']} as its "
-                         f"second number model, and there is no such file beside it")
-    second = load_classifier(second_path, threads=threads, shape=SHAPE, wrap=CutStrips)
-    if second.model_id != entry["model_id"]:
-        raise ModelError(f"{numbers.path.name}: {entry['model']} is not the second number "
-                         f"model its card records")
-    if second.fallback and not numbers.fallback:
-        numbers.fallback = f"second number model {entry['model']}: {second.fallback}"
-    numbers.second_reading = second
+    if entry:
+        numbers.second_reading = companion(
+            numbers, entry, "second number model",
+            lambda p: load_classifier(p, threads=threads, shape=SHAPE, wrap=CutStrips))
     return numbers
 
 

@@ -327,19 +327,30 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
     classifier = _load_one(model_path, threads, runtime, tuple(shape), wrap)
     entry = classifier.card.get("second_opinion")
     if entry:
-        second_path = model_path.with_name(entry["model"])
-        if not second_path.is_file():
-            raise ModelError(f"{model_path.name}: its card asks {entry['model']} for a second "
-                             f"opinion, and there is no such file beside it")
-        second = _load_one(second_path, threads, runtime, tuple(shape), wrap)
-        if second.model_id != entry["model_id"]:
-            raise ModelError(f"{model_path.name}: {entry['model']} is not the second opinion "
-                             f"its card records")
-        if second.fallback and not classifier.fallback:
-            classifier.fallback = f"second opinion {entry['model']}: {second.fallback}"
+        second = companion(classifier, entry, "second opinion",
+                           lambda p: _load_one(p, threads, runtime, tuple(shape), wrap))
         classifier.second, classifier.below, classifier.weight = (
             second, float(entry["below"]), float(entry["weight"]))
     return classifier
+
+
+def companion(first: Classifier, entry: dict[str, Any], what: str,
+              load: Callable[[Path], Classifier]) -> Classifier:
+    """The model `first`'s card names beside it (`entry`: its file and model id), loaded by
+    `load`: the digit model's second opinion, the number model's second (digitd.ctc.load).
+    Raises ModelError when the file is missing or is not the one the card records; a
+    fallback it is served through is said in `first.fallback` too."""
+    path = first.path.with_name(entry["model"])
+    if not path.is_file():
+        raise ModelError(f"{first.path.name}: its card names {entry['model']} as its {what}, "
+                         f"and there is no such file beside it")
+    other = load(path)
+    if other.model_id != entry["model_id"]:
+        raise ModelError(f"{first.path.name}: {entry['model']} is not the {what} its card "
+                         f"records")
+    if other.fallback and not first.fallback:
+        first.fallback = f"{what} {entry['model']}: {other.fallback}"
+    return other
 
 
 def _load_one(model_path: Path, threads: int | None, runtime: str,
