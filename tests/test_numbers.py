@@ -225,9 +225,10 @@ def test_number_model_reads_numbers_on_paper(sample, classifier, numbers):
 
 def test_the_number_model_runs_strips_cut_short_with_the_whole_strips_outputs(sample,
                                                                              numbers):
-    """Each strip runs cut short after its ink, CHUNK of neighbouring widths at a time
-    (ctc.CutStrips): the outputs are, bit for bit, those of the whole strips in one call of
-    the same .tflite; a strip inked to its end runs whole."""
+    """Each strip runs cut short after its ink, at a width of its own (ctc.CutStrips): its
+    outputs are those of the whole strip through the same .tflite (int8: activations are
+    quantised over the columns run, so within 1e-4, the same strings) and, bit for bit, the
+    same alone, in a batch or in another order; a strip inked to its end runs whole."""
     from digitd.model import LiteRTRunner, tflite_path
 
     x, y = sample
@@ -239,17 +240,22 @@ def test_the_number_model_runs_strips_cut_short_with_the_whole_strips_outputs(sa
     long = np.zeros_like(strips[0])
     long[10:20, 2:254] = 1.0  # ink to the strip's end
     batch = np.stack([*strips, long, np.zeros_like(long)])
-    whole = LiteRTRunner(tflite_path(numbers.path), threads=1, shape=ctc.SHAPE)
-    assert whole.free_width
-    assert np.array_equal(numbers.predict(batch), whole(batch))
-    assert np.array_equal(numbers.second_reading.predict(batch),
-                          LiteRTRunner(tflite_path(numbers.second_reading.path), threads=1,
-                                       shape=ctc.SHAPE)(batch))
+    order = np.random.default_rng(0).permutation(len(batch))
+    for model in (numbers, numbers.second_reading):
+        whole = LiteRTRunner(tflite_path(model.path), threads=1, shape=ctc.SHAPE)
+        assert whole.free_width
+        out, full = model.predict(batch), whole(batch)
+        assert np.abs(out - full).max() < 1e-4
+        assert [d.text for d in ctc.read(out)] == [d.text for d in ctc.read(full)]
+        assert np.array_equal(out[-2:], full[-2:])  # inked to its end, and blank: whole
+        assert np.array_equal(np.concatenate([model.predict(s[None]) for s in batch]), out)
+        assert np.array_equal(model.predict(batch[order]), out[order])
 
 
 def test_cut_strips_run_cut_to_their_ink_and_whole_for_a_fixed_width_model():
-    """What CutStrips asks its runner: widths after each strip's ink (REACH, a multiple of
-    STRIDE), CHUNK strips at a time; a runner of fixed width gets whole strips."""
+    """What CutStrips asks its runner: widths after each strip's ink (REACH, rounded up to a
+    multiple of CUT_TO), the strips of one width together; a runner of fixed width gets
+    whole strips, CHUNK at a time."""
     from digitd.strip import HEIGHT, STRIDE, WIDTH
 
     asked = []
@@ -269,9 +275,11 @@ def test_cut_strips_run_cut_to_their_ink_and_whole_for_a_fixed_width_model():
     asked.clear()
     run.free_width = True
     out = ctc.CutStrips(run)(strips)
-    # a blank strip first (its outputs stand past each cut), then the first 8 strips at the
-    # 8th's width: its ink ends at column 159, 159 + REACH = 221 -> 224; the last two whole
-    assert asked == [(1, HEIGHT, WIDTH), (ctc.CHUNK, HEIGHT, 224), (2, HEIGHT, WIDTH)]
+    # a blank strip first (its outputs stand past each cut), then each width's strips: the
+    # inks end at columns 19, 39, .. 199, + REACH = 81, 101, .. 261 -> 96, 128, 128, 160,
+    # 192, 192, 224, 224, and the last two whole
+    assert asked == [(1, HEIGHT, WIDTH), (1, HEIGHT, 96), (2, HEIGHT, 128), (1, HEIGHT, 160),
+                     (2, HEIGHT, 192), (2, HEIGHT, 224), (2, HEIGHT, WIDTH)]
     assert np.array_equal(out[:, :, 0], strips[:, 0, ::STRIDE])  # each step where it was
 
 

@@ -46,11 +46,15 @@ CHUNK = 8
 # Output step t of the number model sees strip columns 4t - 26 .. 4t + 30 (its convolutions'
 # reach). A strip whose ink ends at column c, run cut to a width w >= c + REACH (a multiple of
 # STRIDE), gives the whole strip's outputs at its first w / 4 - NEAR_CUT steps, and each later
-# step sees no ink: it is a blank strip's. Bit for bit (tests/test_numbers.py), and a strip
-# costs about its width: 0.65 -> 0.50 ms a strip on the bench's numbers (docs/BENCHMARKS.md,
-# Numbers).
+# step sees no ink: it is a blank strip's. A strip costs about its width: 0.65 -> 0.50 ms a
+# strip on the bench's numbers in float32 (docs/BENCHMARKS.md, Numbers). Float32: bit for bit
+# the whole strip's outputs. int8 (activations quantised per strip at run time, over the
+# columns run): within ~1e-5 of them, the same strings; so that a strip's outputs never
+# depend on the strips beside it in a batch, its width is its own ink's, rounded up to CUT_TO
+# columns (tests/test_numbers.py).
 REACH = 62
 NEAR_CUT = 8  # steps next to the cut, whose view reaches past it
+CUT_TO = 32  # strips are run at widths of a multiple of this (a few widths: a few calls)
 # The forward algorithm rescales every RESCALE steps: each step's emissions are float32
 # probabilities (>= 1e-45 unless 0), so 4 steps lose at most 180 of float64's 308 decades.
 RESCALE = 4
@@ -102,11 +106,12 @@ def load(path: str | Path | None = None, threads: int | None = None):
 
 class CutStrips:
     """A number model's runner ((N, HEIGHT, WIDTH) strips -> (N, STEPS, CLASSES)) that runs
-    each strip cut short after its ink (REACH): CHUNK strips of neighbouring widths at a time,
-    at the widest one's width, the steps past the cut a blank strip's outputs. The whole
-    strips' outputs, bit for bit, for about the ink's width of work. A model of fixed width
-    (a .tflite exported before its width was free, or the .keras through TensorFlow) runs
-    whole strips, CHUNK at a time."""
+    each strip cut short after its ink (REACH, rounded up to a multiple of CUT_TO columns):
+    the strips of one width CHUNK at a time, the steps past the cut a blank strip's outputs.
+    The whole strips' outputs (float32 bit for bit, int8 within ~1e-5), for about the ink's
+    width of work; each strip's the same whatever the batch. A model of fixed width (a
+    .tflite exported before its width was free, or the .keras through TensorFlow) runs whole
+    strips, CHUNK at a time."""
 
     def __init__(self, run) -> None:
         self.run = run
@@ -120,15 +125,15 @@ class CutStrips:
             self._blank = self.run(np.zeros((1, HEIGHT, WIDTH), np.float32))[0]
         inked = x.max(axis=1) > 0  # (N, WIDTH)
         last = WIDTH - 1 - inked[:, ::-1].argmax(axis=1)
-        widths = np.minimum(WIDTH, -(-(last + REACH) // STRIDE) * STRIDE)
-        order = np.argsort(widths, kind="stable")
+        widths = np.minimum(WIDTH, -(-(last + REACH) // CUT_TO) * CUT_TO)
         out = np.empty((len(x), STEPS, CLASSES), np.float32)
-        for i in range(0, len(x), CHUNK):  # neighbours in width, cut at the widest's width
-            some = order[i:i + CHUNK]
-            width = int(widths[some[-1]])
+        for width in np.unique(widths).tolist():
             keep = STEPS if width == WIDTH else width // STRIDE - NEAR_CUT
-            out[some, :keep] = self.run(x[some, :, :width])[:, :keep]
-            out[some, keep:] = self._blank[keep:]
+            same = np.flatnonzero(widths == width)
+            for i in range(0, len(same), CHUNK):
+                some = same[i:i + CHUNK]
+                out[some, :keep] = self.run(x[some, :, :width])[:, :keep]
+                out[some, keep:] = self._blank[keep:]
         return out
 
 
