@@ -122,6 +122,25 @@ def test_parity_problem_float32_wants_every_answer_int8_within_its_tolerances():
     assert "labelled" in parity_problem({**good, "keras_accuracy": None}, "int8")
 
 
+def test_a_number_models_int8_is_judged_by_its_strings_and_how_often_a_sure_one_is_wrong():
+    """A number model's int8: its strings' accuracy, at most 0.5% of them different, and no
+    more of them wrong at min_confidence's default (a step's probability at a digit's edge may
+    move by 0.2 with the string unchanged); float32 still wants every answer the same."""
+    sure = np.full((2, 6, 11), 1e-5, np.float32)
+    sure[:, np.arange(6), (0, 6, 0, 0, 0, 0)] = 1 - 1e-4  # "5", surely
+    result = parity(sure, sure, np.array(["6", "5"], dtype=object), "two sure strings")
+    assert (result["sure"], result["keras_silent"], result["tflite_silent"]) == (0.99, 0.5, 0.5)
+    good = {"n": 4000, "same_answers": 3988, "max_abs_diff": 0.2, "keras_accuracy": 0.958,
+            "tflite_accuracy": 0.95825, "sure": 0.99, "keras_silent": 0.002,
+            "tflite_silent": 0.00175}  # the shipped number model's
+    assert parity_problem(good, "int8") == ""
+    assert "different answers" in parity_problem(good, "float32")
+    assert "21 of 4000 strings differ" in parity_problem({**good, "same_answers": 3979}, "int8")
+    assert parity_problem({**good, "tflite_accuracy": 0.9574}, "int8")  # 0.06 points below
+    assert "silent errors at 0.99 +0.08 points" in parity_problem(
+        {**good, "tflite_silent": 0.0028}, "int8")
+
+
 def test_export_keeps_the_card_of_a_trained_model(tmp_path):
     model = small_cnn(tmp_path)
     card_path(model).write_text(json.dumps({"model_id": file_sha256(model), "arch": "x"}))
