@@ -77,6 +77,13 @@ SHARPNESS = 8
 # full weight the classifier spoilt more than it mended (949, 1,888).
 SEGMENTATION_WEIGHT = 0.5
 FLOOR = 1e-3  # a digit outside a reader's top 3: at most this probable
+# One part a little wide (segment's Line.maybe_one: a wide single digit, or two digits written
+# into each other) is a number only if the first number model reads two digits or more at
+# this confidence or above and the second reads the same string; whatever min_confidence, so
+# that a single digit's answer never depends on it. None of the 35,376 single digits of
+# bench/recognise_modes.py answers otherwise; 8 of 14,000 bench numbers are mended.
+TWO_IN_ONE_SURE = 0.99
+NOT_A_NUMBER = ctc.Decoded("", 0.0, ())  # what a maybe_one line not taken for a number reads
 
 
 @dataclass(frozen=True)
@@ -110,8 +117,8 @@ MODES = ("auto", "digit", "number")  # the `recognise` setting
 
 def model_inputs(whole: np.ndarray, line: Line | None) -> np.ndarray:
     """What the classifier must read for one image: its whole ink as one digit (row 0), then
-    the line's pieces, if any (rows 1..)."""
-    if line is None:
+    the line's pieces, if any (rows 1..; none for a line that is one part, Line.maybe_one)."""
+    if line is None or line.maybe_one:
         return whole[None]
     return np.stack([whole] + [piece.model_input for piece in line.pieces])
 
@@ -138,7 +145,11 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
     `second`: the second number model's batch function (None: there is none), called at most
     once, on the strips `numbers` reads as two digits or more below `sure`; each of those
     readings is then the string more probable under both (digitd.ctc.reconsider), before the
-    rest. A line it reads as one digit stays one digit: the second does not make numbers."""
+    rest. A line it reads as one digit stays one digit: the second does not make numbers.
+
+    A line that is one part a little wide (Line.maybe_one) is one digit, its whole ink's,
+    unless the number model reads it as a number at TWO_IN_ONE_SURE and the second model as
+    the same string; without the two models, or with `mode` "digit", it is one digit."""
     if not images:
         return []
     if all(line is None for _, line in images):  # single digits only (e.g. recognise: digit)
@@ -153,21 +164,31 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
         outputs = numbers(np.stack([images[k][1].strip.pixels for k in lines]))
         decoded = dict(zip(lines, ctc.read(outputs), strict=True))
         steps = dict(zip(lines, outputs, strict=True))
-        unsure = [k for k in lines
-                  if decoded[k].confidence < sure and len(decoded[k].emissions) >= 2]
-        if second is not None and unsure:
-            theirs = second(np.stack([images[k][1].strip.pixels for k in unsure]))
-            for k, reading, out in zip(unsure, ctc.read(theirs), theirs, strict=True):
+        doubted = {k for k in lines if images[k][1].maybe_one}
+        unsure = [k for k in lines if k not in doubted
+                  and decoded[k].confidence < sure and len(decoded[k].emissions) >= 2]
+        asked = [k for k in sorted(doubted) if len(decoded[k].emissions) >= 2
+                 and decoded[k].confidence >= TWO_IN_ONE_SURE]
+        confirmed = set()
+        if second is not None and unsure + asked:
+            theirs = second(np.stack([images[k][1].strip.pixels for k in unsure + asked]))
+            for k, reading, out in zip(unsure + asked, ctc.read(theirs), theirs, strict=True):
+                if k in doubted:
+                    if reading.text == decoded[k].text:
+                        confirmed.add(k)
+                    continue
                 kept = ctc.reconsider(steps[k], out, decoded[k], reading)
                 others[k] = reading if kept is decoded[k] else decoded[k]
                 decoded[k] = kept
+        for k in doubted - confirmed:
+            decoded[k] = NOT_A_NUMBER
     inputs: list[np.ndarray | None] = []
     for k, (whole, line) in enumerate(images):
         found = decoded.get(k)
         if found is not None and len(found.emissions) >= 2:
             # a number: as it stands when sure; else its pieces, for the segmentation reader
             # (its whole ink is read only if it turns out to be one digit, below)
-            inputs.append(None if found.confidence >= sure else
+            inputs.append(None if found.confidence >= sure or line.maybe_one else
                           np.stack([piece.model_input for piece in line.pieces]))
             continue
         if whole is None:
@@ -273,8 +294,9 @@ def read(line: Line | None, probabilities: np.ndarray, mode: str = "auto") -> Re
     """The number an image holds, or None when it holds one digit (read from row 0 of
     `probabilities` exactly as before numbers existed). `probabilities`: the classifier's
     rows for model_inputs(); `mode` "number" reads a line as a number even when it might be
-    one broken digit, "auto" lets choose() decide."""
-    if line is None or mode == "digit":
+    one broken digit, "auto" lets choose() decide. One part a little wide (Line.maybe_one) is
+    one digit here: only the number models make it a number (read_all)."""
+    if line is None or mode == "digit" or line.maybe_one:
         return None
     pieces = probabilities[1:]
     if mode == "number":

@@ -11,7 +11,10 @@ one digit):
 1. The ink's parts on the small copy (preprocess.ink_components: scanner border lines and
    shadows dropped), dust dropped, and upright bars that are printed, not written (far finer
    than the ink, or straight at either end on a form's ruling); one part, or parts that are
-   not side by side, is a single digit: the result is exactly preprocess.normalise's.
+   not side by side, is a single digit: the result is exactly preprocess.normalise's. One
+   part a little wide (TWO_IN_ONE to ALONE times as wide as tall: a wide single digit, or
+   two digits written into each other) is a line too, `maybe_one`: one digit unless both
+   number models read it as the same number, surely (digitd.reader.read_all).
 2. Several parts along a line: the whole line is cut out at a resolution where its height is
    about WORK_SIZE (preprocess.extract), and its parts found again there.
 3. Decoration is removed: long horizontal lines (an underline, touching the digits or not),
@@ -65,6 +68,10 @@ SMALL = 0.4  # ...or smaller than this in both directions are decoration, unless
 PART = 0.45  # a part of a broken digit is at least this share of the digit height
 WIDE = 0.75  # a part wider than this many digit heights may be touching digits
 ALONE = 1.3  # one part alone is read as touching digits only when this much wider than tall
+# ...and one part at least this much wider than tall (but not ALONE) may be two digits written
+# into each other (`64` was read `4`, some `ok`): asking the number models mends 8 of 14,000
+# bench numbers; 5-6% of single digits are that wide (docs/BENCHMARKS.md, Numbers)
+TWO_IN_ONE = 1.1
 SLIM = 0.3  # an upright bar is at most this much wider than tall...
 BAR = 0.3  # ...and printed when its stroke is at most this share of the largest part's
 STRAIGHT = 0.02  # ...or, at an end of the line and touching a form's ruling, when its centre
@@ -113,6 +120,9 @@ class Line:
     strip: Strip | None = None  # all of it (decoration too) as the number model reads it
     cut: Callable[[], tuple[int, tuple[Piece, ...]]] = field(default=lambda: (0, ()),
                                                              repr=False, compare=False)
+    # One part a little wide (step 1): one digit, its `whole`, unless both number models
+    # read it as the same number, surely (digitd.reader.read_all); never segmented.
+    maybe_one: bool = False
 
     @functools.cached_property
     def whole(self) -> np.ndarray:
@@ -142,27 +152,31 @@ def segment(image: np.ndarray) -> Single | Line:
     page = locate(image)
     parts = ink_components(page.ink, page.floor, page.top, page.level)
     stats = parts.stats
-    if len(parts.candidates) == 1 and stats[parts.candidates[0], 2] <= ALONE * stats[
-            parts.candidates[0], 3]:  # most single digits: one part, not wide (step 1's answer)
-        return Single(_whole(page, parts))
+    maybe_one = False
+    if len(parts.candidates) == 1:
+        _, _, w, h, _ = stats[parts.candidates[0]]
+        if w < TWO_IN_ONE * h:  # most single digits: one part, not wide (step 1's answer)
+            return Single(_whole(page, parts))
+        maybe_one = w <= ALONE * h
     areas = stats[:, 4]
     big = max(areas[i] for i in parts.candidates)
     kept = [i for i in parts.candidates if areas[i] >= DUST * big]
     kept = [i for i in kept if not _edge_line(stats[i], page.ink.shape)] or kept
     kept = _without_printed_bars(parts, kept)
     kept = _without_form_bars(parts, kept, page.ruling)
-    if not _side_by_side(stats, kept):
+    if not maybe_one and not _side_by_side(stats, kept):
         return Single(_whole(page, parts))
     line_mask, line_box = mask_of(parts, kept)
     # the line's digits about WORK_SIZE / 2 tall: ample for 20x20, and cheap
     cut = extract(page, line_mask, line_box, side=2 * _digit_height(stats, kept))
     whole = functools.partial(_whole, page, parts)
-    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale)
+    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale, maybe_one)
     if found is None:
         return Single(whole())
     labels, stats, groups, height, band = found
     return Line(float(height * cut.scale), whole, _strip(cut, band, height),
-                functools.partial(_candidates, cut, labels, stats, groups, height))
+                functools.partial(_candidates, cut, labels, stats, groups, height),
+                maybe_one=maybe_one)
 
 
 def _whole(page, parts) -> np.ndarray:
@@ -273,12 +287,12 @@ def _side_by_side(stats: np.ndarray, labels: list[int]) -> bool:
     return False
 
 
-def _line(cut: Cut, height: float) -> tuple[np.ndarray, np.ndarray, list[list[int]], int,
-                                           Band] | None:
+def _line(cut: Cut, height: float, maybe_one: bool = False
+          ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band] | None:
     """Steps 2-3 on the cut-out line (its digits about `height` pixels tall): its parts
     (labels, stats), their groups (_group), the digits' height in the cut's pixels and the
     groups' box in the cut (x0, y0, x1, y1: the units' too); None when it turns out to hold
-    one digit."""
+    one digit (`maybe_one`: the number models say, not its shape)."""
     binary = _remove_rules(cut.binary, int(height))
     # the cut's own parts, unless a rule was wiped from them (most lines: none)
     known = cut.parts if binary is cut.binary else None
@@ -290,11 +304,12 @@ def _line(cut: Cut, height: float) -> tuple[np.ndarray, np.ndarray, list[list[in
     parts = [i for i in parts if stats[i, 4] >= DUST * big]
     height = _digit_height(stats, parts)
     groups = _group(stats, parts, height)
-    if len(groups) <= 1 and all(_width(stats, g) <= ALONE * height for g in groups):
-        return None
-    # One group, wider than a digit: touching digits if it splits into units (step 4).
-    if len(groups) == 1 and len(_units(labels, stats, groups, height)) <= 1:
-        return None
+    if not maybe_one:
+        if len(groups) <= 1 and all(_width(stats, g) <= ALONE * height for g in groups):
+            return None
+        # One group, wider than a digit: touching digits if it splits into units (step 4).
+        if len(groups) == 1 and len(_units(labels, stats, groups, height)) <= 1:
+            return None
     return labels, stats, groups, height, _bounds(stats, [i for g in groups for i in g])
 
 
