@@ -109,19 +109,21 @@ def parity(keras_probs: np.ndarray, tflite_probs: np.ndarray, labels: np.ndarray
     }
     if keras_probs.ndim == 3 and labels is not None:  # a number model: its strings' promise
         result["sure"] = SURE
-        result["keras_silent"] = _silent(keras_probs, labels)
-        result["tflite_silent"] = _silent(tflite_probs, labels)
+        result["keras_silent"] = _silent(keras_probs, keras_answer, labels)
+        result["tflite_silent"] = _silent(tflite_probs, tflite_answer, labels)
     return result
 
 
-def _silent(probs: np.ndarray, labels: np.ndarray) -> float:
-    """A number model's share of strings read wrong at confidence SURE or above."""
+def _silent(probs: np.ndarray, answer: np.ndarray, labels: np.ndarray) -> float:
+    """A number model's share of strings read wrong (`answer`: its greedy strings, from
+    `answers`) at confidence SURE or above: the string's probability, as digitd.ctc.read
+    gives it."""
+    if not len(answer):
+        return 0.0
     from digitd import ctc
 
-    read = ctc.read(probs)
-    wrong = np.array([d.text != t and d.confidence >= SURE for d, t in zip(read, labels,
-                                                                          strict=True)])
-    return round(float(wrong.mean()), 6) if len(wrong) else 0.0
+    confidence = np.exp(ctc.string_log_probs(probs, [[int(c) + 1 for c in a] for a in answer]))
+    return round(float(((answer != labels) & (confidence >= SURE)).mean()), 6)
 
 
 def answers(probs: np.ndarray) -> np.ndarray:
