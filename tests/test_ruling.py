@@ -170,6 +170,22 @@ def test_a_thin_one_in_a_line_of_bolder_digits_is_not_ruling():
     assert np.count_nonzero(result.ink[6:26, 22:27] > LEVEL) >= 35  # the 1 is all there
 
 
+def test_a_one_standing_on_an_underline_beside_touching_digits_is_not_a_tick():
+    """An underlined number whose 1 stands on the line, thin and straight as a comb's tick,
+    beside two touching digits (one part wider than a digit is tall): the 1 is as tall as
+    the digits, so it stays (it went when measured against the touching pair's width:
+    `4577127` read `457727`, some of them `ok`)."""
+    ink = np.zeros((64, 200), np.uint8)
+    cv2.line(ink, (0, 52), (199, 52), 255, 3)  # the underline
+    for x in (40, 62, 160):  # 0s, the first two touching: one part 54 px wide
+        cv2.ellipse(ink, (x, 28), (11, 17), 0, 0, 360, 255, 5)
+    cv2.line(ink, (118, 17), (118, 50), 255, 3)  # the 1, on the line
+    result = remove_ruling(ink, LEVEL)
+    assert [line.vertical for line in result.lines] == [False]  # the underline
+    assert np.count_nonzero(result.ink[17:48, 116:121] > LEVEL) >= 3 * 30  # the 1 is there
+    assert np.count_nonzero(result.ink[52] > LEVEL) < 40  # and the underline is not
+
+
 def test_underlined_digits_keep_their_shape_through_normalise(sample):
     x = sample[0]
     for i in range(10):

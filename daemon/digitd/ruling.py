@@ -484,9 +484,17 @@ def _stubs(kept: np.ndarray, removed: np.ndarray, lines: list[Line],
         stubs.append(i)
     if not stubs:
         return None
-    others = [max(stats[i, 2], stats[i, 3]) for i in range(1, n) if i not in stubs]
-    longest = max(others, default=0)
-    if longest >= MARK * min(h, w):
+    others = [i for i in range(1, n) if i not in stubs]
+    longest = max((max(stats[i, 2], stats[i, 3]) for i in others), default=0)
+    marks = [i for i in others if max(stats[i, 2], stats[i, 3]) >= MARK * min(h, w)]
+    if len(marks) > 1:  # several written marks (a number): a stub shorter than the digits
+        # along its own axis (a 1 standing on an underline is as tall as the digits, whose
+        # touching pairs or signs are wider)
+        tallest = max(stats[i, 3] for i in marks)
+        widest = max(stats[i, 2] for i in marks)
+        stubs = [i for i in stubs if max(stats[i, 2], stats[i, 3])
+                 < 0.8 * (tallest if stats[i, 3] > stats[i, 2] else widest)]
+    elif longest >= MARK * min(h, w):  # one mark: shorter than it is long (a box's ticks)
         stubs = [i for i in stubs if max(stats[i, 2], stats[i, 3]) < 0.8 * longest]
     else:  # nothing else written: ticks are short, a lone stroke (a 1 on a line) is not
         stubs = [i for i in stubs
