@@ -17,7 +17,7 @@ from digitd.model import ModelError, load_classifier
 from digitd.preprocess import Components, decode_png, normalise
 from digitd.reader import SHARPNESS, Reading, choose, model_inputs, read, read_all, read_line
 from digitd.result import Result
-from digitd.segment import Line, Piece, Single, _without_printed_bars, segment
+from digitd.segment import Line, Piece, Single, _edge_line, _without_printed_bars, segment
 from harness import classifier_rows
 
 
@@ -465,6 +465,17 @@ def test_a_far_finer_upright_bar_is_not_a_digit(sample):
         n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
         parts = Components(binary, labels, stats, list(range(1, n)))
         assert n - 1 == 2 and len(_without_printed_bars(parts, parts.candidates)) == kept
+
+
+def test_a_digit_joined_to_what_an_underline_left_is_not_a_scanners_border():
+    """segment._edge_line: thin for its length is not enough; a scanner's border line is thin
+    across the image too. The part below, measured in USPS seed 2's `0.782.269=` (41 x 157
+    small pixels), is an 8 joined to the rest of its underline: dropped as a border, the
+    number read `072269`, status ok."""
+    shape = (41, 157)
+    assert _edge_line(np.array([0, 38, 157, 3, 450]), shape)  # a border along the bottom
+    assert _edge_line(np.array([0, 0, 3, 41, 120]), shape)  # one along the left edge
+    assert not _edge_line(np.array([31, 22, 124, 17, 286]), shape)
 
 
 def test_a_hairline_beside_a_digit_does_not_make_a_number(sample, classifier, numbers):

@@ -186,12 +186,15 @@ def _whole(page, parts) -> np.ndarray:
 
 
 def _edge_line(stat: np.ndarray, shape: tuple[int, ...]) -> bool:
-    """A scanner's border line: along an edge, most of its length, thin."""
+    """A scanner's border line: along an edge, most of its length, thin (for its length and
+    across the image: a digit joined to what a form's removed underline left is not)."""
     x, y, w, h, _ = stat
     rows, cols = shape[:2]
     near_x, near_y = max(2, 0.06 * cols), max(2, 0.06 * rows)
-    upright = (x <= near_x or x + w >= cols - near_x) and h >= 0.6 * rows and w <= 0.15 * h
-    lying = (y <= near_y or y + h >= rows - near_y) and w >= 0.6 * cols and h <= 0.15 * w
+    upright = (x <= near_x or x + w >= cols - near_x) and h >= 0.6 * rows \
+        and w <= 0.15 * min(h, cols)
+    lying = (y <= near_y or y + h >= rows - near_y) and w >= 0.6 * cols \
+        and h <= 0.15 * min(w, rows)
     return bool(upright or lying)
 
 
