@@ -17,7 +17,15 @@ from digitd.model import ModelError, load_classifier
 from digitd.preprocess import Components, decode_png, normalise
 from digitd.reader import SHARPNESS, Reading, choose, model_inputs, read, read_all, read_line
 from digitd.result import Result
-from digitd.segment import Line, Piece, Single, _edge_line, _without_printed_bars, segment
+from digitd.segment import (
+    Line,
+    Piece,
+    Single,
+    _edge_line,
+    _without_form_bars,
+    _without_printed_bars,
+    segment,
+)
 from harness import classifier_rows
 
 
@@ -512,6 +520,55 @@ def test_a_forms_printed_bars_are_not_digits(sample, monkeypatch):
     assert isinstance(segment(decode_png(png)), Single)
     monkeypatch.setattr(segmentation, "_without_form_bars", lambda parts, labels, ruling: labels)
     assert isinstance(segment(decode_png(png)), Line)
+
+
+def test_a_straight_one_opening_an_underlined_number_is_a_digit():
+    """A 1 straight as a printed bar, standing on the number's underline at the line's start,
+    as tall as the digits after it: not a form's bar (a comb's tick is shorter, a box's edge
+    taller). It was dropped: USPS seed 2's `105304` read `05301`, status ok."""
+    page = np.full((90, 260), 255, np.uint8)
+    cv2.line(page, (10, 76), (250, 76), 0, 3)  # the underline
+    cv2.line(page, (30, 24), (30, 74), 0, 5)  # the 1, standing on it
+    for x in (80, 140, 200):  # 0s as tall as the 1
+        cv2.ellipse(page, (x, 49), (16, 25), 0, 0, 360, 0, 5)
+    line = segment(decode_png(cv2.imencode(".png", page)[1].tobytes()))
+    assert isinstance(line, Line)
+    assert line.units == 4
+    assert line.strip.pixels[:, :24].max() > 0.5  # the 1 is in the strip, on the left
+
+
+def _kept_at_the_ends(draw) -> int:
+    """How many of the parts `draw` makes on a binary copy (a form's baseline under them, as
+    locate removed it) segment._without_form_bars keeps."""
+    binary = np.zeros((70, 100), np.uint8)
+    draw(binary)
+    ruling = np.zeros_like(binary)
+    ruling[60:62] = 255
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    parts = Components(binary, labels, stats, list(range(1, n)))
+    return len(_without_form_bars(parts, parts.candidates, ruling))
+
+
+def test_a_bar_as_tall_as_the_digits_beside_it_is_a_one_if_they_are_several():
+    """A straight upright part at an end of the line, standing on removed ruling, as tall as
+    the digits: a 1 when there are several digits side by side (a number on its underline),
+    a comb's tick when the other parts are one digit's broken strokes (a 7's bar and stem,
+    one above the other: such comb fields were read `171` when their strokes were counted as
+    digits)."""
+
+    def number(b):  # a 1 opening a number of 0s, all standing on the line
+        cv2.line(b, (8, 34), (8, 59), 1, 3)
+        for x in (30, 55, 80):
+            cv2.ellipse(b, (x, 47), (8, 12), 0, 0, 360, 1, 3)
+
+    def comb(b):  # a 7 in two strokes between the comb's ticks, as tall as each stroke
+        for x in (5, 90):
+            cv2.line(b, (x, 46), (x, 59), 1, 3)
+        cv2.line(b, (20, 28), (60, 40), 1, 4)
+        cv2.line(b, (55, 46), (42, 59), 1, 4)
+
+    assert _kept_at_the_ends(number) == 4
+    assert _kept_at_the_ends(comb) == 2
 
 
 def _page(ink: np.ndarray) -> bytes:

@@ -10,7 +10,8 @@ one digit):
 
 1. The ink's parts on the small copy (preprocess.ink_components: scanner border lines and
    shadows dropped), dust dropped, and upright bars that are printed, not written (far finer
-   than the ink, or straight at either end on a form's ruling); one part, or parts that are
+   than the ink, or straight at either end on a form's ruling, unless as tall as the several
+   digits beside them: a 1 on the number's underline); one part, or parts that are
    not side by side, is a single digit: the result is exactly preprocess.normalise's. One
    part a little wide (TWO_IN_ONE to ALONE times as wide as tall: a wide single digit, or
    two digits written into each other) is a line too, `maybe_one`: one digit unless both
@@ -76,6 +77,10 @@ SLIM = 0.3  # an upright bar is at most this much wider than tall...
 BAR = 0.3  # ...and printed when its stroke is at most this share of the largest part's
 STRAIGHT = 0.02  # ...or, at an end of the line and touching a form's ruling, when its centre
 # strays at most this share of its height from a line at most ruling.SKEW_DEG off upright
+# ...unless, in a line of several digits, it is as tall as they are: from this share of their
+# median height to this share of the tallest (comb ticks are at most 0.8 of the digit's
+# height, a box's edges at least 1.15 in bench/scans.py's forms)
+AS_TALL = (0.85, 1.1)
 CUT = math.log(0.4)  # log-penalty for reading a part cut apart as two digits
 VALLEY = 0.9  # a cut goes where the ink is at most this share of the part's median column
 DOUBT = 1.05  # a piece wider than this many digit heights may be two digits read as one
@@ -233,17 +238,28 @@ def _without_form_bars(parts: Components, labels: list[int],
     (measured: 27 -> 4 of 10,000 form fields read otherwise by `auto` than by `digit`, 7
     with the number model trained since; not one of 3,000 generated numbers read otherwise;
     judged on the middle rows only, a 1 standing at the end of a number on its underline
-    went too)."""
+    went too). A bar as tall as the digits beside it (AS_TALL), when they are several side by
+    side, is a 1 on the number's underline, however straight (USPS 1s are: `105304` lost its
+    1, `ok`); one digit's broken strokes are not several digits (_apart)."""
     if ruling is None or len(labels) < 2:
         return labels
     stats = parts.stats
     ends = {min(labels, key=lambda i: stats[i, 0]),
             max(labels, key=lambda i: stats[i, 0] + stats[i, 2])}
+    # the other digits' heights, when there are several side by side (a number; not a digit
+    # broken in two): a bar as tall as they are is a 1 standing on the number's underline (a
+    # comb's tick is shorter, a box's edge taller)
+    digits = [i for i in labels if stats[i, 2] > SLIM * stats[i, 3]]
+    highest = max((int(stats[i, 3]) for i in digits), default=0)
+    digits = [i for i in digits if stats[i, 3] >= 0.5 * highest]
+    heights = [int(stats[i, 3]) for i in digits]
+    tall = (AS_TALL[0] * float(np.median(heights)), AS_TALL[1] * highest) \
+        if len(digits) >= 2 and _apart(stats, digits) else None
     near = None
     printed = set()
     for i in ends:
         x, y, w, h, _ = (int(v) for v in stats[i])
-        if w > SLIM * h or h < 8:
+        if w > SLIM * h or h < 8 or (tall is not None and tall[0] <= h <= tall[1]):
             continue
         if near is None:
             near = cv2.dilate(ruling, np.ones((5, 5), np.uint8))
@@ -280,7 +296,12 @@ def _side_by_side(stats: np.ndarray, labels: list[int]) -> bool:
         x, _, w, h, _ = stats[i]
         if w > ALONE * h:  # touching digits, or digits standing on an underline
             return True
-    tall.sort(key=lambda i: stats[i, 0])
+    return _apart(stats, tall)
+
+
+def _apart(stats: np.ndarray, tall: list[int]) -> bool:
+    """Are some two of these parts apart along the line (not one digit's broken strokes)?"""
+    tall = sorted(tall, key=lambda i: stats[i, 0])
     for a, b in zip(tall, tall[1:], strict=False):
         ax, _, aw, _, _ = stats[a]
         bx, _, bw, _, _ = stats[b]
