@@ -6,6 +6,8 @@ with separators and decoration) through the real decoder, segmentation and shipp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -622,6 +624,26 @@ def test_two_digits_written_into_each_other_are_a_number_when_both_models_say_so
                        numbers.predict, second=None)
         assert all(r is None for _, r in out), kind
         assert np.array_equal(np.stack([p for p, _ in out]), alone), kind
+
+
+def test_two_digits_that_touch_when_seen_sharper_are_asked_as_one_part(classifier, numbers):
+    """tests/data/touching_38.png (bench/number_accuracy.py seed 2's number 480: MNIST test
+    digits 7157 and 1248 on grey paper): two parts apart on locate's small copy, one part 1.2
+    times as wide as tall at the cut's resolution. It was a single digit (read `8`); now it is
+    a line that may be one digit (Line.maybe_one), which both number models read `38`;
+    without the second model, or with "digit", it is the single digit, normalise's."""
+    data = (Path(__file__).parent / "data" / "touching_38.png").read_bytes()
+    line = segment(decode_png(data))
+    assert isinstance(line, Line) and line.maybe_one
+    images = [(None, line)]
+    [(probabilities, reading)] = read_all(images, classifier.predict, "auto", numbers.predict,
+                                          sure=0.99, second=ctc.second_of(numbers))
+    assert probabilities is None and reading.text == "38"
+    alone = classifier.predict(normalise(decode_png(data))[None])
+    for mode in ("digit", "auto"):
+        [(probabilities, reading)] = read_all(images, classifier.predict, mode, numbers.predict,
+                                              second=None)
+        assert reading is None and np.array_equal(probabilities, alone[0]), mode
 
 
 def test_a_single_digit_a_little_wide_is_still_exactly_normalise(sample, classifier, numbers):

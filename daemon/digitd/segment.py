@@ -17,7 +17,8 @@ one digit):
    two digits written into each other) is a line too, `maybe_one`: one digit unless both
    number models read it as the same number, surely (digitd.reader.read_all).
 2. Several parts along a line: the whole line is cut out at a resolution where its height is
-   about WORK_SIZE (preprocess.extract), and its parts found again there.
+   about WORK_SIZE (preprocess.extract), and its parts found again there (where they are one
+   part a little wide, two digits that touch seen sharper, the line is `maybe_one` too).
 3. Decoration is removed: long horizontal lines (an underline, touching the digits or not),
    flat strokes (a dash, an equals sign, a stray tick) and small blobs on the baseline
    (thousands dots and commas). A small part inside a digit's columns and close to it (a 5's
@@ -175,13 +176,26 @@ def segment(image: np.ndarray) -> Single | Line:
     # the line's digits about WORK_SIZE / 2 tall: ample for 20x20, and cheap
     cut = extract(page, line_mask, line_box, side=2 * _digit_height(stats, kept))
     whole = functools.partial(_whole, page, parts)
-    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale, maybe_one)
+    height = _digit_height(stats, kept) * page.f / cut.scale
+    found = _line(cut, height, maybe_one)
+    if found is None and not maybe_one:
+        # parts apart on the small copy but one part a little wide at the cut's resolution
+        # (two digits that touch when seen sharper: `38` read `8`): one part a little wide,
+        # the number models may say (as for TWO_IN_ONE above)
+        again = _line(cut, height, maybe_one=True)
+        if again is not None and _a_little_wide(*again[1:4]):
+            found, maybe_one = again, True
     if found is None:
         return Single(whole())
     labels, stats, groups, height, band = found
     return Line(float(height * cut.scale), whole, _strip(cut, band, height),
                 functools.partial(_candidates, cut, labels, stats, groups, height),
                 maybe_one=maybe_one)
+
+
+def _a_little_wide(stats: np.ndarray, groups: list[list[int]], height: int) -> bool:
+    """One group, TWO_IN_ONE to ALONE times as wide as the digits are tall."""
+    return len(groups) == 1 and TWO_IN_ONE * height <= _width(stats, groups[0]) <= ALONE * height
 
 
 def _whole(page, parts) -> np.ndarray:
