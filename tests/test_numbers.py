@@ -24,6 +24,7 @@ from digitd.segment import (
     Piece,
     Single,
     _edge_line,
+    _side_by_side,
     _without_form_bars,
     _without_printed_bars,
     segment,
@@ -591,6 +592,36 @@ def _written_into(a: np.ndarray, b: np.ndarray) -> bytes | None:
         if cv2.connectedComponents((canvas > 60).astype(np.uint8))[0] == 2:
             return _page(canvas)
     return None
+
+
+def test_a_digit_broken_one_piece_above_another_is_one_column_beside_its_neighbour():
+    """segment._side_by_side on the small copy's parts of MNIST seed 4's `45` (x, y, w, h,
+    area): a 4, and a 5 in three pieces one above the other, none half as tall as the 4. The
+    pieces share their columns: one digit beside the 4, a line (it was one digit, read `4`,
+    ok). The 5's pieces alone are one digit."""
+    stats = np.array([[0, 0, 90, 100, 0], [10, 36, 37, 49, 500], [50, 48, 5, 8, 30],
+                      [48, 57, 6, 7, 30], [51, 66, 21, 24, 200]])
+    assert _side_by_side(stats, [1, 2, 3, 4])
+    assert not _side_by_side(stats, [2, 3, 4])
+
+
+def test_one_part_a_little_wide_with_a_speck_beside_it_may_be_two_digits(sample):
+    """Two digits written into each other, one part a little wide (Line.maybe_one), on a scan
+    with a speck of dust in its margin: two parts, not side by side, were one digit at once
+    (`64` read `4`, ok, on a specked scan); the speck aside, it is the same maybe_one line."""
+    x, _ = sample
+    seen = 0
+    for i in range(0, 200, 2):
+        png = _written_into(x[i], x[i + 1])
+        plain = segment(decode_png(png)) if png is not None else None
+        if not (isinstance(plain, Line) and plain.maybe_one):
+            continue
+        page = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+        page[4:10, 4:10] = 0  # the speck
+        specked = segment(decode_png(cv2.imencode(".png", page)[1].tobytes()))
+        assert isinstance(specked, Line) and specked.maybe_one, i
+        seen += 1
+    assert seen >= 10
 
 
 def test_two_digits_written_into_each_other_are_a_number_when_both_models_say_so(

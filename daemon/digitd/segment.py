@@ -12,9 +12,10 @@ one digit):
    shadows dropped), dust dropped, and upright bars that are printed, not written (far finer
    than the ink, or straight at either end on a form's ruling, unless as tall as the several
    digits beside them: a 1 on the number's underline); one part, or parts that are
-   not side by side, is a single digit: the result is exactly preprocess.normalise's. One
-   part a little wide (TWO_IN_ONE to ALONE times as wide as tall: a wide single digit, or
-   two digits written into each other) is a line too, `maybe_one`: one digit unless both
+   not side by side (in columns: a digit's pieces one above the other are one), is a single
+   digit: the result is exactly preprocess.normalise's. One part a little wide (TWO_IN_ONE
+   to ALONE times as wide as tall: a wide single digit, or two digits written into each
+   other), specks beside it or not, is a line too, `maybe_one`: one digit unless both
    number models read it as the same number, surely (digitd.reader.read_all).
 2. Several parts along a line: the whole line is cut out at a resolution where its height is
    about WORK_SIZE (preprocess.extract), and its parts found again there (where they are one
@@ -171,7 +172,9 @@ def segment(image: np.ndarray) -> Single | Line:
     kept = _without_printed_bars(parts, kept)
     kept = _without_form_bars(parts, kept, page.ruling)
     if not maybe_one and not _side_by_side(stats, kept):
-        return Single(_whole(page, parts))
+        if not _a_little_wide_alone(stats, kept):
+            return Single(_whole(page, parts))
+        maybe_one = True  # one part a little wide, and specks
     line_mask, line_box = mask_of(parts, kept)
     # the line's digits about WORK_SIZE / 2 tall: ample for 20x20, and cheap
     cut = extract(page, line_mask, line_box, side=2 * _digit_height(stats, kept))
@@ -301,16 +304,53 @@ def _stroke(labels: np.ndarray, stat: np.ndarray, label: int) -> float:
 
 
 def _side_by_side(stats: np.ndarray, labels: list[int]) -> bool:
-    """Could these parts be several digits? Some two of them as tall as a digit and apart
-    along the line, or one part much wider than a digit (touching digits, or digits joined by
-    an underline they stand on; _line tells a single digit on a line apart)."""
+    """Could these parts be several digits? One part as tall as a digit and much wider
+    (touching digits, or digits joined by an underline they stand on; _line tells a single
+    digit on a line apart), or some two columns of them (_columns: a digit's pieces one above
+    the other are one) as tall as a digit and apart along the line."""
     height = _digit_height(stats, labels)
-    tall = [i for i in labels if stats[i, 3] >= 0.5 * height]
-    for i in tall:
+    for i in labels:
         x, _, w, h, _ = stats[i]
-        if w > ALONE * h:  # touching digits, or digits standing on an underline
+        if h >= 0.5 * height and w > ALONE * h:  # touching digits, or standing on a line
             return True
-    return _apart(stats, tall)
+    return _apart(*_columns(stats, labels))
+
+
+def _a_little_wide_alone(stats: np.ndarray, labels: list[int]) -> bool:
+    """One column of parts as tall as a digit (specks beside it aside), TWO_IN_ONE to ALONE
+    times as wide as tall: what one part that wide is (segment's step 1), with specks."""
+    boxes, tall = _columns(stats, labels)
+    if len(tall) != 1:
+        return False
+    _, _, w, h, _ = boxes[tall[0]]
+    return bool(TWO_IN_ONE * h <= w <= ALONE * h)
+
+
+def _columns(stats: np.ndarray, labels: list[int]) -> tuple[np.ndarray, list[int]]:
+    """The parts' boxes merged where they share most of their columns (the narrower one's
+    half) and nearly touch (JOIN_GAP of the tallest part apart at most): the pieces of a digit
+    broken one above the other, not specks below the line; long flat lines left out; as stats
+    rows (x, y, w, h, area), and which of them are as tall as a digit (half the tallest)."""
+    near = JOIN_GAP * _digit_height(stats, labels)
+    boxes: list[list[int]] = []
+    for i in sorted(labels, key=lambda i: stats[i, 0]):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if w >= 3 * h:  # a long flat line (an underline): no digit's column
+            continue
+        if boxes:
+            bx, by, bw, bh, barea = boxes[-1]
+            if min(bx + bw, x + w) - max(bx, x) >= 0.5 * min(bw, w) \
+                    and max(by, y) - min(by + bh, y + h) <= near:
+                x0, y0 = min(bx, x), min(by, y)
+                x1, y1 = max(bx + bw, x + w), max(by + bh, y + h)
+                boxes[-1] = [x0, y0, x1 - x0, y1 - y0, barea + area]
+                continue
+        boxes.append([x, y, w, h, area])
+    merged = np.array(boxes, np.int64).reshape(-1, 5)
+    if not len(merged):
+        return merged, []
+    height = int(merged[:, 3].max())
+    return merged, [i for i in range(len(merged)) if merged[i, 3] >= 0.5 * height]
 
 
 def _apart(stats: np.ndarray, tall: list[int]) -> bool:
