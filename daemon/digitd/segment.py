@@ -164,7 +164,7 @@ def segment(image: np.ndarray) -> Single | Line:
         _, _, w, h, _ = stats[parts.candidates[0]]
         if w < TWO_IN_ONE * h:  # most single digits: one part, not wide (step 1's answer)
             return Single(_whole(page, parts))
-        maybe_one = w <= ALONE * h
+        maybe_one = _two_in_one(w, h)
     areas = stats[:, 4]
     big = max(areas[i] for i in parts.candidates)
     kept = [i for i in parts.candidates if areas[i] >= DUST * big]
@@ -179,26 +179,19 @@ def segment(image: np.ndarray) -> Single | Line:
     # the line's digits about WORK_SIZE / 2 tall: ample for 20x20, and cheap
     cut = extract(page, line_mask, line_box, side=2 * _digit_height(stats, kept))
     whole = functools.partial(_whole, page, parts)
-    height = _digit_height(stats, kept) * page.f / cut.scale
-    found = _line(cut, height, maybe_one)
-    if found is None and not maybe_one:
-        # parts apart on the small copy but one part a little wide at the cut's resolution
-        # (two digits that touch when seen sharper: `38` read `8`): one part a little wide,
-        # the number models may say (as for TWO_IN_ONE above)
-        again = _line(cut, height, maybe_one=True)
-        if again is not None and _a_little_wide(*again[1:4]):
-            found, maybe_one = again, True
+    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale, maybe_one)
     if found is None:
         return Single(whole())
-    labels, stats, groups, height, band = found
+    labels, stats, groups, height, band, maybe_one = found
     return Line(float(height * cut.scale), whole, _strip(cut, band, height),
                 functools.partial(_candidates, cut, labels, stats, groups, height),
                 maybe_one=maybe_one)
 
 
-def _a_little_wide(stats: np.ndarray, groups: list[list[int]], height: int) -> bool:
-    """One group, TWO_IN_ONE to ALONE times as wide as the digits are tall."""
-    return len(groups) == 1 and TWO_IN_ONE * height <= _width(stats, groups[0]) <= ALONE * height
+def _two_in_one(width: float, height: float) -> bool:
+    """One part (or group, or column) a little wide, TWO_IN_ONE to ALONE times as wide as
+    tall: a wide single digit, or two digits written into each other (Line.maybe_one)."""
+    return bool(TWO_IN_ONE * height <= width <= ALONE * height)
 
 
 def _whole(page, parts) -> np.ndarray:
@@ -323,7 +316,7 @@ def _a_little_wide_alone(stats: np.ndarray, labels: list[int]) -> bool:
     if len(tall) != 1:
         return False
     _, _, w, h, _ = boxes[tall[0]]
-    return bool(TWO_IN_ONE * h <= w <= ALONE * h)
+    return _two_in_one(w, h)
 
 
 def _columns(stats: np.ndarray, labels: list[int]) -> tuple[np.ndarray, list[int]]:
@@ -366,11 +359,13 @@ def _apart(stats: np.ndarray, tall: list[int]) -> bool:
 
 
 def _line(cut: Cut, height: float, maybe_one: bool = False
-          ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band] | None:
+          ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band, bool] | None:
     """Steps 2-3 on the cut-out line (its digits about `height` pixels tall): its parts
-    (labels, stats), their groups (_group), the digits' height in the cut's pixels and the
-    groups' box in the cut (x0, y0, x1, y1: the units' too); None when it turns out to hold
-    one digit (`maybe_one`: the number models say, not its shape)."""
+    (labels, stats), their groups (_group), the digits' height in the cut's pixels, the
+    groups' box in the cut (x0, y0, x1, y1: the units' too) and whether it may be one digit
+    (`maybe_one`, given, or one group a little wide here: two digits that touch seen
+    sharper, `38` read `8`); None when it turns out to hold one digit (with `maybe_one`
+    given, the number models say, not its shape)."""
     binary = _remove_rules(cut.binary, int(height))
     # the cut's own parts, unless a rule was wiped from them (most lines: none)
     known = cut.parts if binary is cut.binary else None
@@ -384,11 +379,14 @@ def _line(cut: Cut, height: float, maybe_one: bool = False
     groups = _group(stats, parts, height)
     if not maybe_one:
         if len(groups) <= 1 and all(_width(stats, g) <= ALONE * height for g in groups):
-            return None
+            if len(groups) != 1 or not _two_in_one(_width(stats, groups[0]), height):
+                return None
+            maybe_one = True
         # One group, wider than a digit: touching digits if it splits into units (step 4).
-        if len(groups) == 1 and len(_units(labels, stats, groups, height)) <= 1:
+        elif len(groups) == 1 and len(_units(labels, stats, groups, height)) <= 1:
             return None
-    return labels, stats, groups, height, _bounds(stats, [i for g in groups for i in g])
+    return (labels, stats, groups, height, _bounds(stats, [i for g in groups for i in g]),
+            maybe_one)
 
 
 def _candidates(cut: Cut, labels: np.ndarray, stats: np.ndarray, groups: list[list[int]],
