@@ -478,6 +478,15 @@ def test_a_far_finer_upright_bar_is_not_a_digit(sample):
         assert n - 1 == 2 and len(_without_printed_bars(parts, parts.candidates)) == kept
 
 
+def test_a_1_finer_than_a_blotted_digit_beside_it_is_not_a_printed_bar(classifier, numbers):
+    """tests/data/fine_one_94251871.png (bench/number_accuracy.py seed 5's number 333): its 8
+    is a blot, so twice its area over its outline, the largest part's stroke, is about three
+    times its pen's; the last 1, a thin stroke, went as a printed bar (read `9425187`). A bar
+    is now compared with the usual stroke of the digits beside it."""
+    data = (Path(__file__).parent / "data" / "fine_one_94251871.png").read_bytes()
+    assert read_both(data, classifier, numbers)[0] == "94251871"
+
+
 def test_a_digit_joined_to_what_an_underline_left_is_not_a_scanners_border():
     """segment._edge_line: thin for its length is not enough; a scanner's border line is thin
     across the image too. The part below, measured in USPS seed 2's `0.782.269=` (41 x 157
