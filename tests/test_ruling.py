@@ -186,6 +186,22 @@ def test_a_one_standing_on_an_underline_beside_touching_digits_is_not_a_tick():
     assert np.count_nonzero(result.ink[52] > LEVEL) < 40  # and the underline is not
 
 
+def test_a_one_as_tall_as_most_digits_beside_it_is_not_a_tick():
+    """Digits of a number differ in height: a 1 on the underline shorter than 0.8 of the
+    tallest digit (a large 0 first) but nearly as tall as most of them stays (USPS seed 3's
+    `078171` read `0787`, `ok`: its 1s as tall as its 7s, its 8 taller). Several digits side
+    by side are measured by their median height; a comb's ticks are at most 0.8 of it."""
+    ink = np.zeros((72, 260), np.uint8)
+    cv2.line(ink, (0, 60), (259, 60), 255, 3)  # the underline
+    for x, half in ((30, 19), (80, 17), (170, 14), (220, 14)):  # four 0s, 45 to 35 px tall
+        cv2.ellipse(ink, (x, 54 - half), (9, half), 0, 0, 360, 255, 5)
+    cv2.line(ink, (125, 28), (125, 58), 255, 3)  # the 1 on the line, as tall as the last two
+    result = remove_ruling(ink, LEVEL)
+    assert [line.vertical for line in result.lines] == [False]  # the underline
+    assert np.count_nonzero(result.ink[28:56, 123:128] > LEVEL) >= 3 * 26  # the 1 is there
+    assert np.count_nonzero(result.ink[60] > LEVEL) < 40  # and the underline is not
+
+
 def test_underlined_digits_keep_their_shape_through_normalise(sample):
     x = sample[0]
     for i in range(10):

@@ -489,11 +489,11 @@ def _stubs(kept: np.ndarray, removed: np.ndarray, lines: list[Line],
     marks = [i for i in others if max(stats[i, 2], stats[i, 3]) >= MARK * min(h, w)]
     if len(marks) > 1:  # several written marks (a number): a stub shorter than the digits
         # along its own axis (a 1 standing on an underline is as tall as the digits, whose
-        # touching pairs or signs are wider)
-        tallest = max(stats[i, 3] for i in marks)
+        # touching pairs or signs are wider; digits side by side: as tall as most of them)
+        tall = _usual_height(stats, marks)
         widest = max(stats[i, 2] for i in marks)
         stubs = [i for i in stubs if max(stats[i, 2], stats[i, 3])
-                 < 0.8 * (tallest if stats[i, 3] > stats[i, 2] else widest)]
+                 < 0.8 * (tall if stats[i, 3] > stats[i, 2] else widest)]
     elif longest >= MARK * min(h, w):  # one mark: shorter than it is long (a box's ticks)
         stubs = [i for i in stubs if max(stats[i, 2], stats[i, 3]) < 0.8 * longest]
     else:  # nothing else written: ticks are short, a lone stroke (a 1 on a line) is not
@@ -504,6 +504,21 @@ def _stubs(kept: np.ndarray, removed: np.ndarray, lines: list[Line],
     lut = np.zeros(n, np.uint8)
     lut[stubs] = 255
     return lut[labels]
+
+
+def _usual_height(stats: np.ndarray, marks: list[int]) -> float:
+    """The marks' tallest height or, where three or more of them stand side by side (digits
+    of a number, not one digit's broken strokes), the median of those at least half as
+    tall: a number's digits differ in height, and a 1 as tall as its 7s is no tick beside a
+    taller 8."""
+    tallest = float(max(stats[i, 3] for i in marks))
+    digits = sorted((i for i in marks if stats[i, 3] >= 0.5 * tallest),
+                    key=lambda i: stats[i, 0])
+    gaps = sum(stats[i, 0] + stats[i, 2] <= stats[j, 0]
+               for i, j in zip(digits, digits[1:], strict=False))
+    if gaps < 2:  # one digit's pieces, or two marks: the tallest, as before
+        return tallest
+    return float(np.median([stats[i, 3] for i in digits]))
 
 
 def _has_mark(binary: np.ndarray) -> bool:
