@@ -239,10 +239,10 @@ def _without_printed_bars(parts: Components, labels: list[int]) -> list[int]:
     strokes = {i: _stroke(parts.labels, stats[i], i) for i in slim}
     printed = {i for i in slim if strokes[i] <= BAR * width}
     if printed:  # the pen's width is its digits' usual one: the largest part may be a blot
-        others = [_stroke(parts.labels, stats[i], i) for i in labels if i not in slim]
-        if others:
-            width = min(width, float(np.median(others)))
-            printed = {i for i in printed if strokes[i] <= BAR * width}
+        others = [width] + [_stroke(parts.labels, stats[i], i) for i in labels
+                            if i not in slim and i != main]
+        width = min(width, float(np.median(others)))
+        printed = {i for i in printed if strokes[i] <= BAR * width}
     return [i for i in labels if i not in printed]
 
 
@@ -264,6 +264,9 @@ def _without_form_bars(parts: Components, labels: list[int],
     stats = parts.stats
     ends = {min(labels, key=lambda i: stats[i, 0]),
             max(labels, key=lambda i: stats[i, 0] + stats[i, 2])}
+    bars = [i for i in ends if stats[i, 2] <= SLIM * stats[i, 3] and stats[i, 3] >= 8]
+    if not bars:  # most lines: no upright bar at either end
+        return labels
     # the other digits' heights, when there are several side by side (a number; not a digit
     # broken in two): a bar as tall as they are is a 1 standing on the number's underline (a
     # comb's tick is shorter, a box's edge taller)
@@ -275,9 +278,9 @@ def _without_form_bars(parts: Components, labels: list[int],
         if len(digits) >= 2 and _apart(stats, digits) else None
     near = None
     printed = set()
-    for i in ends:
+    for i in bars:
         x, y, w, h, _ = (int(v) for v in stats[i])
-        if w > SLIM * h or h < 8 or (tall is not None and tall[0] <= h <= tall[1]):
+        if tall is not None and tall[0] <= h <= tall[1]:
             continue
         if near is None:
             near = cv2.dilate(ruling, np.ones((5, 5), np.uint8))
