@@ -487,6 +487,18 @@ def test_a_1_finer_than_a_blotted_digit_beside_it_is_not_a_printed_bar(classifie
     assert read_both(data, classifier, numbers)[0] == "94251871"
 
 
+def test_a_digits_long_base_taken_for_an_underline_leaves_the_line_as_it_was(classifier,
+                                                                             numbers):
+    """tests/data/bold_two_92.png (bench/number_accuracy.py seed 1's number 713): a bold 2
+    whose base runs on for 1.6 digit heights, beside a thin 9. The base went as an underline
+    (segment._remove_rules) and what was left of the 2 was too small for a digit: the line
+    was one digit, its whole ink read `2`, status ok. Without the rule the line holds one
+    digit, so it is read again as it was cut."""
+    data = (Path(__file__).parent / "data" / "bold_two_92.png").read_bytes()
+    assert isinstance(segment(decode_png(data)), Line)
+    assert read_both(data, classifier, numbers)[0] == "92"
+
+
 def test_a_digit_joined_to_what_an_underline_left_is_not_a_scanners_border():
     """segment._edge_line: thin for its length is not enough; a scanner's border line is thin
     across the image too. The part below, measured in USPS seed 2's `0.782.269=` (41 x 157

@@ -20,8 +20,9 @@ one digit):
 2. Several parts along a line: the whole line is cut out at a resolution where its height is
    about WORK_SIZE (preprocess.extract), and its parts found again there (where they are one
    part a little wide, two digits that touch seen sharper, the line is `maybe_one` too).
-3. Decoration is removed: long horizontal lines (an underline, touching the digits or not),
-   flat strokes (a dash, an equals sign, a stray tick) and small blobs on the baseline
+3. Decoration is removed: long horizontal lines (an underline, touching the digits or not;
+   unless, without it, the line would hold one digit: then it was a digit's stroke), flat
+   strokes (a dash, an equals sign, a stray tick) and small blobs on the baseline
    (thousands dots and commas). A small part inside a digit's columns and close to it (a 5's
    detached bar, a broken stroke) joins that digit.
 4. Units: the remaining parts in reading order; a part wider than a digit (touching digits) is
@@ -179,7 +180,8 @@ def segment(image: np.ndarray) -> Single | Line:
     # the line's digits about WORK_SIZE / 2 tall: ample for 20x20, and cheap
     cut = extract(page, line_mask, line_box, side=2 * _digit_height(stats, kept))
     whole = functools.partial(_whole, page, parts)
-    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale, maybe_one)
+    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale, maybe_one,
+                  apart=_apart(*_columns(stats, kept)))
     if found is None:
         return Single(whole())
     labels, stats, groups, height, band, maybe_one = found
@@ -369,18 +371,33 @@ def _apart(stats: np.ndarray, tall: list[int]) -> bool:
     return False
 
 
-def _line(cut: Cut, height: float, maybe_one: bool = False
+def _line(cut: Cut, height: float, maybe_one: bool = False, apart: bool = False
           ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band, bool] | None:
     """Steps 2-3 on the cut-out line (its digits about `height` pixels tall): its parts
     (labels, stats), their groups (_group), the digits' height in the cut's pixels, the
     groups' box in the cut (x0, y0, x1, y1: the units' too) and whether it may be one digit
     (`maybe_one`, given, or one group a little wide here: two digits that touch seen
     sharper, `38` read `8`); None when it turns out to hold one digit (with `maybe_one`
-    given, the number models say, not its shape)."""
+    given, the number models say, not its shape). `apart`: the page's parts stand apart
+    along the line (_apart), so a long stroke wiped as a rule may have been a digit's."""
     binary = _remove_rules(cut.binary, int(height))
-    # the cut's own parts, unless a rule was wiped from them (most lines: none)
-    known = cut.parts if binary is cut.binary else None
-    n, labels, stats = known if known is not None else label(binary)
+    if binary is cut.binary:  # no rule wiped (most lines)
+        return _line_of(cut.parts or label(binary), height, maybe_one)
+    found = _line_of(label(binary), height, maybe_one)
+    if found is not None or not apart:
+        return found
+    # One digit without the rule, but parts apart on the page: what looked like a rule may be
+    # a digit's long stroke (a bold 2's base beside a thin 9, `92` read `2`). The line as
+    # cut, if it holds several digit-sized groups (one wide 2 is no `22`).
+    found = _line_of(cut.parts or label(cut.binary), height, maybe_one)
+    return found if found is not None and len(found[2]) >= 2 else None
+
+
+def _line_of(labelled: tuple[int, np.ndarray, np.ndarray], height: float, maybe_one: bool
+             ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band, bool] | None:
+    """_line on the cut's parts as label() gives them (n, labels, stats), rules wiped or
+    not."""
+    n, labels, stats = labelled
     if n <= 1:
         return None
     parts = list(range(1, n))
