@@ -23,6 +23,7 @@ from digitd.segment import (
     Line,
     Piece,
     Single,
+    _columns,
     _edge_line,
     _side_by_side,
     _without_form_bars,
@@ -622,8 +623,8 @@ def test_a_digit_broken_one_piece_above_another_is_one_column_beside_its_neighbo
     ok). The 5's pieces alone are one digit."""
     stats = np.array([[0, 0, 90, 100, 0], [10, 36, 37, 49, 500], [50, 48, 5, 8, 30],
                       [48, 57, 6, 7, 30], [51, 66, 21, 24, 200]])
-    assert _side_by_side(stats, [1, 2, 3, 4])
-    assert not _side_by_side(stats, [2, 3, 4])
+    assert _side_by_side(stats, [1, 2, 3, 4], _columns(stats, [1, 2, 3, 4]))
+    assert not _side_by_side(stats, [2, 3, 4], _columns(stats, [2, 3, 4]))
 
 
 def test_one_part_a_little_wide_with_a_speck_beside_it_may_be_two_digits(sample):

@@ -172,8 +172,9 @@ def segment(image: np.ndarray) -> Single | Line:
     kept = [i for i in kept if not _edge_line(stats[i], page.ink.shape)] or kept
     kept = _without_printed_bars(parts, kept)
     kept = _without_form_bars(parts, kept, page.ruling)
-    if not maybe_one and not _side_by_side(stats, kept):
-        if not _a_little_wide_alone(stats, kept):
+    columns = _columns(stats, kept)
+    if not maybe_one and not _side_by_side(stats, kept, columns):
+        if not _a_little_wide_alone(columns):
             return Single(_whole(page, parts))
         maybe_one = True  # one part a little wide, and specks
     line_mask, line_box = mask_of(parts, kept)
@@ -181,7 +182,7 @@ def segment(image: np.ndarray) -> Single | Line:
     cut = extract(page, line_mask, line_box, side=2 * _digit_height(stats, kept))
     whole = functools.partial(_whole, page, parts)
     found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale, maybe_one,
-                  apart=_apart(*_columns(stats, kept)))
+                  apart=_apart(*columns))
     if found is None:
         return Single(whole())
     labels, stats, groups, height, band, maybe_one = found
@@ -309,23 +310,25 @@ def _stroke(labels: np.ndarray, stat: np.ndarray, label: int) -> float:
     return 2.0 * area / max(outline, 1.0)
 
 
-def _side_by_side(stats: np.ndarray, labels: list[int]) -> bool:
+def _side_by_side(stats: np.ndarray, labels: list[int],
+                  columns: tuple[np.ndarray, list[int]]) -> bool:
     """Could these parts be several digits? One part as tall as a digit and much wider
     (touching digits, or digits joined by an underline they stand on; _line tells a single
-    digit on a line apart), or some two columns of them (_columns: a digit's pieces one above
-    the other are one) as tall as a digit and apart along the line."""
+    digit on a line apart), or some two of their `columns` (_columns: a digit's pieces one
+    above the other are one) as tall as a digit and apart along the line."""
     height = _digit_height(stats, labels)
     for i in labels:
         x, _, w, h, _ = stats[i]
         if h >= 0.5 * height and w > ALONE * h:  # touching digits, or standing on a line
             return True
-    return _apart(*_columns(stats, labels))
+    return _apart(*columns)
 
 
-def _a_little_wide_alone(stats: np.ndarray, labels: list[int]) -> bool:
-    """One column of parts as tall as a digit (specks beside it aside), TWO_IN_ONE to ALONE
-    times as wide as tall: what one part that wide is (segment's step 1), with specks."""
-    boxes, tall = _columns(stats, labels)
+def _a_little_wide_alone(columns: tuple[np.ndarray, list[int]]) -> bool:
+    """One of the `columns` (_columns) as tall as a digit (specks beside it aside),
+    TWO_IN_ONE to ALONE times as wide as tall: what one part that wide is (segment's step 1),
+    with specks."""
+    boxes, tall = columns
     if len(tall) != 1:
         return False
     _, _, w, h, _ = boxes[tall[0]]
