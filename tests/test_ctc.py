@@ -269,6 +269,34 @@ def test_the_other_number_models_reading_is_a_third_vote_for_each_digit():
     assert combine(_line_for(s), rows, decoded, "auto", probs, longer).text == "34"
 
 
+def test_a_number_all_three_readers_read_alike_takes_the_surer_models_confidence():
+    """Both number models read 34 (the first unsure of its 4: 0.6; the second at 0.97) and
+    the digit model reads 3 and 4: the string's confidence is the larger of the two models'
+    probabilities, the 4 the second model's (confidence and top 3), the 3 the first's; each
+    digit agreed. Where the digit model reads another second digit, or the second model
+    another string, the first model's probability stands."""
+    s, decoded, probs = _unsure_of_the_second({4: 0.6, 9: 0.3})
+    _, other, _ = _unsure_of_the_second({4: 0.97, 9: 0.01})
+    assert decoded.text == other.text == "34" and decoded.confidence < other.confidence
+    rows = classifier_rows((3, 0.99), (4, 0.9))
+    reading = combine(_line_for(s), rows, decoded, "auto", probs, other)
+    assert reading.text == "34" and reading.agreed and reading.source == "number model"
+    assert reading.confidence == other.confidence
+    three, four = reading.digits
+    assert (three.confidence, three.top) == (decoded.emissions[0].confidence,
+                                             decoded.emissions[0].top)
+    assert (four.confidence, four.top) == (other.emissions[1].confidence, other.emissions[1].top)
+    assert three.agreed and four.agreed
+    # the segmentation reader reads 39: the first model's own probability
+    unlike = combine(_line_for(s), classifier_rows((3, 0.99), (9, 0.9)), decoded, "auto", probs,
+                     other)
+    assert unlike.confidence == decoded.confidence
+    # the second model read 39: the same
+    _, nine, _ = _unsure_of_the_second({9: 0.97, 4: 0.01})
+    assert combine(_line_for(s), rows, decoded, "auto", probs, nine).confidence == \
+        decoded.confidence
+
+
 def _two_digits(first: dict[int, float], second: int) -> np.ndarray:
     """A strip's output reading two digits: at step 1 the digits `first` (digit ->
     probability), at step 3 the digit `second`, surely; blanks elsewhere."""

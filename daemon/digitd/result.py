@@ -94,8 +94,9 @@ class Result:
     @classmethod
     def number(cls, reading: Reading, min_confidence: float, **fields) -> Result:
         """A number read (digitd.reader): its confidence is the string's (calibrated: the
-        number model's path probability, or without it the product of the digits'
-        probabilities, sharpened); `ok` only when that is at least `min_confidence` and no
+        number model's path probability, or the surer number model's where all three
+        readers read it alike, or without it the product of the digits' probabilities,
+        sharpened); `ok` only when that is at least `min_confidence` and no
         digit is doubtful (below `min_confidence`, not agreed by the two readers, or, read by
         segmentation alone, cut out of touching ink or joined from parts: its shape is a
         guess). `digit` is empty: the string is in `digits`."""
