@@ -21,8 +21,8 @@ one digit):
    about WORK_SIZE (preprocess.extract), and its parts found again there (where they are one
    part a little wide, two digits that touch seen sharper, the line is `maybe_one` too).
 3. Decoration is removed: long horizontal lines (an underline, touching the digits or not;
-   unless, without it, the line would hold one digit: then it was a digit's stroke), flat
-   strokes (a dash, an equals sign, a stray tick) and small blobs on the baseline
+   but where parts apart along the line would be one digit without it, it was a digit's
+   stroke), flat strokes (a dash, an equals sign, a stray tick) and small blobs on the baseline
    (thousands dots and commas). A small part inside a digit's columns and close to it (a 5's
    detached bar, a broken stroke) joins that digit.
 4. Units: the remaining parts in reading order; a part wider than a digit (touching digits) is
