@@ -181,8 +181,7 @@ def segment(image: np.ndarray) -> Single | Line:
     # the line's digits about WORK_SIZE / 2 tall: ample for 20x20, and cheap
     cut = extract(page, line_mask, line_box, side=2 * _digit_height(stats, kept))
     whole = functools.partial(_whole, page, parts)
-    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale, maybe_one,
-                  apart=_apart(*columns))
+    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale, maybe_one, columns)
     if found is None:
         return Single(whole())
     labels, stats, groups, height, band, maybe_one = found
@@ -374,20 +373,21 @@ def _apart(stats: np.ndarray, tall: list[int]) -> bool:
     return False
 
 
-def _line(cut: Cut, height: float, maybe_one: bool = False, apart: bool = False
+def _line(cut: Cut, height: float, maybe_one: bool, columns: tuple[np.ndarray, list[int]]
           ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band, bool] | None:
     """Steps 2-3 on the cut-out line (its digits about `height` pixels tall): its parts
     (labels, stats), their groups (_group), the digits' height in the cut's pixels, the
     groups' box in the cut (x0, y0, x1, y1: the units' too) and whether it may be one digit
     (`maybe_one`, given, or one group a little wide here: two digits that touch seen
     sharper, `38` read `8`); None when it turns out to hold one digit (with `maybe_one`
-    given, the number models say, not its shape). `apart`: the page's parts stand apart
-    along the line (_apart), so a long stroke wiped as a rule may have been a digit's."""
+    given, the number models say, not its shape). `columns`: the page's parts' (_columns);
+    where they stand apart along the line, a long stroke wiped as a rule may have been a
+    digit's."""
     binary = _remove_rules(cut.binary, int(height))
     if binary is cut.binary:  # no rule wiped (most lines)
         return _line_of(cut.parts or label(binary), height, maybe_one)
     found = _line_of(label(binary), height, maybe_one)
-    if found is not None or not apart:
+    if found is not None or not _apart(*columns):
         return found
     # One digit without the rule, but parts apart on the page: what looked like a rule may be
     # a digit's long stroke (a bold 2's base beside a thin 9, `92` read `2`). The line as
