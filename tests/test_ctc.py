@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from digitd import ctc
-from digitd.reader import combine
+from digitd.reader import TWO_IN_ONE_SURE, _two_alike, combine
 from digitd.result import Result
 from digitd.segment import Line, Piece
 from digitd.strip import HEIGHT, MARGIN, STRIDE, WIDTH, strip
@@ -295,6 +295,21 @@ def test_a_number_all_three_readers_read_alike_takes_the_surer_models_confidence
     _, nine, _ = _unsure_of_the_second({9: 0.97, 4: 0.01})
     assert combine(_line_for(s), rows, decoded, "auto", probs, nine).confidence == \
         decoded.confidence
+
+
+def test_guessed_pieces_do_not_make_one_digit_of_what_both_models_read_alike_and_sure():
+    """reader._two_alike: the two number models read the same string and one of them at
+    TWO_IN_ONE_SURE or above; otherwise (another string, no second model, both below) the
+    segmentation reader's one digit stands."""
+    def read(text: str, confidence: float) -> ctc.Decoded:
+        return ctc.Decoded(text, confidence, ())
+
+    below = TWO_IN_ONE_SURE - 0.01
+    assert _two_alike(read("56", below), read("56", TWO_IN_ONE_SURE))
+    assert _two_alike(read("56", TWO_IN_ONE_SURE), read("56", 0.5))
+    assert not _two_alike(read("56", below), read("56", below))
+    assert not _two_alike(read("56", 0.999), read("58", 0.999))
+    assert not _two_alike(read("56", 0.999), None)
 
 
 def _two_digits(first: dict[int, float], second: int) -> np.ndarray:

@@ -500,6 +500,22 @@ def test_a_digits_long_base_taken_for_an_underline_leaves_the_line_as_it_was(cla
     assert read_both(data, classifier, numbers)[0] == "92"
 
 
+def test_a_number_whose_pieces_are_all_guesses_is_read_as_both_models_read_it(classifier,
+                                                                              numbers):
+    """tests/data/cut_pieces_5449.png (bench/number_accuracy.py seed 4's number 789): four
+    digits close together, each piece of the segmentation reader cut from touching ink (a
+    guess). Such a reading made the line one digit, its whole ink read `2`, although both
+    number models read 5449 (0.979 and 0.995): now, both reading it alike and one at
+    TWO_IN_ONE_SURE, it is that number (reader._two_alike)."""
+    data = (Path(__file__).parent / "data" / "cut_pieces_5449.png").read_bytes()
+    line = segment(decode_png(data))
+    assert isinstance(line, Line) and not line.maybe_one
+    pieces = classifier.predict(np.stack([piece.model_input for piece in line.pieces]))
+    assert all(d.cut for d in read_line(line, pieces).digits)
+    text, reading = read_both(data, classifier, numbers)
+    assert text == "5449" and reading.source == "number model"
+
+
 def test_a_digit_joined_to_what_an_underline_left_is_not_a_scanners_border():
     """segment._edge_line: thin for its length is not enough; a scanner's border line is thin
     across the image too. The part below, measured in USPS seed 2's `0.782.269=` (41 x 157

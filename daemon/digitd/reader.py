@@ -40,9 +40,10 @@ read the same digit there (the same string, or the same length and that digit); 
 agreed is doubtful (highlighted for review). Boxes: where the readers agree, the
 segmentation's pieces (cut from the ink itself), otherwise the number model's alignment.
 With `auto`, a line is one digit when the number model reads fewer than two digits, or, when
-it is unsure, the segmentation reader reads one digit too (choose()); only then is the whole
-ink read as one digit (an unsure number's pieces are read first, its whole ink after, in a
-second classifier call for the few lines that need it).
+it is unsure, the segmentation reader reads one digit too (choose()) and the two number
+models do not read the same string, one of them at TWO_IN_ONE_SURE (_two_alike); only then
+is the whole ink read as one digit (an unsure number's pieces are read first, its whole ink
+after, in a second classifier call for the few lines that need it).
 
 Without the number model (recognise: auto/number with no digitd-numbers model), the
 segmentation reader alone answers, as below.
@@ -244,14 +245,15 @@ def combine(line: Line, pieces: np.ndarray, decoded: ctc.Decoded, mode: str,
     """The number model's reading, unsure, checked against the segmentation reader's (see
     the module's docstring); None when the image is read as one digit: the number model
     reads fewer than two digits, or with "auto" the segmentation reader reads one digit too
-    (choose()). `steps`: the number model's output for the line, for the confidence of a string
+    (choose()) and the two number models do not read the same string surely (_two_alike).
+    `steps`: the number model's output for the line, for the confidence of a string
     the two readers made together (None: the number model's own string's). `other`: the
     other number model's reading (the one ctc.reconsider did not keep), a third vote for
     each digit where it read as many digits."""
     if len(decoded.emissions) < 2:
         return None
     segmented = read_line(line, pieces)
-    if mode == "auto" and _one_digit(segmented):
+    if mode == "auto" and _one_digit(segmented) and not _two_alike(decoded, other):
         return None
     same = segmented.text == decoded.text
     lengths = len(segmented.text) == len(decoded.text)
@@ -277,6 +279,17 @@ def combine(line: Line, pieces: np.ndarray, decoded: ctc.Decoded, mode: str,
     confidence = decoded.confidence if steps is None else \
         float(np.exp(ctc.string_log_probs(steps[None], [[v + 1 for v in values]])[0]))
     return Reading(digits=digits, confidence=confidence, agreed=same, source="both readers")
+
+
+def _two_alike(decoded: ctc.Decoded, other: ctc.Decoded | None) -> bool:
+    """Do both number models read the same string, one of them at TWO_IN_ONE_SURE or above?
+    Then the segmentation reader finding one digit (one piece, or pieces all guesses) does
+    not make the line one digit (`56` written into each other read `2`, `5449` read `2`):
+    as a maybe_one part, the line is a number when the two models read it alike at that
+    confidence. It is then read as any unsure number (below `sure` unless the segmentation
+    reader's guessed pieces read the same string too: _read_alike)."""
+    return (other is not None and other.text == decoded.text
+            and max(decoded.confidence, other.confidence) >= TWO_IN_ONE_SURE)
 
 
 def _read_alike(digits: tuple[Digit, ...], decoded: ctc.Decoded,
