@@ -502,11 +502,11 @@ def test_a_digits_long_base_taken_for_an_underline_leaves_the_line_as_it_was(cla
 
 def test_a_number_whose_pieces_are_all_guesses_is_read_as_both_models_read_it(classifier,
                                                                               numbers):
-    """tests/data/cut_pieces_5449.png (bench/number_accuracy.py seed 4's number 789): four
-    digits close together, each piece of the segmentation reader cut from touching ink (a
-    guess). Such a reading made the line one digit, its whole ink read `2`, although both
-    number models read 5449 (0.979 and 0.995): now, both reading it alike and one at
-    TWO_IN_ONE_SURE, it is that number (reader._two_alike)."""
+    """tests/data/cut_pieces_5449.png (bench/number_accuracy.py seed 4's number 789): two
+    touching pairs, `54` and `49`, so each piece of the segmentation reader is cut from
+    touching ink (a guess). Such a reading made the line one digit, its whole ink read `2`,
+    although both number models read 5449 (0.979 and 0.995): now, both reading it alike and
+    one at TWO_IN_ONE_SURE, it is that number (reader._two_alike)."""
     data = (Path(__file__).parent / "data" / "cut_pieces_5449.png").read_bytes()
     line = segment(decode_png(data))
     assert isinstance(line, Line) and not line.maybe_one
