@@ -85,7 +85,9 @@ FLOOR = 1e-3  # a digit outside a reader's top 3: at most this probable
 # into each other) is a number only if the first number model reads two digits or more at
 # this confidence or above and the second reads the same string; whatever min_confidence, so
 # that a single digit's answer never depends on it. None of the 35,376 single digits of
-# bench/recognise_modes.py answers otherwise; 8 of 14,000 bench numbers are mended.
+# bench/recognise_modes.py answers otherwise; 8 of 14,000 bench numbers are mended. The same
+# two models alike, one of them this sure, also keep an unsure line whose segmentation
+# pieces are all guesses a number (_two_alike).
 TWO_IN_ONE_SURE = 0.99
 NOT_A_NUMBER = ctc.Decoded("", 0.0, ())  # what a maybe_one line not taken for a number reads
 
@@ -177,8 +179,8 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
         if second is not None and unsure + asked:
             theirs = second(np.stack([images[k][1].strip.pixels for k in unsure + asked]))
             for k, reading, out in zip(unsure + asked, ctc.read(theirs), theirs, strict=True):
-                if k in doubted:
-                    if reading.text == decoded[k].text:
+                if k in doubted:  # asked only where the first is at TWO_IN_ONE_SURE
+                    if _two_alike(decoded[k], reading):
                         confirmed.add(k)
                     continue
                 kept = ctc.reconsider(steps[k], out, decoded[k], reading)
