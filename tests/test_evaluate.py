@@ -10,7 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from digitd import ctc
 from digitd.cli import main
+from digitd.model import default_model_path, file_sha256
 
 SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
 
@@ -141,6 +143,23 @@ def test_number_labels(tmp_path, capsys):
     assert "recognise is digit" in out.err
     assert "numbers        6 rows: accuracy 0.00%" in out.out
     assert "confusion" in out.out  # the single digits'
+
+    # --number-model: another number model reads the numbers (the shipped second, alone);
+    # one that cannot be loaded is a usage error, never segmentation alone without a word
+    other = ctc.default_path().parent / ctc.SECOND_NAME
+    assert main(["evaluate", "--set", str(tmp_path), "--json", "--number-model",
+                 str(other)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["number_model"] == file_sha256(other) and r["second_number_model"] is None
+    assert r["numbers"]["n"] == 6 and r["numbers"]["accuracy"] >= 4 / 6
+    assert main(["evaluate", "--set", str(tmp_path), "--number-model",
+                 str(tmp_path / "none.keras")]) == 2
+    assert "cannot load the number model" in capsys.readouterr().err
+    assert main(["evaluate", "--set", str(tmp_path), "--number-model",
+                 str(default_model_path())]) == 2  # the digit model, given for numbers
+    assert "not a number model" in capsys.readouterr().err
+    assert main(["evaluate", "--set", str(tmp_path), "--model", str(other)]) == 2
+    assert "a number model, not a digit model" in capsys.readouterr().err
 
 
 def test_a_set_of_numbers_only_has_no_confusion_matrix(tmp_path, capsys):

@@ -442,13 +442,14 @@ def test_numbers_print_their_string(tmp_path, sample):
 def test_command_config_puts_only_the_options_given_over_the_file(tmp_path):
     """predict's and evaluate's settings: --config (else built in), then their own options."""
     file = tmp_path / "digitd.yaml"
-    file.write_text("min_confidence: 0.5\nrecognise: number\n")
+    file.write_text("min_confidence: 0.5\nrecognise: number\nnumber_model: n/numbers.keras\n")
     given = argparse.Namespace(config=str(file), model=None, min_confidence=None, recognise=None)
     config = command_config(given)
     assert (config.min_confidence, config.recognise) == (0.5, "number")
+    assert config.number_model == tmp_path / "n" / "numbers.keras"  # beside the file
     given = argparse.Namespace(config=str(file), model="m.keras", min_confidence=0.9,
-                               recognise="digit")
+                               recognise="digit", number_model="o.keras")
     config = command_config(given)
-    assert (config.model, config.min_confidence, config.recognise) == (
-        Path("m.keras"), 0.9, "digit")
+    assert (config.model, config.min_confidence, config.recognise, config.number_model) == (
+        Path("m.keras"), 0.9, "digit", Path("o.keras"))
     assert command_config(argparse.Namespace()) == Config()

@@ -18,10 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from digitd import ctc
+from digitd.codes import ExitCode
 from digitd.model import default_model_path, file_sha256
 from harness import SAMPLE, DaemonProcess, drop, png_bytes, read_rows, sample_digits
 
 pytestmark = pytest.mark.slow
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +206,59 @@ def test_a_reload_applies_min_confidence_and_names_what_needs_a_restart(tmp_path
     assert reloaded[0]["previous_min_confidence"] == 0.0
     restart = [e for e in events if e.get("event") == "reload_needs_restart"]
     assert len(restart) == 1 and restart[0]["settings"] == ["batch"], restart
+
+
+def test_a_reload_switches_the_number_model_and_refuses_one_it_cannot_load(tmp_path):
+    """number_model is re-read with the model: numbers after READY=1 are read by the number
+    model the configuration names now (the batch JSON's number_model says which, and its
+    second); one that cannot be loaded is refused and the one before reads on."""
+    models = ctc.default_path().parent
+    shipped = json.loads((models / "digitd-numbers.card.json").read_text())
+    other = models / ctc.SECOND_NAME  # a real number model of its own, with no second
+    number = (DATA / "fine_one_94251871.png").read_bytes()
+    daemon = DaemonProcess(tmp_path, processes=1)
+    try:
+        daemon.start()
+        daemon.wait_ready(120)
+        drop(daemon.inbox, "before.png", number)
+        daemon.wait_rows(1)
+        for step, target in (("after", other), ("refused", tmp_path / "missing.keras")):
+            daemon.messages.clear()
+            set_settings(daemon, number_model=str(target))
+            daemon.signal(signal.SIGHUP)
+            _, ready = reload_messages(daemon)
+            assert ("Reloaded" if step == "after" else "Reload failed") in ready, ready
+            drop(daemon.inbox, f"{step}.png", number)
+            rows = daemon.wait_rows(2 if step == "after" else 3)
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    read_by = {}
+    for row in rows:
+        assert int(row["digit_count"]) >= 2, row  # read as a number, by a number model
+        document = json.loads((daemon.outbox / "results" / f"{row['batch']}.json").read_bytes())
+        read_by[row["file"]] = document["number_model"]
+    assert read_by["before.png"]["id"] == shipped["model_id"]
+    assert read_by["before.png"]["second_id"] == shipped["second_reading"]["model_id"]
+    for name in ("after.png", "refused.png"):
+        assert read_by[name]["id"] == file_sha256(other) != shipped["model_id"]
+        assert "second_id" not in read_by[name]
+    events = [json.loads(line) for line in daemon.log_path.read_text().splitlines()
+              if line.startswith("{")]
+    failed = [e for e in events if e.get("event") == "reload_failed"]
+    assert len(failed) == 1 and "missing.keras" in failed[0]["error"], failed
+
+
+def test_a_number_model_that_cannot_be_loaded_stops_the_start(tmp_path):
+    """A number model the configuration names is never silently replaced by segmentation
+    alone (as the shipped one missing would be): the daemon does not start."""
+    daemon = DaemonProcess(tmp_path, processes=1, number_model=str(tmp_path / "none.keras"))
+    try:
+        daemon.start()
+        assert daemon.proc.wait(timeout=120) == ExitCode.FAILURE
+    finally:
+        daemon.close()
+    events = [json.loads(line) for line in daemon.log_path.read_text().splitlines()
+              if line.startswith("{")]
+    assert any(e.get("event") == "start_failed" and "none.keras" in e["error"]
+               for e in events), daemon.log()

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", metavar="PATH",
                          help="a .keras model, served through its .tflite (default: the "
                          "configured one, else shipped)")
+    predict.add_argument("--number-model", metavar="PATH",
+                         help="a digitd-numbers.keras (digitd train --arch numbers) for numbers "
+                         "(default: the configured one, else shipped)")
     predict.add_argument("--min-confidence", type=_probability, metavar="P",
                          help="below this a result is low_confidence (default: configured)")
     predict.add_argument("--recognise", choices=("auto", "digit", "number"),
@@ -160,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="PNGs plus labels.csv (file,label), through the daemon's intake and preprocessing",
     )
+    evaluate.add_argument("--number-model", metavar="PATH",
+                          help="with --set: a digitd-numbers.keras for numbers (default: the "
+                          "configured one, else shipped)")
     evaluate.add_argument("--config", metavar="PATH", help="min_confidence (and model) from here")
     evaluate.add_argument(
         "--min-confidence", type=_probability, metavar="P",

@@ -74,6 +74,7 @@ class Config:
     inbox: Path = Path("inbox")
     outbox: Path = Path("outbox")
     model: Path | None = None  # a .keras file (its .tflite is served); None: the shipped one
+    number_model: Path | None = None  # a digitd-numbers.keras (digitd train --arch numbers)
     min_confidence: float = 0.99  # below this a result is "low_confidence" and goes to review
     recognise: str = "auto"  # "digit": one digit per image; "number": a line of digits; "auto"
     max_pixels: int = 40_000_000  # larger declared PNG sizes are rejected without decoding
@@ -155,12 +156,14 @@ def load_config(
 
 def command_config(args: argparse.Namespace) -> Config:
     """What a one-shot command (`predict`, `evaluate`) runs with: the daemon's configuration
-    (--config, else the built-in one) with the command's --model, --min-confidence and
-    --recognise, where given, in its place."""
+    (--config, else the built-in one) with the command's --model, --number-model,
+    --min-confidence and --recognise, where given, in its place."""
     config = load_config(getattr(args, "config", None))
     overrides: dict[str, typing.Any] = {}
     if getattr(args, "model", None):
         overrides["model"] = Path(args.model)
+    if getattr(args, "number_model", None):
+        overrides["number_model"] = Path(args.number_model)
     if getattr(args, "min_confidence", None) is not None:
         overrides["min_confidence"] = args.min_confidence
     if getattr(args, "recognise", None):
@@ -293,6 +296,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         inbox=resolve(config.inbox),
         outbox=resolve(config.outbox),
         model=resolve(config.model),
+        number_model=resolve(config.number_model),
     )
 
 

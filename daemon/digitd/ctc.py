@@ -104,6 +104,23 @@ def load(path: str | Path | None = None, threads: int | None = None):
     return numbers
 
 
+def load_configured(path: str | Path | None, threads: int | None = None):
+    """The number model a configuration names (`number_model`, a .keras written by `digitd
+    train --arch numbers`) or, with None, the shipped one: (model, None), or (None, why)
+    when the shipped one cannot be served (numbers are then read by segmentation alone). A
+    model that is named but cannot be loaded raises (OSError, ValueError,
+    digitd.model.ModelError): the operator asked for it, so it is an error, not a
+    fallback."""
+    from digitd.model import ModelError
+
+    if path is not None:
+        return load(path, threads=threads), None
+    try:
+        return load(threads=threads), None
+    except (OSError, ValueError, ModelError) as exc:
+        return None, str(exc)
+
+
 class CutStrips:
     """A number model's runner ((N, HEIGHT, WIDTH) strips -> (N, STEPS, CLASSES)) that runs
     each strip cut short after its ink (REACH, rounded up to a multiple of CUT_TO columns):

@@ -28,9 +28,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any
 
 import numpy as np
 import structlog
@@ -77,7 +76,7 @@ class WriteJob:
     previews: list[Future]  # each gives, per result, the PNG its write failed for, or None
     timings: dict[str, float]
     recognised_at: float  # monotonic
-    classifier: Any  # the model that answered the whole batch (a reload swaps between batches)
+    serving: Serving  # the models that answered the whole batch (a reload swaps between batches)
 
 
 @dataclass
@@ -127,7 +126,6 @@ class Daemon:
         self.stopping = False
         # the model and threshold: each batch takes them once; a reload swaps them between
         self.serving: Serving | None = None
-        self.numbers = None  # the number model (digitd.ctc), with recognise auto or number
         self.reloader = ModelReloader(self._load_configured_model, self._install,
                                       self._notify_with_counts, lambda: self.serving)
         self._next_ping = 0.0
@@ -154,6 +152,7 @@ class Daemon:
             model=self.classifier.model_id,
             runtime=self.classifier.runtime,
             min_confidence=self.serving.min_confidence,
+            number_model=self.serving.numbers and self.serving.numbers.model_id,
             instance=self.work.instance,
             seconds=round(time.monotonic() - started, 2),
         )
@@ -194,9 +193,8 @@ class Daemon:
                 "entry for their common parent)",
             )
         self.work.open()
-        self.serving = Serving(self._load_model(self.config.model), self.config.min_confidence)
-        if self.config.recognise != "digit":
-            self.numbers = self._load_numbers()
+        self.serving = Serving(self._load_model(self.config.model), self.config.min_confidence,
+                               self._load_numbers(self.config))
         self._recogniser.start()
         self._writer.start()
         self._recover()
@@ -216,13 +214,15 @@ class Daemon:
     def classifier(self):
         return self.serving.classifier
 
-    def _load_numbers(self):
-        """The shipped number model, warmed; None (numbers read by segmentation alone, said
-        once) if it cannot be served."""
-        try:
-            numbers = ctc.load(threads=self.model_threads)
-        except (OSError, ValueError, ModelError) as exc:
-            log.warning("number_model_unavailable", error=str(exc),
+    def _load_numbers(self, config: Config):
+        """The number model `config` names (None: the shipped one), warmed; None with
+        `recognise: digit`, or (said once) when the shipped one cannot be served: numbers
+        are then read by segmentation alone. A named one that cannot be loaded raises."""
+        if config.recognise == "digit":
+            return None
+        numbers, why = ctc.load_configured(config.number_model, threads=self.model_threads)
+        if numbers is None:
+            log.warning("number_model_unavailable", error=why,
                         hint="numbers are read by segmentation alone")
             return None
         if numbers.fallback:
@@ -233,15 +233,16 @@ class Daemon:
 
     def _load_configured_model(self) -> Serving:
         """The reload's work, on its own thread: the model and min_confidence the
-        configuration names now, the model loaded and warmed (any failure raises, and the old
-        ones keep serving). Other changed settings are named: they need a restart."""
+        configuration names now and its number model, loaded and warmed (any failure raises,
+        and the old ones keep serving). Other changed settings are named: they need a restart."""
         config = self._reread()
         ignored = needs_restart(self.config, config)
         if ignored:
             log.warning("reload_needs_restart", settings=ignored,
-                        hint="a reload applies model and min_confidence only; restart digitd "
-                        "for the others")
-        return Serving(self._load_model(config.model), config.min_confidence)
+                        hint="a reload applies model, number_model and min_confidence only; "
+                        "restart digitd for the others")
+        return Serving(self._load_model(config.model), config.min_confidence,
+                       self._load_numbers(replace(config, recognise=self.config.recognise)))
 
     def _install(self, serving: Serving) -> None:
         self.serving = serving  # the next batch takes it; batches under way keep theirs
@@ -345,10 +346,10 @@ class Daemon:
         t1 = time.monotonic()
         good = [i for i, intake in enumerate(intakes) if intake.ok]
         readings: list = [(None, None)] * len(intakes)
-        numbers = self.numbers.predict if self.numbers is not None else None
+        numbers = serving.numbers.predict if serving.numbers is not None else None
         answers = read_all([(intakes[i].model_input, intakes[i].line) for i in good],
                            classifier.predict, self.config.recognise, numbers,
-                           sure=serving.min_confidence, second=ctc.second_of(self.numbers))
+                           sure=serving.min_confidence, second=ctc.second_of(serving.numbers))
         for i, answer in zip(good, answers, strict=True):
             readings[i] = answer
         t2 = time.monotonic()
@@ -362,7 +363,7 @@ class Daemon:
         timings = {"wait_ms": job.waited_s * 1000, "decode_ms": (t1 - job.started) * 1000}
         timings["infer_ms"] = (t2 - t1) * 1000
         self._put(self._to_writer,
-                  WriteJob(job.batch, results, previews, timings, t2, classifier))
+                  WriteJob(job.batch, results, previews, timings, t2, serving))
 
     def _map_async(self, function, items) -> list[Future]:
         """Start `function` over `items` on the pool, one task per thread (not one per item);
@@ -444,7 +445,7 @@ class Daemon:
         """Stage 3 (writer thread): deliver the batch by the commit protocol."""
         unwritten = [png for future in job.previews for png in future.result()]
         job.timings["write_ms"] = (time.monotonic() - job.recognised_at) * 1000
-        document = self._batch_document(job.batch, job.results, job.timings, job.classifier)
+        document = self._batch_document(job.batch, job.results, job.timings, job.serving)
         delivery = Delivery(job.batch, job.results, document, unwritten)
         if self._retrying(job.batch.id, lambda: deliver(delivery, self.work, self.outbox)):
             self._report(job.batch, job.results, job.timings)
@@ -477,7 +478,8 @@ class Daemon:
                 delay = min(delay * 2, self.config.retry.max_s)
 
     def _batch_document(self, batch: Batch, results: list[Result], timings: dict,
-                        classifier) -> dict:
+                        serving: Serving) -> dict:
+        classifier, numbers = serving.classifier, serving.numbers
         card = classifier.card
         summary = {
             "id": classifier.model_id,
@@ -498,14 +500,14 @@ class Daemon:
             "timings_ms": {k: round(v, 3) for k, v in timings.items()},
             "items": [r.batch_item() for r in results],
         }
-        if self.numbers is not None:  # numbers' strings and confidences are its
+        if numbers is not None:  # numbers' strings and confidences are its
             document["number_model"] = {
-                "id": self.numbers.model_id,
-                "runtime": self.numbers.runtime,
-                "temperature": self.numbers.card.get("calibration", {}).get("temperature"),
-                "created_at": self.numbers.card.get("created_at")}
-            if self.numbers.second_reading is not None:  # consulted where it is unsure
-                document["number_model"]["second_id"] = self.numbers.second_reading.model_id
+                "id": numbers.model_id,
+                "runtime": numbers.runtime,
+                "temperature": numbers.card.get("calibration", {}).get("temperature"),
+                "created_at": numbers.card.get("created_at")}
+            if numbers.second_reading is not None:  # consulted where it is unsure
+                document["number_model"]["second_id"] = numbers.second_reading.model_id
         return document
 
     def _report(self, batch: Batch, results: list[Result], timings: dict) -> None:

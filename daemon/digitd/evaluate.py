@@ -1,6 +1,6 @@
 """`digitd evaluate`: measure a model the way the daemon would use it.
 
-    digitd evaluate --set DIR [--model M] [--config C | --min-confidence P]
+    digitd evaluate --set DIR [--model M] [--number-model N] [--config C | --min-confidence P]
                     [--recognise auto|digit|number] [--json]
     digitd evaluate --data MNIST_DIR [--model M] [--json]
 
@@ -9,7 +9,8 @@ optional; file names are relative to DIR). A label is a digit 0-9, or a number: 
 digits (`4071`) for a field of several digits. Every file goes through the daemon's own intake
 (safe read, PNG checks, decode, normalisation) and readers (digitd.reader.read_all, with
 `recognise` from --recognise, else --config, else the built-in default; a number needs `auto`
-or `number`) and gets the status the daemon would give it at `min_confidence` (from
+or `number`; the number model from --number-model, else --config's `number_model`, else the
+shipped one) and gets the status the daemon would give it at `min_confidence` (from
 --min-confidence, else --config, else the built-in default). Reported, as shares of the rows
 evaluated (digitd.calibration's definitions): accuracy (the string read is the label, whatever
 its status), silent errors (wrong yet `ok`), review share (`low_confidence`), rejected share
@@ -231,7 +232,11 @@ def set_command(args) -> int:
         return ExitCode.USAGE
     numbers = None
     if config.recognise != "digit":
-        numbers = _load_numbers(prog)
+        try:
+            numbers = _load_numbers(config.number_model, prog)
+        except Exception as exc:  # missing, truncated or not a model
+            print(f"{prog}: cannot load the number model: {exc}", file=sys.stderr)
+            return ExitCode.USAGE
     try:
         judged, bad = run_set(folder, classifier, config, numbers)
     except OSError as exc:
@@ -255,15 +260,15 @@ def set_command(args) -> int:
     return ExitCode.OK
 
 
-def _load_numbers(prog: str):
-    """The shipped number model, or None (said on stderr): numbers are then read by
-    segmentation alone, as the daemon would."""
-    try:
-        return ctc.load()
-    except Exception as exc:  # missing, truncated or not a model
-        print(f"{prog}: no number model ({exc}); numbers are read by segmentation alone",
+def _load_numbers(path, prog: str):
+    """The number model configured (None: the shipped one), or None (said on stderr) when
+    the shipped one cannot be served: numbers are then read by segmentation alone, as the
+    daemon would. A configured one that cannot be loaded raises."""
+    numbers, why = ctc.load_configured(path)
+    if numbers is None:
+        print(f"{prog}: no number model ({why}); numbers are read by segmentation alone",
               file=sys.stderr)
-        return None
+    return numbers
 
 
 def _pct(v: float | None) -> str:

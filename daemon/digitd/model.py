@@ -315,7 +315,9 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
     `shape`: one input's shape (the number model takes digitd.strip's); `wrap`: applied to
     the runner (LiteRTRunner or KerasRunner) each call goes through (the number model's:
     digitd.ctc.CutStrips, which runs strips in small chunks that stay in the caches).
-    Raises FileNotFoundError for a missing .keras file and ModelError if nothing can serve it.
+    Raises FileNotFoundError for a missing .keras file and ModelError if nothing can serve it
+    or its card's arch says it is the other kind (a digit model asked for numbers, or the
+    other way round).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
@@ -325,6 +327,11 @@ def load_classifier(path: str | Path | None = None, threads: int | None = None,
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: no such model file")
     classifier = _load_one(model_path, threads, runtime, tuple(shape), wrap)
+    arch, numbers = classifier.card.get("arch"), tuple(shape) != (INPUT_SIZE, INPUT_SIZE)
+    if arch is not None and (arch == "numbers") != numbers:  # one given for the other
+        raise ModelError(f"{model_path.name}: its card says arch {arch!r}: "
+                         + ("not a number model (give a digitd-numbers.keras)" if numbers else
+                            "a number model, not a digit model (give it as number_model)"))
     entry = classifier.card.get("second_opinion")
     if entry:
         second = companion(classifier, entry, "second opinion",

@@ -1,5 +1,5 @@
-"""`digitd predict FILE... [--config PATH] [--model PATH] [--min-confidence P]
-[--recognise auto|digit|number] [--json] [--preview DIR]`
+"""`digitd predict FILE... [--config PATH] [--model PATH] [--number-model PATH]
+[--min-confidence P] [--recognise auto|digit|number] [--json] [--preview DIR]`
 
 The daemon's answer for each file, without a daemon: one line per file, in the order given,
 `FILE DIGITS CONFIDENCE` (the digit, or a number's string such as `4071`; with
@@ -8,10 +8,10 @@ file that cannot be recognised
 (reason codes: digitd.codes.Reason); with --json one JSON object per line instead (formats:
 digitd.result). Files are taken in exactly as the daemon takes them (digitd.intake: read
 safely, a FIFO never blocks, a huge PNG header is refused before the rest is read), and the
-status follows the same rule with the same settings: `min_confidence`, `recognise`, the model
-and `max_pixels` come from --config (default: the built-in configuration), --min-confidence,
---recognise and --model override them. A decoder that crashes on one file makes that file
-`corrupt`; the other files still get their answers.
+status follows the same rule with the same settings: `min_confidence`, `recognise`, the model,
+the number model and `max_pixels` come from --config (default: the built-in configuration),
+--min-confidence, --recognise, --model and --number-model override them. A decoder that
+crashes on one file makes that file `corrupt`; the other files still get their answers.
 
 Exit code (digitd.codes.ExitCode): 1 if any file was rejected, 2 for a bad configuration or a
 model that cannot be loaded, 0 otherwise. The model runs once per chunk of up to CHUNK good
@@ -65,13 +65,13 @@ def _write_preview(directory: Path, name: str, result: Result, intake: Intake) -
     write_atomic(directory / name, png)
 
 
-def _number_model():
-    """The shipped number model, or False (said on stderr) when it cannot be served: numbers
-    are then read by segmentation alone."""
-    try:
-        numbers = ctc.load()
-    except (OSError, ValueError, ModelError) as exc:
-        print(f"digitd predict: no number model ({exc}); numbers are read by segmentation "
+def _number_model(path):
+    """The number model configured (None: the shipped one), or False (said on stderr) when
+    the shipped one cannot be served: numbers are then read by segmentation alone. A
+    configured one that cannot be loaded raises."""
+    numbers, why = ctc.load_configured(path)
+    if numbers is None:
+        print(f"digitd predict: no number model ({why}); numbers are read by segmentation "
               "alone", file=sys.stderr)
         return False
     if numbers.fallback:
@@ -115,7 +115,12 @@ def predict_command(args) -> int:
                     print(f"digitd predict: running {classifier.served.name} with TensorFlow: "
                           f"{classifier.fallback}", file=sys.stderr)
             if numbers is None and any(intakes[i].line is not None for i in good):
-                numbers = _number_model()
+                try:
+                    numbers = _number_model(config.number_model)
+                except (OSError, ValueError, ModelError) as exc:
+                    print(f"digitd predict: cannot load the number model: {exc}",
+                          file=sys.stderr)
+                    return ExitCode.USAGE
             answers = read_all([(intakes[i].model_input, intakes[i].line) for i in good],
                                classifier.predict, config.recognise,
                                numbers.predict if numbers else None,

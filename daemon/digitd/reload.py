@@ -1,19 +1,21 @@
-"""Hot reload: SIGHUP (`systemctl reload digitd`) swaps the model and its threshold without
+"""Hot reload: SIGHUP (`systemctl reload digitd`) swaps the models and the threshold without
 a restart.
 
 The signal only raises a flag. The daemon's loop then starts a thread that reads the
-configuration file again, loads the model it names and warms it up, while the old model
-keeps answering. What a reload applies is RELOADED: the model and `min_confidence`, which
-belong together (a new model comes with its own operating point); every other setting
+configuration file again, loads the models it names and warms them up, while the old ones
+keep answering. What a reload applies is RELOADED: the model and `min_confidence`, which
+belong together (a new model comes with its own operating point), and the number model
+(`number_model`: one fine-tuned on reviewers' corrections, say); every other setting
 (folders, processes, batch, watch, outputs, recognise, log, review) is read at start only,
 and a reload that finds one changed says so in a `reload_needs_restart` warning.
 
-The new model and threshold are handed over together (a `Serving`) by one assignment: each
+The new models and threshold are handed over together (a `Serving`) by one assignment: each
 batch takes them once when its recognition starts and keeps them for its rows and its batch
 JSON, so batches switch between one batch and the next, none is answered by two models or
 two thresholds, and no input waits or is answered twice. A model that is missing or cannot
-be loaded, or a configuration that no longer parses, is refused with a `reload_failed`
-event, and the old model and threshold keep serving.
+be loaded (the shipped number model aside: without it numbers are read by segmentation
+alone, as at start), or a configuration that no longer parses, is refused with a
+`reload_failed` event, and the old models and threshold keep serving.
 
 systemd hears RELOADING=1 (with MONOTONIC_USEC=, as sd_notify(3) asks) when the reload
 starts and READY=1 when it is over, with STATUS= naming the model then served.
@@ -33,15 +35,18 @@ import structlog
 log = structlog.get_logger("digitd")
 
 
-RELOADED = ("model", "min_confidence")  # the configuration keys a reload applies
+RELOADED = ("model", "min_confidence", "number_model")  # the keys a reload applies
 
 
 @dataclass(frozen=True)
 class Serving:
-    """What answers a batch: a loaded classifier and the threshold for its status."""
+    """What answers a batch: a loaded classifier, the threshold for its status and the
+    number model (digitd.ctc; None: numbers are read by segmentation alone, or not at all
+    with `recognise: digit`)."""
 
     classifier: Any
     min_confidence: float
+    numbers: Any = None
 
     @property
     def path(self) -> Path:
@@ -118,6 +123,8 @@ class ModelReloader:
         self._install(new)
         log.info("reloaded", model=model_name(new), previous=model_name(old),
                  min_confidence=new.min_confidence, previous_min_confidence=old.min_confidence,
+                 number_model=new.numbers and model_name(new.numbers),
+                 previous_number_model=old.numbers and model_name(old.numbers),
                  runtime=getattr(new.classifier, "runtime", None),
                  seconds=round(time.monotonic() - started, 2))
         self._notify(READY=1, STATUS=f"Reloaded; serving {model_name(new)}")
