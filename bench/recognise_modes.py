@@ -1,12 +1,14 @@
 """`recognise: digit` against `auto` on labelled single-digit sets, through `digitd predict`.
 
     .venv/bin/python bench/evalsets.py --out /tmp/sets --sets mnist usps usps16 scans forms fonts
-    .venv/bin/python bench/recognise_modes.py /tmp/sets/mnist /tmp/sets/forms ...
+    .venv/bin/python bench/recognise_modes.py /tmp/sets/mnist /tmp/sets/forms ... \
+        [--number-model DIR/digitd-numbers.keras]
 
 For each set and mode: share right, silent errors (wrong yet ok), review share, and the share
 read as a number (which, on single digits, is always a misreading); then the files whose
 answer under `auto` is not the one under `digit` (the string, the status or the confidence
-differ), with a few of them named.
+differ), with a few of them named. --number-model: a number model other than the shipped one
+(`auto` only: `digit` reads no number), e.g. one fine-tuned on reviewed numbers.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from collections import Counter
 from pathlib import Path
 
 
-def answers(folder: Path, mode: str) -> dict[str, dict]:
-    """`digitd predict --json --recognise mode` on every file of folder/labels.csv."""
+def answers(folder: Path, mode: str, options: tuple[str, ...] = ()) -> dict[str, dict]:
+    """`digitd predict --json --recognise mode [options]` on every file of
+    folder/labels.csv."""
     with open(folder / "labels.csv", newline="") as f:
         names = [row["file"] for row in csv.DictReader(f)]
     out = subprocess.run([sys.executable, "-m", "digitd", "predict", "--json",
-                          "--recognise", mode, *[str(folder / n) for n in names]],
+                          "--recognise", mode, *options, *[str(folder / n) for n in names]],
                          capture_output=True, text=True).stdout
     return {Path(a["file"]).name: a for a in map(json.loads, out.splitlines())}
 
@@ -53,8 +56,11 @@ def _key(answer: dict) -> tuple:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sets", nargs="+", type=Path, help="folders with labels.csv")
-    for folder in parser.parse_args().sets:
-        got = {mode: answers(folder, mode) for mode in ("digit", "auto")}
+    parser.add_argument("--number-model", metavar="PATH", help="default: the shipped one")
+    args = parser.parse_args()
+    options = ("--number-model", args.number_model) if args.number_model else ()
+    for folder in args.sets:
+        got = {"digit": answers(folder, "digit"), "auto": answers(folder, "auto", options)}
         for mode, these in got.items():
             m = measure(folder, these)
             print(f"{folder.name:8} {mode:5} files={m['files']} right={m['right']:.2f}% "

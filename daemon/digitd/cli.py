@@ -43,7 +43,11 @@ def _probability(text: str) -> float:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """`digitd train`: from scratch, or (--corrections) fine-tuning in digitd.finetune."""
+    """`digitd train`: from scratch, or (--corrections) fine-tuning in digitd.finetune (with
+    --arch numbers, the number models in digitd.finetune_numbers)."""
+    if args.corrections and args.arch == "numbers":
+        return _command("finetune_numbers", "fine_tune_numbers_command",
+                        needs_tensorflow=True)(args)
     if args.corrections:
         return _command("finetune", "fine_tune_command", needs_tensorflow=True)(args)
     if args.base or args.steps:
@@ -129,9 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the SHA-256 check (custom data under the official file names)",
     )
     train.add_argument("--corrections", metavar="DIR", action="append",
-                       help="fine-tune on the reviewers' corrections in this outbox (repeatable)")
+                       help="fine-tune on the reviewers' corrections in this outbox (repeatable):"
+                       " of single digits, or with --arch numbers of numbers")
     train.add_argument("--base", metavar="MODEL", help="with --corrections: the model to "
-                       "fine-tune (default: shipped)")
+                       "fine-tune (default: shipped; with --arch numbers a "
+                       "digitd-numbers.keras, its second too)")
     train.add_argument("--steps", type=int, metavar="N", help="with --corrections: batches to "
                        "train (default: from the number of corrections)")
     train.set_defaults(handler=_train)

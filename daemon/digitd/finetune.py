@@ -7,7 +7,8 @@ The steps, each a function below:
    normalised exactly as the daemon normalises an input; an image given verdicts in several
    outboxes counts once, with its latest label. Corrections of numbers (a label or a
    prediction of several digits) are skipped and counted: the image holds a whole line, and
-   which of its pieces a wrong digit is cannot be told from a string of another length.
+   which of its pieces a wrong digit is cannot be told from a string of another length; the
+   number models learn them (digitd.finetune_numbers).
 2. split: a fifth is held out, chosen by a hash of the image (stable as corrections grow).
 3. fine_tune: the base model (default: the shipped one) trains on batches that are half
    corrections and half MNIST (replayed so that nothing is forgotten), both augmented, with a
@@ -76,21 +77,26 @@ class Corrections:
 
     def held_out(self) -> np.ndarray:
         """Mask of the held-out fifth, by a hash of each image (not by position or time)."""
-        return np.array([int(s[:8], 16) % HELD_OUT == 0 for s in self.sha256], dtype=bool)
+        return held_out_mask(self.sha256)
 
 
 # --- 1. reading -----------------------------------------------------------------------------
 
 
-def read_corrections(folders: list[Path], max_pixels: int = 40_000_000) -> Corrections:
-    """The usable corrections of these outboxes (see the module docstring)."""
-    from digitd.intake import take_in
-
-    latest: dict[str, tuple[str, int, Path]] = {}  # image sha256 -> (reviewed_at, label, png)
+def latest_verdicts(folders: list[Path], numbers: bool = False, longest: int = 1,
+                    ) -> tuple[dict[str, tuple[str, Path]], dict[str, int]]:
+    """The last usable verdict per image in these outboxes' corrections.csv: image sha256 ->
+    (label, its copy corrections/<id>.png), and why other rows were skipped -> count. A
+    row gives a label when its verdict is confirmed or corrected; it is a number's when its
+    label or the string read holds two digits or more. `numbers` False takes the single
+    digits (numbers are skipped as "number"), True the numbers (single digits are skipped as
+    "digit"); a label longer than `longest` digits is skipped as "too long". An image given
+    verdicts in several outboxes counts once, with its latest label."""
+    latest: dict[str, tuple[str, str, Path]] = {}  # image sha256 -> (reviewed_at, label, png)
     skipped: dict[str, int] = {}
 
     def skip(why: str) -> None:
-        skipped[why] = skipped.get(why, 0) + 1
+        count(skipped, why)
 
     for folder in folders:
         path = folder / "corrections.csv"
@@ -104,11 +110,14 @@ def read_corrections(folders: list[Path], max_pixels: int = 40_000_000) -> Corre
                 skip(row.get("verdict") or "no verdict")  # not_a_digit, undone
                 continue
             label, sha = row.get("label", ""), row.get("sha256", "")
-            if len(label) > 1 or len(row.get("predicted", "")) > 1:
-                skip("number")  # a whole number's image: not one digit to learn from
+            if (len(label) > 1 or len(row.get("predicted", "")) > 1) != numbers:
+                skip("digit" if numbers else "number")  # the other command's to learn from
                 continue
-            if len(label) != 1 or label not in "0123456789" or len(sha) != 64:
+            if not label or not label.isascii() or not label.isdigit() or len(sha) != 64:
                 skip("malformed row")
+                continue
+            if len(label) > longest:
+                skip("too long")
                 continue
             png = folder / "corrections" / f"{row['id']}.png"
             if "/" in row["id"] or not png.is_file():
@@ -116,18 +125,37 @@ def read_corrections(folders: list[Path], max_pixels: int = 40_000_000) -> Corre
                 continue
             previous = latest.get(sha)
             if previous is None or previous[0] <= row.get("reviewed_at", ""):
-                latest[sha] = (row.get("reviewed_at", ""), int(label), png)
+                latest[sha] = (row.get("reviewed_at", ""), label, png)
+    return {sha: (label, png) for sha, (_, label, png) in sorted(latest.items())}, skipped
+
+
+def count(skipped: dict[str, int], why: str) -> None:
+    """One more row or image skipped for `why`."""
+    skipped[why] = skipped.get(why, 0) + 1
+
+
+def held_out_mask(sha256: list[str]) -> np.ndarray:
+    """Which images are held out: one in HELD_OUT, by a hash of each image (not by position
+    or time, so the split is stable as corrections grow)."""
+    return np.array([int(s[:8], 16) % HELD_OUT == 0 for s in sha256], dtype=bool)
+
+
+def read_corrections(folders: list[Path], max_pixels: int = 40_000_000) -> Corrections:
+    """The usable corrections of these outboxes (see the module docstring)."""
+    from digitd.intake import take_in
+
+    latest, skipped = latest_verdicts(folders)
     xs, ys, shas = [], [], []
-    for sha, (_, label, png) in sorted(latest.items()):
+    for sha, (label, png) in latest.items():
         intake = take_in(png, max_pixels)  # exactly as the daemon takes an input in
         if intake.sha256 and intake.sha256 != sha:
-            skip("image does not match its sha256")
+            count(skipped, "image does not match its sha256")
             continue
         if not intake.ok:
-            skip(f"image rejected ({intake.error})")
+            count(skipped, f"image rejected ({intake.error})")
             continue
         xs.append(intake.model_input)
-        ys.append(label)
+        ys.append(int(label))
         shas.append(sha)
     if not xs:
         raise CorrectionsError("no usable corrections (single digits confirmed or corrected, "
@@ -144,6 +172,17 @@ def default_steps(n_train: int) -> int:
     return int(np.clip(math.ceil(PASSES * n_train / (BATCH // 2)), MIN_STEPS, MAX_STEPS))
 
 
+def batches(images: np.ndarray, labels: np.ndarray, size: int, scale: float, seed: int):
+    """An endless tf.data stream of (images * scale as float32, labels as int32) batches of
+    `size`, reshuffled every pass: the two halves of each fine-tuning batch."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    return ds.repeat().batch(size, drop_remainder=len(images) >= size).map(
+        lambda a, b: (tf.cast(a, tf.float32) * scale, b))
+
+
 def fine_tune(keras, model, x: np.ndarray, y: np.ndarray, mnist: Mnist, steps: int,
               seed: int) -> float:
     """Train `model` in place for `steps` batches; returns the seconds taken."""
@@ -153,15 +192,8 @@ def fine_tune(keras, model, x: np.ndarray, y: np.ndarray, mnist: Mnist, steps: i
 
     half = BATCH // 2
     keras.utils.set_random_seed(seed)
-
-    def stream(images, labels, scale: float, salt: int):
-        ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
-        ds = ds.shuffle(len(images), seed=seed + salt, reshuffle_each_iteration=True)
-        return ds.repeat().batch(half, drop_remainder=len(images) >= half).map(
-            lambda a, b: (tf.cast(a, tf.float32) * scale, b))
-
-    corrections = stream(x, y, 1.0, 1)
-    replay = stream(mnist.x_train, mnist.y_train, 1.0 / 255.0, 2)
+    corrections = batches(x, y, half, 1.0, seed + 1)
+    replay = batches(mnist.x_train, mnist.y_train, half, 1.0 / 255.0, seed + 2)
 
     def mix(step, pair):
         (xc, yc), (xm, ym) = pair
@@ -192,20 +224,26 @@ def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 
 @dataclass
 class Judgement:
+    """A fine-tuned model against its base: on the held-out corrections (it must not be
+    worse) and on a set it must not forget (`kept`: the MNIST test set for the digit model,
+    held-out training strings for the number models), at most `max_drop` lost there."""
+
     held_out_before: float
     held_out_after: float
-    mnist_before: float
-    mnist_after: float
+    kept_before: float
+    kept_after: float
+    kept: str = "the MNIST test set"
+    max_drop: float = MAX_MNIST_DROP
 
     def refusal(self) -> str | None:
         """Why the new model must not be written, or None."""
         if self.held_out_after < self.held_out_before:
             return (f"it is worse on the held-out corrections ({self.held_out_after:.2%} < "
                     f"{self.held_out_before:.2%} before)")
-        if self.mnist_before - self.mnist_after > MAX_MNIST_DROP + 1e-9:
-            return (f"it loses {100 * (self.mnist_before - self.mnist_after):.2f} points on "
-                    f"the MNIST test set ({self.mnist_before:.2%} -> {self.mnist_after:.2%}; "
-                    f"at most {100 * MAX_MNIST_DROP:.1f} allowed)")
+        if self.kept_before - self.kept_after > self.max_drop + 1e-9:
+            return (f"it loses {100 * (self.kept_before - self.kept_after):.2f} points on "
+                    f"{self.kept} ({self.kept_before:.2%} -> {self.kept_after:.2%}; "
+                    f"at most {100 * self.max_drop:.1f} allowed)")
         return None
 
 
@@ -268,9 +306,27 @@ def recalibrate(keras, model, held: tuple[np.ndarray, np.ndarray], usps: Usps | 
 # --- the command --------------------------------------------------------------------------------
 
 
+def open_inputs(args: argparse.Namespace, read):
+    """(the corrections `read` finds in the --corrections outboxes, MNIST, USPS or None, the
+    --out folder made), or EXIT_USAGE with the reason said on stderr."""
+    from digitd.fsutil import make_folder
+
+    try:
+        corrections = read([Path(d) for d in args.corrections])
+        mnist = load_mnist(args.data, verify=not args.no_verify)
+        usps = load_usps(args.usps, verify=not args.no_verify) if args.usps else None
+    except (CorrectionsError, DatasetError) as exc:
+        print(f"digitd train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out)
+    if problem := make_folder(out):
+        print(f"digitd train: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    return corrections, mnist, usps, out
+
+
 def fine_tune_command(args: argparse.Namespace) -> int:
     """`digitd train --corrections DIR ...`: report before/after; write the model or refuse."""
-    from digitd.fsutil import make_folder
     from digitd.model import card_path, default_model_path, file_sha256, import_keras, read_card
     from digitd.train import finish_card, library_versions, metrics, save_model, to_input
 
@@ -285,17 +341,10 @@ def fine_tune_command(args: argparse.Namespace) -> int:
     if not base.is_file():
         print(f"digitd train: --base {base}: no such model file", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        corrections = read_corrections([Path(d) for d in args.corrections])
-        mnist = load_mnist(args.data, verify=not args.no_verify)
-        usps = load_usps(args.usps, verify=not args.no_verify) if args.usps else None
-    except (CorrectionsError, DatasetError) as exc:
-        print(f"digitd train: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    out = Path(args.out)
-    if problem := make_folder(out):
-        print(f"digitd train: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+    opened = open_inputs(args, read_corrections)
+    if not isinstance(opened, tuple):
+        return opened
+    corrections, mnist, usps, out = opened
 
     held = corrections.held_out()
     x_train, y_train = corrections.x[~held], corrections.y[~held]
@@ -313,8 +362,8 @@ def fine_tune_command(args: argparse.Namespace) -> int:
     print(f"corrections: {len(corrections.y)} usable ({len(x_train)} to train on, "
           f"{len(x_held)} held out); skipped: {corrections.skipped or 'none'}")
     if corrections.skipped.get("number"):
-        print(f"skipped {corrections.skipped['number']} corrections of numbers: only single "
-              "digits are learnt from")
+        print(f"skipped {corrections.skipped['number']} corrections of numbers: the number "
+              "models learn them (digitd train --arch numbers --corrections)")
     print(f"before: held-out corrections {before_held:.2%}, MNIST test {before_mnist:.2%}")
     seconds = fine_tune(keras, model, x_train, y_train, mnist, steps, args.seed)
     probabilities = model.predict(x_test, batch_size=500, verbose=0)
@@ -322,7 +371,7 @@ def fine_tune_command(args: argparse.Namespace) -> int:
     judgement = Judgement(before_held, accuracy(model, x_held, y_held), before_mnist,
                           test["accuracy"])
     print(f"after:  held-out corrections {judgement.held_out_after:.2%}, "
-          f"MNIST test {judgement.mnist_after:.2%} ({steps} steps, {seconds:.0f} s)")
+          f"MNIST test {judgement.kept_after:.2%} ({steps} steps, {seconds:.0f} s)")
     why = judgement.refusal()
     if why is not None:
         print(f"digitd train: refused to write the model: {why}", file=sys.stderr)
@@ -354,7 +403,7 @@ def fine_tune_command(args: argparse.Namespace) -> int:
         "held_out_accuracy": {"before": round(before_held, 6),
                               "after": round(judgement.held_out_after, 6)},
         "mnist_test_accuracy": {"before": round(before_mnist, 6),
-                                "after": round(judgement.mnist_after, 6)},
+                                "after": round(judgement.kept_after, 6)},
         "fine_tuning": {"steps": steps, "batch_size": BATCH, "corrections_per_batch": BATCH // 2,
                         "peak_learning_rate": PEAK_LR, "seed": args.seed,
                         "augmentation": True, "replay": mnist.source,
