@@ -173,7 +173,7 @@ BAD_BODIES = [
     ({"id": "{id}", "verdict": "corrected", "label": 10}, "label 10"),
     ({"id": "{id}", "verdict": "corrected", "label": -1}, "label -1"),
     ({"id": "{id}", "verdict": "corrected", "label": "a"}, "label a"),
-    ({"id": "{id}", "verdict": "corrected", "label": "12"}, "label 12"),
+    ({"id": "{id}", "verdict": "confirmed", "label": "12"}, "confirmed as a number"),
     ({"id": "{id}", "verdict": "corrected", "label": 3.5}, "label 3.5"),
     ({"id": "{id}", "verdict": "corrected", "label": True}, "label true"),
     ({"id": "{id}", "verdict": "not_a_digit", "label": 3}, "not a digit with a label"),
@@ -461,8 +461,14 @@ def test_numbers_are_reviewed_as_strings(number_outbox, tmp_path):
         server.close()
 
 
-def test_a_digit_result_takes_a_one_digit_label(server, outbox):
+def test_a_digit_result_may_be_corrected_to_a_number(server, outbox):
+    """The image held a number the daemon took for one digit: the label is its string (the
+    number models learn it); confirming it as anything but the digit read is still a 400."""
     item = server.queue()["items"][0]
+    status, answer = server.verdict(item["id"], "confirmed", "12")
+    assert status == 400 and "corrected" in answer["error"]
     status, answer = server.verdict(item["id"], "corrected", "12")
-    assert status == 400 and "one digit" in answer["error"]
-    assert not read_csv(outbox / "corrections.csv")
+    assert status == 200, answer
+    row = read_csv(outbox / "corrections.csv")[-1]
+    assert (row["id"], row["predicted"], row["label"], row["verdict"]) == (
+        item["id"], str(item["digit"]), "12", "corrected")

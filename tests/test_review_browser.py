@@ -121,6 +121,25 @@ def test_review_by_keyboard(tmp_path):
         assert (last["id"], last["verdict"], last["label"]) == (second, "not_a_digit", "")
         assert driver.find_element("id", "status").get_attribute("class") != "error"
 
+        # n: this digit is really a number; its digits are typed, Enter sends the string
+        # (Escape with nothing typed goes back to the one-key verdicts)
+        current = wait(shown, what="the result on screen")
+        typed = driver.find_element("id", "typed")
+        assert not typed.is_displayed()
+        keys.send_keys("n").perform()
+        wait(typed.is_displayed, what="n to open the typed string")
+        keys.send_keys(Keys.ESCAPE).perform()
+        wait(lambda: not typed.is_displayed(), what="Escape to close it")
+        keys.send_keys("n" + "38").perform()
+        wait(lambda: typed.text == "38", what="38 typed")
+        keys.send_keys(Keys.ENTER).perform()
+        wait(lambda: shown() != current, what="the next result")
+        wait(lambda: driver.find_element("tag name", "body").get_attribute("data-inflight")
+             == "0", what="the request to finish")
+        last = read_csv(outbox / "corrections.csv")[-1]
+        assert (last["id"], last["predicted"], last["label"], last["verdict"]) == (
+            current, str(queue[current]["digit"]), "38", "corrected")
+
 
 def test_review_numbers_by_keyboard(tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains

@@ -98,13 +98,12 @@ def _clean_reviewer(name: str) -> str:
 
 
 def check_against(request: VerdictRequest, item: Item) -> VerdictRequest:
-    """Settle the label against the prediction: a single digit's label is one digit (a
-    longer one is a 400: the result was read as one digit); `confirmed` takes the predicted
-    string (a different label is a contradiction: 400), and `corrected` to the predicted
-    string is a confirmation, recorded as one."""
+    """Settle the label against the prediction: `confirmed` takes the predicted string (a
+    different label is a contradiction: 400), and `corrected` to the predicted string is a
+    confirmation, recorded as one. A result read as one digit may be corrected to a string
+    of several: the image holds a number the daemon took for one digit (the number models
+    learn from it: digitd.finetune_numbers)."""
     label = None if request.label is None else str(request.label)
-    if label is not None and not item.is_number and len(label) != 1:
-        raise BadVerdict(f'{item.id} was read as one digit: "label" must be a digit 0-9')
     if request.verdict == "confirmed":
         if label is not None and label != item.digits:
             raise BadVerdict(f'"confirmed" means it is {item.digits}; '

@@ -1,5 +1,6 @@
 // digitd review: the page. One result at a time; a digit's verdict is one key, a number's
-// correction is typed as its digits and sent with Enter (its doubtful digits are marked).
+// correction is typed as its digits and sent with Enter (its doubtful digits are marked); a
+// digit that is really a number (`n`) is typed the same way.
 // Verdicts are shown as done at once and sent in order in the background, so a fast reviewer
 // never waits for the server; `u` sends an undo after them and brings the result back.
 "use strict";
@@ -18,6 +19,7 @@ const state = {
   started: Date.now(),
   filterKey: false,   // `f` was pressed: the next digit picks the filter
   typed: "",          // a number's correction being typed
+  numbering: false,   // `n` on a digit: it is really a number, being typed
   loading: null,
 };
 let sending = Promise.resolve();
@@ -53,6 +55,16 @@ function isNumber(item) {
   return item.digit === null;
 }
 
+function typesNumber(item) {
+  // A number, or a digit result the reviewer says holds a number (`n`): typed as a string.
+  return isNumber(item) || state.numbering;
+}
+
+function clearTyped() {
+  state.typed = "";
+  state.numbering = false;
+}
+
 function showDigits(item) {
   // The string read, one span per digit; a number's doubtful digits are marked.
   const parts = item.parts && item.parts.length === item.digits.length ? item.parts : null;
@@ -69,7 +81,7 @@ function showDigits(item) {
 
 function showTyped(item) {
   const typed = $("typed");
-  typed.hidden = !isNumber(item);
+  typed.hidden = !typesNumber(item);
   typed.textContent = state.typed;
   typed.classList.toggle("empty", state.typed === "");
 }
@@ -169,7 +181,7 @@ function give(verdict, label) {
   state.judged.add(item.id);
   state.history.push({ item, verdict: body });
   state.mine += 1;
-  state.typed = "";
+  clearTyped();
   $("count-mine").textContent = state.mine;
   const what = verdict === "not_a_digit" ? "not a digit"
     : verdict === "confirmed" ? `confirmed ${item.digits}` : `corrected ${item.digits} → ${label}`;
@@ -194,7 +206,7 @@ function undo() {
     return;
   }
   state.judged.delete(last.item.id);
-  state.typed = "";
+  clearTyped();
   state.mine -= 1;
   $("count-mine").textContent = state.mine;
   state.items = [last.item, ...state.items.filter((i) => i.id !== last.item.id)];
@@ -211,7 +223,7 @@ function undo() {
 function skip() {
   const item = state.items.shift();
   if (!item) return;
-  state.typed = "";
+  clearTyped();
   state.skipped.add(item.id);
   say(`${item.file}: skipped`);
   render();
@@ -222,7 +234,7 @@ function switchView(kind, digit) {
   state.kind = kind;
   state.digit = digit;
   state.items = [];
-  state.typed = "";
+  clearTyped();
   state.skipped.clear();
   for (const b of document.querySelectorAll("button.view")) {
     b.classList.toggle("on", b.dataset.kind === kind);
@@ -235,13 +247,16 @@ function switchView(kind, digit) {
 }
 
 function typing(item, key) {
-  // A number under review: digits build the correction, Backspace and Escape edit it, Enter
-  // sends it (nothing typed: a confirmation). Returns false for the keys it leaves alone.
+  // A number under review (or a digit said to be one, `n`): digits build the correction,
+  // Backspace and Escape edit it, Enter sends it (nothing typed: a number is confirmed; a
+  // digit goes back to its one-key verdicts, as Escape with nothing typed does). Returns
+  // false for the keys it leaves alone.
   if (/^[0-9]$/.test(key)) {
     if (state.typed.length < 64) state.typed += key;
   } else if (key === "Backspace") {
     state.typed = state.typed.slice(0, -1);
-  } else if (key === "Escape") {
+  } else if (key === "Escape" || (key === "Enter" && state.typed === "" && !isNumber(item))) {
+    if (state.typed === "") state.numbering = false;
     state.typed = "";
   } else if (key === "Enter") {
     const typed = state.typed;
@@ -270,7 +285,13 @@ document.addEventListener("keydown", (event) => {
     return;
   }
   const item = state.items[0];
-  if (item && isNumber(item) && typing(item, key)) {
+  if (item && typesNumber(item) && typing(item, key)) {
+    event.preventDefault();
+    return;
+  }
+  if (item && key === "n" && !isNumber(item)) {  // this digit is really a number: type it
+    state.numbering = true;
+    showTyped(item);
     event.preventDefault();
     return;
   }
