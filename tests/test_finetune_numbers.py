@@ -128,3 +128,8 @@ def test_fine_tunes_both_number_models_and_they_are_served(reviewed, tmp_path):
                               str(tmp_path / "none")], capture_output=True, text=True,
                              timeout=300)
     assert refused.returncode == 2 and "no usable corrections of numbers" in refused.stderr
+    clobber = subprocess.run([sys.executable, "-m", "digitd", "train", "--arch", "numbers",
+                              "--corrections", str(outbox), "--data", str(SAMPLE), "--base",
+                              str(out / ctc.NAME), "--out", str(out)], capture_output=True,
+                             text=True, timeout=300)
+    assert clobber.returncode == 2 and "holds the base models" in clobber.stderr

@@ -240,6 +240,8 @@ class Tuned:
     """One number model fine-tuned, judged and recalibrated, not yet written."""
 
     source: Path
+    source_card: dict[str, Any]  # read before anything is written
+    source_id: str
     name: str  # the file it is written as
     plain: Any  # the network (logits), trained
     temperature: float
@@ -286,8 +288,9 @@ def material(corrections: NumberCorrections, mnist, usps, steps: int,
 
 def tune(keras, path: Path, name: str, data: Material, steps: int, seed: int) -> Tuned:
     """Fine-tune the number model `path` on `data`, judge it, fit its temperature again."""
-    from digitd.model import read_card
+    from digitd.model import file_sha256, read_card
 
+    card = read_card(path)
     plain = logits_model(keras, keras.saving.load_model(path, compile=False))
     held = data.corrections.strips[data.held]
     before = (exact(logits_of(plain, held), data.held_truth).mean(),
@@ -298,11 +301,11 @@ def tune(keras, path: Path, name: str, data: Material, steps: int, seed: int) ->
     judgement = judged((float(before[0]), float(exact(held_logits, data.held_truth).mean())),
                        (float(before[1]), float(exact(string_logits,
                                                       data.strings_truth).mean())))
-    base_temperature = (read_card(path).get("calibration") or {}).get("temperature")
+    base_temperature = (card.get("calibration") or {}).get("temperature")
     t, calib = recalibrate({"held_out_corrections": (held_logits, data.held_truth),
                             "held_out_strings": (string_logits, data.strings_truth)},
                            base_temperature)
-    return Tuned(path, name, plain, t, calib, judgement, seconds)
+    return Tuned(path, card, file_sha256(path), name, plain, t, calib, judgement, seconds)
 
 
 def write(keras, tuned: Tuned, out: Path, data: Material, steps: int,
@@ -310,19 +313,19 @@ def write(keras, tuned: Tuned, out: Path, data: Material, steps: int,
     """The fine-tuned model as `digitd train` writes one: .keras, .tflite (int8, parity
     checked on the held-out strings) and card; returns the card."""
     from digitd.export import tflite_card_entry
-    from digitd.model import file_sha256, read_card, write_card
+    from digitd.model import file_sha256, write_card
     from digitd.train import library_versions, save_model
     from digitd.train_numbers import with_softmax
 
     target = out / tuned.name
     save_model(keras, with_softmax(keras, tuned.plain, tuned.temperature), target)
-    base = read_card(tuned.source)
+    base = tuned.source_card
     card = {
         **{k: base[k] for k in ("arch", "parameters", "input", "output", "dataset")
            if k in base},
         "name": target.name,
         "model_id": file_sha256(target),
-        "base": {"name": tuned.source.name, "model_id": file_sha256(tuned.source),
+        "base": {"name": tuned.source.name, "model_id": tuned.source_id,
                  "held_out_exact": (base.get("calibration") or {}).get("held_out", {}).get(
                      "exact")},
         "corrections": {"count": len(data.corrections.texts),
@@ -369,6 +372,10 @@ def fine_tune_numbers_command(args: argparse.Namespace) -> int:
         if not path.is_file():
             print(f"digitd train: {path}: no such model file", file=sys.stderr)
             return EXIT_USAGE
+    if Path(args.out).resolve() == base.parent.resolve():
+        print(f"digitd train: --out {args.out} holds the base models: give another folder "
+              "(the fine-tuned ones take the same names)", file=sys.stderr)
+        return EXIT_USAGE
     opened = open_inputs(args, read_number_corrections)
     if not isinstance(opened, tuple):
         return opened
