@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from digitd import ctc
+from digitd.cli import main
 from digitd.finetune_numbers import MAX_LABEL, judged, read_number_corrections
 from digitd.model import file_sha256
 from digitd.review.index import Item
@@ -82,7 +83,7 @@ def test_a_worse_model_is_refused():
 
 
 @pytest.mark.slow
-def test_fine_tunes_both_number_models_and_they_are_served(reviewed, tmp_path):
+def test_fine_tunes_both_number_models_and_they_are_served(reviewed, tmp_path, capsys):
     """A few steps on the shipped pair: both written, with .tflite and cards recording the
     corrections; the first's card names the second; `digitd predict --number-model` serves
     them. Without numbers to learn from, a usage error."""
@@ -90,7 +91,7 @@ def test_fine_tunes_both_number_models_and_they_are_served(reviewed, tmp_path):
     out = tmp_path / "models"
     env = dict(os.environ, TF_DETERMINISTIC_OPS="1")
     done = subprocess.run([sys.executable, "-m", "digitd", "train", "--arch", "numbers",
-                           "--corrections", str(outbox), "--data", str(SAMPLE), "--steps", "4",
+                           "--corrections", str(outbox), "--data", str(SAMPLE), "--steps", "2",
                            "--out", str(out)], capture_output=True, text=True, timeout=600,
                           env=env)
     assert done.returncode == 0, done.stderr
@@ -105,7 +106,7 @@ def test_fine_tunes_both_number_models_and_they_are_served(reviewed, tmp_path):
         assert card["tflite"]["sha256"] == file_sha256((out / name).with_suffix(".tflite"))
         assert card["corrections"]["count"] == NUMBERS
         assert card["corrections"]["sha256"] == read_number_corrections([outbox]).digest
-        assert card["fine_tuning"]["steps"] == 4
+        assert card["fine_tuning"]["steps"] == 2
         assert set(card["exact"]) == {"held_out_corrections", "held_out_strings"}
         assert 0.05 <= card["calibration"]["temperature"] <= 5.0
     assert first["second_reading"]["model_id"] == second["model_id"]
@@ -113,23 +114,17 @@ def test_fine_tunes_both_number_models_and_they_are_served(reviewed, tmp_path):
     assert served.runtime == "litert" and served.second_reading.model_id == second["model_id"]
 
     names = [str(outbox / "processed" / f"in{i}.png") for i in range(3)]
-    printed = subprocess.run([sys.executable, "-m", "digitd", "predict", "--number-model",
-                              str(out / ctc.NAME), *names], capture_output=True, text=True,
-                             timeout=300)
-    assert printed.returncode == 0, printed.stderr
-    assert [line.split()[1] for line in printed.stdout.splitlines()] == truths[:3]
+    assert main(["predict", "--number-model", str(out / ctc.NAME), *names]) == 0
+    printed = capsys.readouterr().out
+    assert [line.split()[1] for line in printed.splitlines()] == truths[:3]
 
     empty = tmp_path / "empty"
     (empty / "corrections").mkdir(parents=True)
     (empty / "corrections.csv").write_text((outbox / "corrections.csv").read_text()
                                            .splitlines()[0] + "\n")
-    refused = subprocess.run([sys.executable, "-m", "digitd", "train", "--arch", "numbers",
-                              "--corrections", str(empty), "--data", str(SAMPLE), "--out",
-                              str(tmp_path / "none")], capture_output=True, text=True,
-                             timeout=300)
-    assert refused.returncode == 2 and "no usable corrections of numbers" in refused.stderr
-    clobber = subprocess.run([sys.executable, "-m", "digitd", "train", "--arch", "numbers",
-                              "--corrections", str(outbox), "--data", str(SAMPLE), "--base",
-                              str(out / ctc.NAME), "--out", str(out)], capture_output=True,
-                             text=True, timeout=300)
-    assert clobber.returncode == 2 and "holds the base models" in clobber.stderr
+    assert main(["train", "--arch", "numbers", "--corrections", str(empty), "--data",
+                 str(SAMPLE), "--out", str(tmp_path / "none")]) == 2
+    assert "no usable corrections of numbers" in capsys.readouterr().err
+    assert main(["train", "--arch", "numbers", "--corrections", str(outbox), "--data",
+                 str(SAMPLE), "--base", str(out / ctc.NAME), "--out", str(out)]) == 2
+    assert "holds the base models" in capsys.readouterr().err
