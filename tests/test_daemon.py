@@ -16,6 +16,7 @@ import pytest
 
 from digitd.claims import work_root
 from digitd.config import WatchConfig
+from digitd.model import default_model_path
 from digitd.result import CSV_COLUMNS
 from digitd.watcher import InboxWatcher
 from harness import (
@@ -299,6 +300,16 @@ def test_bad_configuration_is_refused_with_file_key_and_reason(tmp_path):
     result = run_cli("check-config", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"outbox {tmp_path / 'out'}" in result.stdout
+    # the models it names are loaded as the daemon would: missing, or of the other kind
+    models = default_model_path().parent
+    for text, said in ((f"number_model: {tmp_path / 'none.keras'}\n", "no such model file"),
+                       (f"number_model: {default_model_path()}\n", "not a number model"),
+                       (f"model: {models / 'digitd-numbers.keras'}\n", "not a digit model")):
+        config.write_text(text)
+        result = run_cli("check-config", "--config", str(config), cwd=tmp_path)
+        assert result.returncode == 2 and said in result.stderr, (text, result.stderr)
+    config.write_text(f"number_model: {models / 'digitd-numbers.second.keras'}\n")
+    assert run_cli("check-config", "--config", str(config), cwd=tmp_path).returncode == 0
 
 
 def test_a_batch_whose_csv_write_a_kill_cut_short_is_finished_row_by_row(daemons):

@@ -301,12 +301,33 @@ def _resolve_paths(config: Config, base: Path) -> Config:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    """`digitd check-config`: validate a file without running anything."""
+    """`digitd check-config`: validate a file without running anything; the models it names
+    (`model`, `number_model`) are loaded as the daemon would load them, so that a reload or
+    a start does not find them missing, of the wrong kind or unservable."""
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"digitd: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     source = args.config or "built-in defaults"
+    for key in ("model", "number_model"):
+        if (why := _unservable(key, getattr(config, key))) is not None:
+            print(f"digitd: {source}: {key}: {why}", file=sys.stderr)
+            return ExitCode.USAGE
     print(f"{source}: ok (inbox {config.inbox}, outbox {config.outbox})")
     return ExitCode.OK
+
+
+def _unservable(key: str, path: Path | None) -> str | None:
+    """Why the model a configuration names under `key` cannot be served, or None (also when
+    it names none: the shipped one)."""
+    if path is None:
+        return None
+    from digitd import ctc
+    from digitd.model import load_classifier
+
+    try:
+        (ctc.load if key == "number_model" else load_classifier)(path, threads=1)
+    except Exception as exc:  # missing, truncated, not a model, the other kind
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
