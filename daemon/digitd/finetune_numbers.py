@@ -263,12 +263,14 @@ def material(corrections: NumberCorrections, mnist, usps, steps: int,
         texts,
     )
 
-    workers = len(os.sched_getaffinity(0))
     held = held_out_mask(corrections.sha256)
     x, y = mnist.x_train, mnist.y_train
     first_held = held_out_from(len(x))
-    strips, labels, what = held_out_strings(
-        x, y, seed, min(HELD_OUT_STRINGS, max(200, first_held // 10)), workers)
+    n_held = min(HELD_OUT_STRINGS, max(200, first_held // 10))
+    count = min(steps * BATCH // 2, 30_000)
+    # string makers in processes only where there are enough strings to pay for them
+    workers = len(os.sched_getaffinity(0)) if n_held + count >= 2000 else 1
+    strips, labels, what = held_out_strings(x, y, seed, n_held, workers)
     digits, digit_labels, other = x[:first_held], y[:first_held], None
     if usps is not None:
         from digitd.dataset import usps_ink
@@ -277,7 +279,6 @@ def material(corrections: NumberCorrections, mnist, usps, steps: int,
         digits = np.concatenate([digits, usps_ink(ux)])
         digit_labels = np.concatenate([digit_labels, uy])
         other = first_held
-    count = min(steps * BATCH // 2, 30_000)
     replay = strings(digits, digit_labels, 0, count, seed + REPLAY_SEED, workers, other)
     replay_what = (f"{count} strings of MNIST training digits 0-{first_held - 1}"
                    + (f", {USPS_SHARE:.0%} with the USPS train part's" if usps else "")
