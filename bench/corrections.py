@@ -61,6 +61,21 @@ def uci_page(digit8: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(page, m, m, m, m, cv2.BORDER_CONSTANT, value=255)
 
 
+def uci_halves() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The UCI digits as digitd.synth writes digits along a line (uint8, ink bright on 0: each
+    enlarged 4x as uci_page enlarges it, in its margin), in SPLIT_SEED's order, cut in two:
+    the first half is for a reviewer (bench/number_corrections.py --uci), the second is only
+    measured (bench/number_accuracy.py --uci). Needs scikit-learn."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    ink = np.stack([255 - uci_page(d) for d in data.images])
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(ink))
+    ink, labels = ink[order], data.target.astype(np.int64)[order]
+    half = len(ink) // 2
+    return (ink[:half], labels[:half]), (ink[half:], labels[half:])
+
+
 def population(name: str, usps_path: str | None) -> tuple[list[np.ndarray], np.ndarray, str]:
     """(pages, labels, description), in a seeded random order (writers are spread over both
     the reviewed and the measured part)."""

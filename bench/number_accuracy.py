@@ -3,13 +3,16 @@
     nice -n 10 .venv/bin/python bench/number_accuracy.py --data ../shared/data/mnist --n 2000
         [--seed 0] [--model PATH] [--numbers PATH] [--segmentation-only]
         [--recognise auto|number] [--min-confidence 0.99] [--keep DIR] [--batch 64]
-        [--json-out PATH] [--usps ../shared/data/usps]
+        [--json-out PATH] [--usps ../shared/data/usps | --uci]
 
 1. Renders N numbers of 2-8 MNIST *test* digits (bench/number_scans.py: paper flavours,
    gaps from overlapping to wide, separators, underlines, currency signs, stray strokes).
    With --usps DIR, the digits are instead the held-out USPS test part (digitd.dataset's
    shared split, never trained on): real handwriting from writers MNIST never saw, 16x16
-   scans enlarged to the number's size, written along the line in the same way.
+   scans enlarged to the number's size, written along the line in the same way. With --uci,
+   the measured half of the UCI digits (bench/corrections.uci_halves, scikit-learn's 8x8
+   reductions enlarged 4x: 13 writers neither MNIST nor USPS holds), the other half being
+   what bench/number_corrections.py --uci gives a reviewer.
 2. Reads each PNG as the daemon does (digitd.reader.read_all: the number model and the
    segmentation reader, or with --segmentation-only the latter alone), on one thread (OpenCV
    and the models limited to one): decode, segment, one number-model call per image (with
@@ -50,9 +53,14 @@ from accuracy import load_test  # noqa: E402
 _X = _Y = None
 
 
-def _init(data: str, usps: str | None) -> None:
+def _init(data: str, usps: str | None, uci: bool = False) -> None:
     global _X, _Y
-    _X, _Y = usps_digits(usps) if usps else load_test(Path(data))
+    if uci:  # the half of the UCI digits bench/number_corrections.py --uci never reviews
+        from corrections import uci_halves
+
+        _X, _Y = uci_halves()[1]
+    else:
+        _X, _Y = usps_digits(usps) if usps else load_test(Path(data))
 
 
 def usps_digits(folder: str) -> tuple[np.ndarray, np.ndarray]:
@@ -92,6 +100,9 @@ def main() -> int:
     parser.add_argument("--usps", metavar="DIR",
                         help="compose the numbers of the held-out USPS test digits found in "
                              "DIR (e.g. ../shared/data/usps) instead of MNIST test digits")
+    parser.add_argument("--uci", action="store_true",
+                        help="compose them of the measured half of the UCI digits "
+                             "(bench/corrections.py; needs scikit-learn) instead")
     args = parser.parse_args()
 
     import cv2
@@ -110,7 +121,8 @@ def main() -> int:
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     jobs = [(i, args.seed, str(folder)) for i in range(args.n)]
-    with ProcessPoolExecutor(args.jobs, initializer=_init, initargs=(args.data, args.usps)) as pool:
+    with ProcessPoolExecutor(args.jobs, initializer=_init,
+                             initargs=(args.data, args.usps, args.uci)) as pool:
         rendered = list(pool.map(_render, jobs, chunksize=32))
     print(f"rendered {len(rendered)} numbers in {time.time() - t0:.0f} s into {folder}",
           flush=True)
@@ -222,7 +234,9 @@ def main() -> int:
         points.append({"t": t, "ok": cells[0], "silent": cells[1]})
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({
-            "n": n, "seed": args.seed, "digits": "usps test" if args.usps else "mnist test",
+            "n": n, "seed": args.seed,
+            "digits": "uci measured half" if args.uci else "usps test" if args.usps
+            else "mnist test",
             "batch": args.batch, "min_confidence": min_conf,
             "right": right / n,
             "ok": ok / n, "silent": silent / n, "cpu_ms_mean": float(cpu_ms.mean()),

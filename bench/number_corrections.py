@@ -8,7 +8,9 @@ reviewers").
 1. Renders N numbers (bench/number_scans.py: 2-8 digits, paper flavours, separators...)
    written with the digits of the USPS *train* part (digitd.dataset's shared split; the
    bench's `number_accuracy.py --usps` figures are on the test part, which this never
-   uses), or with --data, MNIST's training digits 0-54,999.
+   uses), with --data MNIST's training digits 0-54,999, or with --uci the UCI digits'
+   reviewed half (bench/corrections.uci_halves: writers neither MNIST nor USPS holds;
+   `number_accuracy.py --uci` measures on the other half).
 2. Reads them with `digitd predict --json` (the shipped models, or --number-model, exactly
    as the daemon would) and, as a reviewer would, gives a verdict on each one sent to review
    (low_confidence; with --all, on every one): its true string as the label, `corrected`
@@ -40,12 +42,16 @@ import number_scans  # noqa: E402
 _X = _Y = None
 
 
-def _init(usps: str | None, data: str | None) -> None:
+def _init(usps: str | None, data: str | None, uci: bool = False) -> None:
     global _X, _Y
     from digitd.dataset import load_mnist, load_usps, usps_ink
     from digitd.train_numbers import held_out_from
 
-    if usps:
+    if uci:  # the half of the UCI digits bench/number_accuracy.py --uci never measures
+        from corrections import uci_halves
+
+        _X, _Y = uci_halves()[0]
+    elif usps:
         x, y = load_usps(usps).part("train")
         _X, _Y = usps_ink(x), y
     else:
@@ -67,6 +73,8 @@ def main() -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--usps", metavar="DIR", help="the USPS train part's digits")
     source.add_argument("--data", metavar="DIR", help="MNIST's training digits")
+    source.add_argument("--uci", action="store_true", help="the reviewed half of the UCI "
+                        "digits (bench/corrections.py; needs scikit-learn)")
     parser.add_argument("--n", type=int, default=4000, help="numbers to render")
     parser.add_argument("--seed", type=int, default=31)
     parser.add_argument("--out", metavar="OUTBOX", required=True)
@@ -84,7 +92,7 @@ def main() -> int:
     inputs.mkdir(parents=True, exist_ok=True)
     jobs = [(i, args.seed, str(inputs)) for i in range(args.n)]
     with ProcessPoolExecutor(args.jobs, initializer=_init,
-                             initargs=(args.usps, args.data)) as pool:
+                             initargs=(args.usps, args.data, args.uci)) as pool:
         rendered = list(pool.map(_render, jobs, chunksize=32))
     truth = dict(rendered)
     answers = {}
