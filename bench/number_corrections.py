@@ -1,9 +1,9 @@
 """Reviewed numbers, as `digitd review` leaves them, for `digitd train --arch numbers
---corrections`: the simulated reviewer of docs/BENCHMARKS.md ("Learning numbers from
+--corrections`: the simulated reviewer of docs/BENCHMARKS.md ("Numbers learnt from
 reviewers").
 
-    .venv/bin/python bench/number_corrections.py --usps ../shared/data/usps --n 4000 \
-        --seed 31 --out /tmp/reviewed [--all]
+    .venv/bin/python bench/number_corrections.py (--usps ../shared/data/usps | --data
+        ../shared/data/mnist | --uci) --n 4000 --seed 31 --out /tmp/reviewed [--all]
 
 1. Renders N numbers (bench/number_scans.py: 2-8 digits, paper flavours, separators...)
    written with the digits of the USPS *train* part (digitd.dataset's shared split; the
