@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
@@ -194,7 +194,7 @@ class Daemon:
             )
         self.work.open()
         self.serving = Serving(self._load_model(self.config.model), self.config.min_confidence,
-                               self._load_numbers(self.config))
+                               self._load_numbers(self.config.number_model))
         self._recogniser.start()
         self._writer.start()
         self._recover()
@@ -214,13 +214,14 @@ class Daemon:
     def classifier(self):
         return self.serving.classifier
 
-    def _load_numbers(self, config: Config):
-        """The number model `config` names (None: the shipped one), warmed; None with
-        `recognise: digit`, or (said once) when the shipped one cannot be served: numbers
-        are then read by segmentation alone. A named one that cannot be loaded raises."""
-        if config.recognise == "digit":
+    def _load_numbers(self, path):
+        """The number model at `path` (None: the shipped one), warmed; None with `recognise:
+        digit` (read at start only), or (said once) when the shipped one cannot be served:
+        numbers are then read by segmentation alone. A named one that cannot be loaded
+        raises."""
+        if self.config.recognise == "digit":
             return None
-        numbers, why = ctc.load_configured(config.number_model, threads=self.model_threads)
+        numbers, why = ctc.load_configured(path, threads=self.model_threads)
         if numbers is None:
             log.warning("number_model_unavailable", error=why,
                         hint="numbers are read by segmentation alone")
@@ -242,7 +243,7 @@ class Daemon:
                         hint="a reload applies model, number_model and min_confidence only; "
                         "restart digitd for the others")
         return Serving(self._load_model(config.model), config.min_confidence,
-                       self._load_numbers(replace(config, recognise=self.config.recognise)))
+                       self._load_numbers(config.number_model))
 
     def _install(self, serving: Serving) -> None:
         self.serving = serving  # the next batch takes it; batches under way keep theirs

@@ -250,11 +250,11 @@ class Tuned:
     seconds: float
 
 
-def material(corrections: NumberCorrections, mnist, usps, steps: int,
+def material(corrections: NumberCorrections, held: np.ndarray, mnist, usps, steps: int,
              seed: int) -> Material:
-    """Split the corrections; make the held-out strings and the strings replayed (those of
-    `digitd train --arch numbers`: MNIST training digits, with --usps its train part's at
-    training's share too, as the second model was trained)."""
+    """The corrections split by `held` (held_out_mask); the held-out strings and the strings
+    replayed (those of `digitd train --arch numbers`: MNIST training digits, with --usps its
+    train part's at training's share too, as the second model was trained)."""
     from digitd.train_numbers import (
         USPS_SHARE,
         held_out_from,
@@ -263,7 +263,6 @@ def material(corrections: NumberCorrections, mnist, usps, steps: int,
         texts,
     )
 
-    held = held_out_mask(corrections.sha256)
     x, y = mnist.x_train, mnist.y_train
     first_held = held_out_from(len(x))
     n_held = min(HELD_OUT_STRINGS, max(200, first_held // 10))
@@ -389,7 +388,7 @@ def fine_tune_numbers_command(args: argparse.Namespace) -> int:
     steps = args.steps or default_steps(int((~held).sum()))
     print(f"corrections of numbers: {len(corrections.texts)} usable ({(~held).sum()} to train "
           f"on, {held.sum()} held out); skipped: {corrections.skipped or 'none'}")
-    data = material(corrections, mnist, usps, steps, args.seed)
+    data = material(corrections, held, mnist, usps, steps, args.seed)
 
     keras = import_keras()
     tuned = []
