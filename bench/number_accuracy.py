@@ -3,7 +3,7 @@
     nice -n 10 .venv/bin/python bench/number_accuracy.py --data ../shared/data/mnist --n 2000
         [--seed 0] [--model PATH] [--numbers PATH] [--segmentation-only]
         [--recognise auto|number] [--min-confidence 0.99] [--keep DIR] [--batch 64]
-        [--json-out PATH] [--usps ../shared/data/usps | --uci]
+        [--json-out PATH] [--usps ../shared/data/usps | --uci] [--forms]
 
 1. Renders N numbers of 2-8 MNIST *test* digits (bench/number_scans.py: paper flavours,
    gaps from overlapping to wide, separators, underlines, currency signs, stray strokes).
@@ -12,7 +12,10 @@
    scans enlarged to the number's size, written along the line in the same way. With --uci,
    the measured half of the UCI digits (bench/corrections.uci_halves, scikit-learn's 8x8
    reductions enlarged 4x: 13 writers neither MNIST nor USPS holds), the other half being
-   what bench/number_corrections.py --uci gives a reviewer.
+   what bench/number_corrections.py --uci gives a reviewer. With --forms, each number is
+   written into a printed form field instead of on plain paper (number_scans.FORM_FLAVOURS:
+   a box, a row of boxes or a comb with a digit in each cell, a line to write on, ruled
+   paper).
 2. Reads each PNG as the daemon does (digitd.reader.read_all: the number model and the
    segmentation reader, or with --segmentation-only the latter alone), on one thread (OpenCV
    and the models limited to one): decode, segment, one number-model call per image (with
@@ -51,10 +54,13 @@ import number_scans  # noqa: E402
 from accuracy import load_test  # noqa: E402
 
 _X = _Y = None
+_RENDER = number_scans.render_number
 
 
-def _init(data: str, usps: str | None, uci: bool = False) -> None:
-    global _X, _Y
+def _init(data: str, usps: str | None, uci: bool = False, forms: bool = False) -> None:
+    global _X, _Y, _RENDER
+    if forms:
+        _RENDER = number_scans.render_number_form
     if uci:  # the half of the UCI digits bench/number_corrections.py --uci never reviews
         from corrections import uci_halves
 
@@ -73,7 +79,7 @@ def usps_digits(folder: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _render(job):
     index, seed, folder = job
-    data, text, info = number_scans.render_number(_X, _Y, index, seed)
+    data, text, info = _RENDER(_X, _Y, index, seed)
     path = Path(folder) / f"{index:05d}_{text}.png"
     path.write_bytes(data)
     return str(path), text, info
@@ -103,6 +109,9 @@ def main() -> int:
     parser.add_argument("--uci", action="store_true",
                         help="compose them of the measured half of the UCI digits "
                              "(bench/corrections.py; needs scikit-learn) instead")
+    parser.add_argument("--forms", action="store_true",
+                        help="write each number into a printed form field (a box, cells, a "
+                             "comb, a line, ruled paper) instead of on plain paper")
     args = parser.parse_args()
 
     import cv2
@@ -122,7 +131,7 @@ def main() -> int:
     t0 = time.time()
     jobs = [(i, args.seed, str(folder)) for i in range(args.n)]
     with ProcessPoolExecutor(args.jobs, initializer=_init,
-                             initargs=(args.data, args.usps, args.uci)) as pool:
+                             initargs=(args.data, args.usps, args.uci, args.forms)) as pool:
         rendered = list(pool.map(_render, jobs, chunksize=32))
     print(f"rendered {len(rendered)} numbers in {time.time() - t0:.0f} s into {folder}",
           flush=True)
@@ -237,7 +246,7 @@ def main() -> int:
             "n": n, "seed": args.seed,
             "digits": "uci measured half" if args.uci else "usps test" if args.usps
             else "mnist test",
-            "batch": args.batch, "min_confidence": min_conf,
+            "forms": args.forms, "batch": args.batch, "min_confidence": min_conf,
             "right": right / n,
             "ok": ok / n, "silent": silent / n, "cpu_ms_mean": float(cpu_ms.mean()),
             "cpu_ms_median": float(np.median(cpu_ms)),
