@@ -236,6 +236,17 @@ def test_number_model_reads_numbers_on_paper(sample, classifier, numbers):
     assert wrong_ok <= 1
 
 
+def test_numbers_in_a_comb_field_are_read_without_its_ticks(sample, classifier, numbers):
+    """A number written into a comb field (bench/number_scans.py's form_comb: a baseline,
+    a tick between each two cells, the ticks up to three quarters of the digits' height):
+    the ticks, evenly spaced and alike, are not 1s (these read `10911161419171` for
+    `0916497`, `111111114151` for `111145` before)."""
+    x, y = sample
+    for i in (26, 30, 40, 76, 81, 94, 95, 148):
+        data, truth, _ = number_scans.render_number_form(x, y, i, seed=11, flavour="form_comb")
+        assert read_both(data, classifier, numbers)[0] == truth, i
+
+
 def test_the_number_model_runs_strips_cut_short_with_the_whole_strips_outputs(sample,
                                                                              numbers):
     """Each strip runs cut short after its ink, at a width of its own (ctc.CutStrips): its

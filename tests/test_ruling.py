@@ -202,6 +202,39 @@ def test_a_one_as_tall_as_most_digits_beside_it_is_not_a_tick():
     assert np.count_nonzero(result.ink[60] > LEVEL) < 40  # and the underline is not
 
 
+def test_a_combs_ticks_as_tall_as_the_digits_go():
+    """A comb field whose ticks are nearly as tall as the digits written between them (each
+    tick a thin straight stroke standing on the line, as a 1 can be): evenly spaced and
+    alike in height, they are ticks and go, the 0s stay (`bench/number_accuracy.py --forms`:
+    `208` read `2108`, `ok`)."""
+    ink = np.zeros((100, 280), np.uint8)  # ticks shorter than a line must be (LONG)
+    cv2.line(ink, (0, 88), (279, 88), 255, 2)  # the comb's baseline
+    for x in (10, 60, 110, 160, 210, 260):  # its ticks, 33 px: nearly the digits' height
+        cv2.line(ink, (x, 55), (x, 88), 255, 2)
+    for x in (35, 85, 135, 185, 235):  # 0s, 35 px tall, one in each cell
+        cv2.ellipse(ink, (x, 68), (9, 17), 0, 0, 360, 255, 5)
+    result = remove_ruling(ink, LEVEL)
+    kept = result.ink > LEVEL
+    for x in (60, 110, 160, 210):  # the ticks between the digits
+        assert np.count_nonzero(kept[55:86, x - 2 : x + 3]) == 0, x
+    for x in (35, 85, 135, 185, 235):
+        assert np.count_nonzero(kept[50:86, x - 14 : x + 15]) >= 500, x
+
+
+def test_ones_unevenly_spaced_on_an_underline_are_not_a_comb():
+    """Three 1s standing on an underline among other digits, as tall as each other and as
+    straight as ticks, but not evenly spaced: they stay (only a comb's ticks are)."""
+    ink = np.zeros((72, 300), np.uint8)
+    cv2.line(ink, (0, 60), (299, 60), 255, 3)  # the underline
+    for x in (40, 160, 270):  # 0s
+        cv2.ellipse(ink, (x, 40), (10, 18), 0, 0, 360, 255, 5)
+    for x in (80, 110, 210):  # 1s on the line, 30 px
+        cv2.line(ink, (x, 29), (x, 58), 255, 3)
+    result = remove_ruling(ink, LEVEL)
+    for x in (80, 110, 210):
+        assert np.count_nonzero(result.ink[29:56, x - 2 : x + 3] > LEVEL) >= 3 * 25, x
+
+
 def test_underlined_digits_keep_their_shape_through_normalise(sample):
     x = sample[0]
     for i in range(10):

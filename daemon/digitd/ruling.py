@@ -41,7 +41,9 @@ What counts as ruling:
    crossings of squared paper go with the second pass.
 4. Stubs: short straight pieces, as thin as the ruling, standing on a removed line (the ticks
    of a comb field, a box's sides too short to be candidates) go too, unless they are as thick
-   as the handwriting, or not straight (thin digits standing on a thick underline).
+   as the handwriting, or not straight (thin digits standing on a thick underline). Beside
+   several written marks, a stub as tall as the digits stays (a 1 on an underline) unless it
+   is one of COMB_TICKS or more alike and evenly spaced: a comb's ticks, however tall.
 
 A plain digit costs little: with no ink run long enough to be a line in any band of rows or
 columns, the Hough transform is never run.
@@ -75,6 +77,7 @@ MAX_TRIES = 40  # Hough lines looked at per direction (a grid has a dozen, a str
 COVER = 0.5  # a line's own runs (no stroke across) cover at least this share of its extent...
 GRID_COVER = 0.3  # ...or this share where a grid of such lines says that one must be
 MARK = 0.15  # a handwritten mark spans at least this share of the image's shorter side
+COMB_TICKS = 4  # upright stubs alike in height and evenly spaced, at least this many: a comb
 
 
 @dataclass(frozen=True)
@@ -489,10 +492,13 @@ def _stubs(kept: np.ndarray, removed: np.ndarray, lines: list[Line],
     marks = [i for i in others if max(stats[i, 2], stats[i, 3]) >= MARK * min(h, w)]
     if len(marks) > 1:  # several written marks (a number): a stub shorter than the digits
         # along its own axis (a 1 standing on an underline is as tall as the digits, whose
-        # touching pairs or signs are wider; digits side by side: as tall as most of them)
+        # touching pairs or signs are wider; digits side by side: as tall as most of them),
+        # or one of a comb's evenly spaced ticks, however tall
         tall = _usual_height(stats, marks)
         widest = max(stats[i, 2] for i in marks)
-        stubs = [i for i in stubs if max(stats[i, 2], stats[i, 3])
+        comb = _comb(stats, [i for i in stubs if stats[i, 3] > stats[i, 2]  # upright...
+                             and stats[i, 4] / stats[i, 3] <= t_h + 1])  # ...as thin as lines
+        stubs = [i for i in stubs if i in comb or max(stats[i, 2], stats[i, 3])
                  < 0.8 * (tall if stats[i, 3] > stats[i, 2] else widest)]
     elif longest >= MARK * min(h, w):  # one mark: shorter than it is long (a box's ticks)
         stubs = [i for i in stubs if max(stats[i, 2], stats[i, 3]) < 0.8 * longest]
@@ -504,6 +510,28 @@ def _stubs(kept: np.ndarray, removed: np.ndarray, lines: list[Line],
     lut = np.zeros(n, np.uint8)
     lut[stubs] = 255
     return lut[labels]
+
+
+def _comb(stats: np.ndarray, upright: list[int]) -> set[int]:
+    """Of the upright stubs, those alike in height (a speck or a short stroke aside), if
+    there are at least COMB_TICKS of them and they are evenly spaced (every gap a whole
+    number of pitches: a tick a digit stands on may be missing): a comb's ticks; else none.
+    Handwritten 1s on an underline are rarely four and evenly spaced (three were, once in
+    2,000 numbers on ruled paper: docs/BENCHMARKS.md, "Numbers written into form fields"),
+    and a 1 among the ticks makes the gaps uneven: then none go, as before."""
+    if len(upright) < COMB_TICKS:
+        return set()
+    typical = float(np.median([stats[i, 3] for i in upright]))
+    alike = [i for i in upright if abs(stats[i, 3] - typical) <= 0.2 * typical + 1]
+    if len(alike) < COMB_TICKS:
+        return set()
+    gaps = np.diff(sorted(stats[i, 0] + stats[i, 2] / 2 for i in alike))
+    pitch = float(np.median(gaps))
+    if pitch < 0.5 * typical:  # ticks are further apart than a fraction of their height
+        return set()
+    steps = np.maximum(np.rint(gaps / pitch), 1)
+    regular = np.all(np.abs(gaps - steps * pitch) <= 0.1 * steps * pitch + 2)
+    return set(alike) if regular else set()
 
 
 def _usual_height(stats: np.ndarray, marks: list[int]) -> float:
