@@ -69,7 +69,7 @@ def render_number(images: np.ndarray, labels: np.ndarray, index: int, seed: int 
 
 def render_number_form(images: np.ndarray, labels: np.ndarray, index: int, seed: int = 0,
                        flavour: str | None = None) -> tuple[bytes, str, dict]:
-    """Number `index`: 2-8 digits picked as render_number picks them, written into a printed
+    """Number `index`: 2-8 digits drawn as render_number draws them, written into a printed
     form field of `flavour` (default: FORM_FLAVOURS in turn) and scanned: (PNG bytes, the
     digits, details). The digits 28-140 px tall; in a box or on a line they are written as
     render_number writes them (no decoration), in cells one to a cell, each somewhere in its
