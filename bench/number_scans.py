@@ -15,8 +15,8 @@ with JPEG artefacts, transparent exports, white on black...).
 
 `render_number_form` writes a number into a printed form field instead (`FORM_FLAVOURS`:
 a box around the field, a row of boxes or a comb with one digit per cell, a printed line to
-write on, ruled paper), the ruling drawn and scanned as bench/scans.py draws a single
-digit's form field (issue 10).
+write on, ruled paper), the ruling drawn and scanned by bench/scans.py's form fields (issue
+10).
 
 Used by bench/number_accuracy.py and tests/.
 """
@@ -38,8 +38,8 @@ FORM_FLAVOURS = (
     "form_box",  # a printed box around the whole field
     "form_cells",  # a row of boxes, one digit in each (a date, a ZIP code, an account number)
     "form_comb",  # a comb: a baseline and ticks between the cells, open at the top
-    "form_line",  # a printed line to write on, the digits on, above or across it
-    "form_ruled",  # ruled paper, the number written on one of its lines
+    "form_underline",  # a printed line to write on, at, below or through the digits' feet
+    "form_ruled",  # ruled paper, the number sitting on one of its lines
 )
 __all__ = ["DECORATIONS", "FLAVOURS", "FORM_FLAVOURS", "render_number", "render_number_form"]
 
@@ -71,67 +71,26 @@ def render_number_form(images: np.ndarray, labels: np.ndarray, index: int, seed:
                        flavour: str | None = None) -> tuple[bytes, str, dict]:
     """Number `index`: 2-8 digits drawn as render_number draws them, written into a printed
     form field of `flavour` (default: FORM_FLAVOURS in turn) and scanned: (PNG bytes, the
-    digits, details). The digits 28-140 px tall; in a box or on a line they are written as
-    render_number writes them (no decoration), in cells one to a cell, each somewhere in its
-    cell and one in five crossing its bottom or side; the ruling 1-5% of the digits' height
-    thick (1-3% on ruled paper), black, grey or blue, skewed up to +-1.5 degrees (bench/scans.py
-    draws, inks and scans it)."""
+    digits, details). The digits 28-140 px tall. In a box, on a line or on ruled paper the
+    number is written as render_number writes it (no decoration) and put into the field as
+    bench/scans.py puts a single digit (scans.in_form_field: its geometry, ruling and colours);
+    in cells one digit to a cell, each somewhere in its cell and one in five crossing its
+    bottom or side, the ruling 1-5% of the digits' height thick. Scanned as scans' fields."""
     rng = np.random.default_rng([seed, 29, index])
     n = int(rng.integers(2, 9))
     picks = rng.integers(0, len(images), n)
     flavour = flavour or FORM_FLAVOURS[index % len(FORM_FLAVOURS)]
     height = int(round(math.exp(rng.uniform(math.log(28), math.log(140)))))
-    thickness = max(1.0, height * rng.uniform(0.01, 0.05))
     if flavour in ("form_cells", "form_comb"):
+        thickness = max(1.0, height * rng.uniform(0.01, 0.05))
         canvas, segs = _in_cells([images[i] for i in picks], height, flavour, rng)
+        field = (canvas, *scans.printed_ruling(canvas.shape, segs, thickness, flavour, rng))
     else:
         ink = number_ink([images[i] for i in picks], rng, (), heights=(height, height + 1))
-        canvas, segs = _on_a_form(ink, height, flavour, rng)
-        if flavour == "form_ruled":
-            thickness = max(1.0, height * rng.uniform(0.01, 0.03))
-    kind, tint = scans._ruling_ink(rng, flavour == "form_ruled")
-    layer = scans._ruling_layer(canvas.shape, segs, thickness, rng.uniform(-1.5, 1.5))
-    colour = kind == "blue" or rng.random() < 0.3
-    img = scans._paper_scan(canvas, rng, colour=colour, blue=colour and rng.random() < 0.4,
-                            printed=(layer, tint))
+        field = scans.in_form_field(ink, flavour, rng)
     text = "".join(str(int(labels[i])) for i in picks)
-    return scans._png(img), text, {"flavour": flavour, "decorations": [],
-                                   "picks": [int(i) for i in picks]}
-
-
-def _on_a_form(ink: np.ndarray, height: int, flavour: str, rng: np.random.Generator):
-    """A written number (its ink map) on a canvas with the field's ruling around or under it:
-    (canvas, the ruling's segments)."""
-    dh, dw = ink.shape
-    if flavour == "form_box":
-        ml, mr = (rng.uniform(0.1, 1.5) * height for _ in range(2))
-        mt, mb = (rng.uniform(0.1, 0.4) * height for _ in range(2))
-        outer = rng.uniform(0.05, 0.5) * height  # the crop around the box
-        bw, bh = dw + ml + mr, dh + mt + mb
-        ch, cw = int(bh + 2 * outer) + 1, int(bw + 2 * outer) + 1
-        x, y = outer + ml, outer + mt
-        segs = scans._rect(outer, outer, bw, bh)
-    else:
-        ml, mr, mt, mb = (rng.uniform(0.2, 0.7) * height for _ in range(4))
-        ch, cw = int(mt + dh + mb) + 1, int(ml + dw + mr) + 1
-        x, y = ml, mt
-        base = y + dh + rng.uniform(-0.15, 0.1) * height  # under, at or across the feet
-
-        def across(yy: float) -> tuple[float, float, float, float]:
-            return (-cw, yy, 2 * cw, yy)
-
-        if flavour == "form_line":
-            segs = [across(base)]
-        elif flavour == "form_ruled":
-            step = height * rng.uniform(0.9, 1.5)
-            segs = [across(base + k * step) for k in range(-int(base / step) - 2,
-                                                             int((ch - base) / step) + 3)]
-        else:
-            raise ValueError(f"unknown form flavour {flavour!r}")
-    canvas = np.zeros((ch, cw), np.float32)
-    y, x = min(max(int(y), 0), ch - dh), min(max(int(x), 0), cw - dw)
-    canvas[y : y + dh, x : x + dw] = ink
-    return canvas, segs
+    return scans.scan_form(*field, rng), text, {"flavour": flavour, "decorations": [],
+                                                "picks": [int(i) for i in picks]}
 
 
 def _in_cells(digits: list[np.ndarray], height: int, flavour: str, rng: np.random.Generator):

@@ -393,22 +393,42 @@ def _form(digit28: np.ndarray | None, index: int, seed: int, flavour: str):
     height = int(round(math.exp(rng.uniform(math.log(36), math.log(200)))))
     angle = rng.uniform(-10, 10)
     if digit28 is None:
-        ink = None
         dh, dw = height, int(height * rng.uniform(0.4, 0.9))
-    else:
-        ink = _rotate(_ink_from_mnist(digit28, height), angle)
-        rows, cols = np.flatnonzero(ink.max(1) > 0.2), np.flatnonzero(ink.max(0) > 0.2)
-        ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        dh, dw = ink.shape
+        shape, _, segs, thickness = _form_geometry(flavour, dh, dw, rng)
+        return (None, *printed_ruling(shape, segs, thickness, flavour, rng), rng)
+    ink = _rotate(_ink_from_mnist(digit28, height), angle)
+    rows, cols = np.flatnonzero(ink.max(1) > 0.2), np.flatnonzero(ink.max(0) > 0.2)
+    ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return (*in_form_field(ink, flavour, rng), rng)
+
+
+def in_form_field(ink: np.ndarray, flavour: str, rng: np.random.Generator):
+    """Ink (a digit's, or a whole number's) written into a field of `flavour` (FORM_FLAVOURS):
+    (canvas with the ink, the printed ruling's coverage, its kind, its colour)."""
+    dh, dw = ink.shape
     shape, (y, x), segs, thickness = _form_geometry(flavour, dh, dw, rng)
+    canvas = np.zeros(shape, np.float32)
+    y, x = min(max(y, 0), shape[0] - dh), min(max(x, 0), shape[1] - dw)
+    canvas[y : y + dh, x : x + dw] = ink
+    return (canvas, *printed_ruling(shape, segs, thickness, flavour, rng))
+
+
+def printed_ruling(shape: tuple[int, int], segs, thickness: float, flavour: str,
+                   rng: np.random.Generator) -> tuple[np.ndarray, str, np.ndarray]:
+    """A field's printed lines `segs` on a canvas of `shape`: (coverage, kind, BGR colour),
+    coloured as printed forms are (paler on squared and ruled paper) and skewed up to +-1.5
+    degrees."""
     kind, tint = _ruling_ink(rng, flavour in ("form_squared", "form_ruled"))
-    layer = _ruling_layer(shape, segs, thickness, rng.uniform(-1.5, 1.5))
-    canvas = None
-    if ink is not None:
-        canvas = np.zeros(shape, np.float32)
-        y, x = min(max(y, 0), shape[0] - dh), min(max(x, 0), shape[1] - dw)
-        canvas[y : y + dh, x : x + dw] = ink
-    return canvas, layer, kind, tint, rng
+    return _ruling_layer(shape, segs, thickness, rng.uniform(-1.5, 1.5)), kind, tint
+
+
+def scan_form(canvas: np.ndarray, layer: np.ndarray, kind: str, tint: np.ndarray,
+              rng: np.random.Generator) -> bytes:
+    """A field's handwriting (`canvas`) on paper printed with its ruling, scanned: PNG bytes."""
+    colour = kind == "blue" or rng.random() < 0.3
+    img = _paper_scan(canvas, rng, colour=colour, blue=colour and rng.random() < 0.4,
+                      printed=(layer, tint))
+    return _png(img)
 
 
 def form_maps(digit28: np.ndarray | None, index: int, seed: int = 0,
@@ -432,7 +452,4 @@ def render_form(digit28: np.ndarray | None, index: int, seed: int = 0,
     canvas, layer, kind, tint, rng = _form(digit28, index, seed, flavour)
     if canvas is None:
         canvas = np.zeros(layer.shape, np.float32)
-    colour = kind == "blue" or rng.random() < 0.3
-    img = _paper_scan(canvas, rng, colour=colour, blue=colour and rng.random() < 0.4,
-                      printed=(layer, tint))
-    return _png(img), flavour
+    return scan_form(canvas, layer, kind, tint, rng), flavour
