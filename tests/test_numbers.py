@@ -16,7 +16,7 @@ import number_scans
 import scans
 from digitd import ctc
 from digitd.model import ModelError, load_classifier
-from digitd.preprocess import Components, decode_png, normalise
+from digitd.preprocess import LOCATE_SIZE, Components, decode_png, locate, normalise
 from digitd.reader import SHARPNESS, Reading, choose, model_inputs, read, read_all, read_line
 from digitd.result import Result
 from digitd.segment import (
@@ -245,6 +245,35 @@ def test_numbers_in_a_comb_field_are_read_without_its_ticks(sample, classifier, 
     for i in (26, 30, 40, 76, 81, 94, 95, 148):
         data, truth, _ = number_scans.render_number_form(x, y, i, seed=11, flavour="form_comb")
         assert read_both(data, classifier, numbers)[0] == truth, i
+
+
+def test_numbers_in_a_row_of_boxes_are_read_without_its_walls(sample, classifier, numbers):
+    """A number written into a row of boxes (bench/number_scans.py's form_cells, one digit to
+    a box): the walls between the boxes are not 1s. On a copy at most LOCATE_SIZE wide they
+    were 15-25 pixels tall, shorter than a line (ruling.MIN_LENGTH), and read as 1s (these
+    read `0119111116114119117` for `0916497`, `416215` for `46215` before)."""
+    x, y = sample
+    for i in (26, 31, 56, 106, 131, 156, 286):
+        data, truth, _ = number_scans.render_number_form(x, y, i, seed=11, flavour="form_cells")
+        assert read_both(data, classifier, numbers)[0] == truth, i
+
+
+def test_a_ruled_strip_is_located_on_a_finer_copy_a_plain_one_as_before(sample):
+    """A strip with printed ruling is located again on a copy of at most LOCATE_SIZE squared
+    pixels; a strip without ruling keeps the copy at most LOCATE_SIZE wide (the same pixels
+    as before for every plain number and every single digit)."""
+    x, y = sample
+    cells = number_scans.render_number_form(x, y, 26, seed=11, flavour="form_cells")[0]
+    plain = number_scans.render_number(x, y, 1, seed=11)[0]  # 1248 px wide, 286 tall, no ruling
+    for data, ruled in ((cells, True), (plain, False)):
+        image = decode_png(data)
+        coarse = -(-max(image.shape[:2]) // LOCATE_SIZE)
+        page = locate(image)
+        assert (page.ruling is not None) == ruled
+        if ruled:
+            assert page.f < coarse and page.ink.size <= LOCATE_SIZE**2, (page.f, coarse)
+        else:
+            assert page.f == coarse
 
 
 def test_the_number_model_runs_strips_cut_short_with_the_whole_strips_outputs(sample,

@@ -14,20 +14,22 @@ The normalisation is LeCun's for MNIST (crop the ink, scale it to fit 20x20 keep
 ratio with anti-aliasing, put its centre of mass at the centre of 28x28), made robust to paper:
 
 1. Locate, on a copy at most LOCATE_SIZE pixels wide (so the cost does not grow with the
-   scanner's resolution). A digital drawing whose paper is one exact value (MNIST itself, a
-   paint program's export on white) takes a short cut: ink is whatever differs from it. Paper
-   otherwise: polarity from the skew of a high-pass copy (ink is the minority, so its tail is
-   the long one); the paper's brightness, colour and uneven light estimated by a morphological
-   closing on a coarser copy (extended past its edges by point reflection so vignetting is
-   followed right to the corners) and subtracted per channel, so any ink colour on any paper
-   counts by its strongest channel; a noise floor from the paper's statistics; a form's
-   printed ruling taken out of the ink (digitd.ruling: lines, boxes, comb fields, underlines,
-   squared and ruled paper, neighbouring boxes' edges; strokes crossing them kept; a field
-   with nothing but ruling is no_ink); connected components with hysteresis (some part must
-   be clearly dark), dropping specks (small relative to the largest part unless close to it:
-   a 5's detached bar stays), scanner border lines (thin, along an edge) and shadows (wide
-   along an edge and faint). Paper needs MIN_CONTRAST_PAPER of contrast to count as ink at
-   all: a blank page is no_ink, never a guess.
+   scanner's resolution; a strip with printed ruling, a row of boxes, again on a copy of as
+   many pixels as a square one's, so that its ruling is not shrunk to nothing). A digital
+   drawing whose paper is one exact value (MNIST itself, a paint program's export on white)
+   takes a short cut: ink is whatever differs from it. Paper otherwise: polarity from the skew
+   of a high-pass copy (ink is the minority, so its tail is the long one); the paper's
+   brightness, colour and uneven light estimated by a morphological closing on a coarser copy
+   (extended past its edges by point reflection so vignetting is followed right to the corners)
+   and subtracted per channel, so any ink colour on any paper counts by its strongest channel;
+   a noise floor from the paper's statistics; a form's printed ruling taken out of the ink
+   (digitd.ruling: lines, boxes, comb fields, underlines, squared and ruled paper, neighbouring
+   boxes' edges; strokes crossing them kept; a field with nothing but ruling is no_ink);
+   connected components with hysteresis (some part must be clearly dark), dropping specks
+   (small relative to the largest part unless close to it: a 5's detached bar stays), scanner
+   border lines (thin, along an edge) and shadows (wide along an edge and faint). Paper needs
+   MIN_CONTRAST_PAPER of contrast to count as ink at all: a blank page is no_ink, never a
+   guess.
 2. Extract: the ink's box is cut from the full-resolution image and reduced only as far as
    needed (a small digit on a huge canvas keeps its detail); ink strength is mapped to MNIST's
    profile: paper 0, stroke cores saturated at 1.
@@ -39,6 +41,7 @@ ratio with anti-aliasing, put its centre of mass at the centre of 28x28), made r
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -66,6 +69,7 @@ BOX = 20  # MNIST's digits are scaled to fit this box...
 CENTRE = 14.0  # ...and shifted so that their centre of mass is here (pixel-index coordinates)
 
 LOCATE_SIZE = 192  # longest side of the copy the ink is located on
+STRIP = 2  # ...unless a ruled strip, one side this many times the other (see locate)
 POOL, POOL_FROM = 4, 8  # pages reduced 8x or more: the last 4x keeps each block's darkest
 
 COARSE_SIZE = 48  # longest side of the copy the paper's background is estimated on
@@ -176,15 +180,31 @@ class Located:
 
 def locate(image: np.ndarray) -> Located:
     """Step 1: the paper and the ink (without a form's ruling) on a copy at most LOCATE_SIZE
-    pixels wide. Raises Rejected("no_ink") when there is no ink, or only ruling."""
+    pixels wide. Raises Rejected("no_ink") when there is no ink, or only ruling.
+
+    A strip (a form's field, a line of writing: one side at least STRIP times the other) on
+    which printed ruling was found is located again on a copy of as many pixels as a square
+    one's (LOCATE_SIZE squared), when that is finer: its ruling is then as long and thick in
+    pixels as a square field's, and the walls of a row of boxes are lines, not 1s."""
     img = _to_uint8(image)
+    height, width = img.shape[:2]
+    # (On a strip of paper, never reduce the short side to nothing.)
+    f = max(1, min(-(-max(height, width) // LOCATE_SIZE), height, width))
+    page = _locate(img, f)
+    if page.ruling is not None and max(height, width) >= STRIP * min(height, width):
+        finer = max(1, math.ceil(math.sqrt(height * width) / LOCATE_SIZE))
+        if finer < f:
+            page = _locate(img, finer)
+    return page
+
+
+def _locate(img: np.ndarray, f: int) -> Located:
+    """locate() with f full-resolution pixels to one pixel of the copy."""
     height, width = img.shape[:2]
 
     # 1. Locate the ink on a small copy, f full-resolution pixels to one small pixel. On huge
     # pages the last step down takes each block's darkest pixel (lightest for light ink), not
     # its mean: the thin strokes of a small digit keep their full contrast.
-    # (On a strip of paper, never reduce the short side to nothing.)
-    f = max(1, min(-(-max(height, width) // LOCATE_SIZE), height, width))
     pool = POOL if f >= POOL_FROM else 1
     area = -(-f // pool)
     if area * pool > min(height, width):

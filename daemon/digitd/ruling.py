@@ -11,8 +11,9 @@ ruling set to 0 but the handwriting kept, also where a stroke crosses a line; `m
 found and nothing the size of a handwritten mark is left: an empty form field.
 
 Pure functions on arrays (numpy + OpenCV): no state, safe from many threads. digitd.preprocess
-calls it on its located copy (at most 192 px a side) before it looks for the digit; another
-caller (several digits on an underline) can call it on any ink map.
+calls it on its located copy (at most 192 px a side; a ruled strip again on one of at most
+192 x 192 pixels in all) before it looks for the digit; another caller (several digits on an
+underline) can call it on any ink map.
 
 What counts as ruling:
 
