@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/digitd run --config config.yaml --inbox ./inbox --outbox ./outbox
 
+# Two workers, each taking whole test files (a file's fixtures, e.g. a trained model, are
+# built once): the training tests run beside the daemon tests instead of after them.
 test: install
 	$(BIN)/ruff check daemon tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check daemon tests bench
