@@ -235,6 +235,47 @@ def test_ones_unevenly_spaced_on_an_underline_are_not_a_comb():
         assert np.count_nonzero(result.ink[29:56, x - 2 : x + 3] > LEVEL) >= 3 * 25, x
 
 
+def row_of_boxes(walls: list[int], thickness: int = 2, gap: int = 1) -> np.ndarray:
+    """A row of boxes 60 px high, its outer sides at x 10 and 310; each inner wall two lines
+    `gap` px apart (two boxes side by side), which merge into one as thick as a stroke."""
+    ink = np.zeros((80, 320), np.uint8)
+    cv2.rectangle(ink, (10, 10), (310, 70), 255, thickness)
+    for x in walls:
+        for dx in (-thickness - gap // 2, gap - gap // 2):
+            cv2.line(ink, (x + dx, 10), (x + dx, 70), 255, 1 if thickness == 1 else thickness)
+    return ink
+
+
+def test_the_double_walls_of_a_row_of_boxes_go():
+    """Five boxes a pixel apart: the walls between them are as thick as the 0s' strokes and
+    were left, read as 1s (`631` read `61311`); dividing the row into equal cells, they go
+    and the 0s stay whole."""
+    ink = row_of_boxes([70, 130, 190, 250])
+    for x in (40, 100, 160, 220, 280):  # 0s, 36 px tall, inside their boxes
+        cv2.ellipse(ink, (x, 40), (10, 18), 0, 0, 360, 255, 4)
+    kept = remove_ruling(ink, LEVEL).ink > LEVEL
+    for x in (70, 130, 190, 250):
+        assert np.count_nonzero(kept[14:67, x - 4 : x + 4]) == 0, x
+    for x in (40, 100, 160, 220, 280):
+        assert np.count_nonzero(kept[20:61, x - 12 : x + 13]) >= 300, x
+
+
+def test_a_digit_crossing_a_double_wall_stays():
+    """A 0 written across its box's side (one digit in five crosses its box's bottom or side
+    in bench/number_scans.py's rows of boxes): the walls go, the 0 stays, losing only some
+    of its side where it runs along the wall (11%; a component taken whole would lose it)."""
+    ink = row_of_boxes([70, 130, 190, 250])
+    zero = np.zeros_like(ink)
+    cv2.ellipse(zero, (124, 40), (10, 18), 0, 0, 360, 255, 4)  # its right side on the wall
+    ink |= zero
+    for x in (40, 160, 220, 280):
+        cv2.ellipse(ink, (x, 40), (10, 18), 0, 0, 360, 255, 4)
+    kept = remove_ruling(ink, LEVEL).ink > LEVEL
+    assert np.count_nonzero(kept & (zero > 0)) >= 0.85 * np.count_nonzero(zero)
+    for x in (70, 190, 250):
+        assert np.count_nonzero(kept[14:67, x - 4 : x + 4]) == 0, x
+
+
 def test_underlined_digits_keep_their_shape_through_normalise(sample):
     x = sample[0]
     for i in range(10):

@@ -45,6 +45,10 @@ What counts as ruling:
    as the handwriting, or not straight (thin digits standing on a thick underline). Beside
    several written marks, a stub as tall as the digits stays (a 1 on an underline) unless it
    is one of COMB_TICKS or more alike and evenly spaced: a comb's ticks, however tall.
+5. Walls: in a row of boxes (two horizontal lines and two upright sides found), upright
+   bands of ink running its whole height that, with the upright lines found between the
+   sides, divide it into ROW_CELLS or more equal cells are its walls and go as lines do
+   (strokes crossing them kept): two boxes a pixel apart make a wall as thick as a stroke.
 
 A plain digit costs little: with no ink run long enough to be a line in any band of rows or
 columns, the Hough transform is never run.
@@ -79,6 +83,7 @@ COVER = 0.5  # a line's own runs (no stroke across) cover at least this share of
 GRID_COVER = 0.3  # ...or this share where a grid of such lines says that one must be
 MARK = 0.15  # a handwritten mark spans at least this share of the image's shorter side
 COMB_TICKS = 4  # upright stubs alike in height and evenly spaced, at least this many: a comb
+ROW_CELLS = 3  # a row of at least this many equal boxes: its walls are ruling (_walls)
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,12 @@ def remove_ruling(ink: np.ndarray, level: int | None = None,
     for line in sorted(accepted, key=lambda line: line.vertical):
         removed |= _erase(work, line)
     kept = cv2.compare(work, level, cv2.CMP_GT)
+    walls = _walls(kept, [c.line for c in ruling if not c.bold])
+    if walls:
+        for line in walls:
+            removed |= _erase(work, line)
+        kept = cv2.compare(work, level, cv2.CMP_GT)
+        accepted += walls
     stubs = _stubs(kept, removed, [c.line for c in ruling if not c.bold], stroke)
     if stubs is not None:
         removed |= stubs
@@ -511,6 +522,61 @@ def _stubs(kept: np.ndarray, removed: np.ndarray, lines: list[Line],
     lut = np.zeros(n, np.uint8)
     lut[stubs] = 255
     return lut[labels]
+
+
+def _walls(kept: np.ndarray, lines: list[Line]) -> list[Line]:
+    """The inner walls of a row of boxes that were not found as lines (two boxes a gap apart
+    make a double wall as thick as a stroke; a short row's walls are shorter than a line):
+    between the row's top and bottom lines and its two outer sides, upright bands of ink
+    running the whole height of the row and dividing it into ROW_CELLS or more equal cells.
+    All of them or none: a 1 touching both lines is off the cells' pitch, and then nothing
+    goes."""
+    horiz = sorted((line for line in lines if not line.vertical), key=lambda line: line.offset)
+    sides = sorted((line for line in lines if line.vertical), key=lambda line: line.offset)
+    if len(horiz) < 2 or len(sides) < 2:
+        return []
+    top, bottom, left, right = horiz[0], horiz[-1], sides[0], sides[-1]
+    if not all(_crosses(v, o) for v in (left, right) for o in (top, bottom)):
+        return []
+    h, w = kept.shape
+    xs = np.arange(w)
+    y0 = top.offset + top.slope * xs + top.thickness / 2 + 2  # the row's inside, per column
+    y1 = bottom.offset + bottom.slope * xs - bottom.thickness / 2 - 2
+    height = float(np.median(y1 - y0))
+    if height < MIN_LENGTH / 2:
+        return []
+    band = (np.arange(h)[:, None] >= y0) & (np.arange(h)[:, None] <= y1)
+    ink = cv2.dilate(kept, np.ones((1, 3), np.uint8)) > 0  # a wall skewed by a pixel
+    full = np.count_nonzero(ink & band, axis=0) >= 0.95 * np.maximum(
+        np.count_nonzero(band, axis=0), 1)
+    mid_y = float(np.median(y0 + y1) / 2)
+    x_left = left.offset + left.slope * mid_y
+    x_right = right.offset + right.slope * mid_y
+    t_side = max(left.thickness, right.thickness)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], full.view(np.int8), [0]))))
+    runs = [((a + b - 1) / 2, b - a - 2) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    inner = [(c, width) for c, width in runs if x_left + t_side + 2 < c < x_right - t_side - 2]
+    if not inner or any(width > 2 * t_side + 3 for _, width in inner):
+        return []
+    # Every wall, found as a line or not; a double wall (two boxes a gap apart) is one.
+    found = [v.offset + v.slope * mid_y for v in sides[1:-1]]
+    at = sorted([c for c, _ in inner] + found)
+    walls = [[at[0]]]
+    for x in at[1:]:
+        if x - walls[-1][-1] <= max(2 * t_side + 4, 0.2 * height):
+            walls[-1].append(x)
+        else:
+            walls.append([x])
+    n = len(walls) + 1
+    pitch = (x_right - x_left) / n
+    expected = x_left + pitch * np.arange(1, n)
+    if (n < ROW_CELLS or pitch < 0.4 * height
+            or np.any(np.abs([np.mean(x) for x in walls] - expected) > 2 + 0.15 * pitch)):
+        return []
+    slope = (left.slope + right.slope) / 2
+    start, stop = int(math.floor(y0.min())) - 2, int(math.ceil(y1.max())) + 2
+    return [Line(True, float(c - slope * mid_y), slope, start, stop, float(max(width, 1) + 1))
+            for c, width in inner]
 
 
 def _comb(stats: np.ndarray, upright: list[int]) -> set[int]:
