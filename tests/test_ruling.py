@@ -237,12 +237,13 @@ def test_ones_unevenly_spaced_on_an_underline_are_not_a_comb():
 
 def row_of_boxes(walls: list[int], thickness: int = 2, gap: int = 1) -> np.ndarray:
     """A row of boxes 60 px high, its outer sides at x 10 and 310; each inner wall two lines
-    `gap` px apart (two boxes side by side), which merge into one as thick as a stroke."""
+    `gap` px apart (two boxes side by side): a pixel apart, they merge into one wall as thick
+    as a stroke."""
     ink = np.zeros((80, 320), np.uint8)
     cv2.rectangle(ink, (10, 10), (310, 70), 255, thickness)
     for x in walls:
         for dx in (-thickness - gap // 2, gap - gap // 2):
-            cv2.line(ink, (x + dx, 10), (x + dx, 70), 255, 1 if thickness == 1 else thickness)
+            cv2.line(ink, (x + dx, 10), (x + dx, 70), 255, thickness)
     return ink
 
 
