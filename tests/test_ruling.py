@@ -221,6 +221,36 @@ def test_a_combs_ticks_as_tall_as_the_digits_go():
         assert np.count_nonzero(kept[50:86, x - 14 : x + 15]) >= 500, x
 
 
+def test_a_two_cell_combs_three_ticks_go():
+    """A comb of two cells: three ticks as tall as the two digits, one digit in each cell,
+    the ticks thinner than the handwriting: they go (`90` read `19101`, `ok`), the 0s stay."""
+    ink = np.zeros((100, 150), np.uint8)
+    cv2.line(ink, (0, 88), (149, 88), 255, 2)  # the comb's baseline
+    for x in (15, 75, 135):  # its ticks, 34 px: as tall as the digits
+        cv2.line(ink, (x, 54), (x, 88), 255, 2)
+    for x in (45, 105):  # 0s, 36 px tall
+        cv2.ellipse(ink, (x, 68), (11, 18), 0, 0, 360, 255, 4)
+    kept = remove_ruling(ink, LEVEL).ink > LEVEL
+    for x in (15, 75, 135):
+        assert np.count_nonzero(kept[54:86, x - 2 : x + 3]) == 0, x
+    for x in (45, 105):
+        assert np.count_nonzero(kept[50:86, x - 14 : x + 15]) >= 400, x
+
+
+def test_three_ones_as_thick_as_the_digits_around_two_digits_are_not_a_comb():
+    """`10101` on an underline: three 1s evenly spaced, a 0 between each two, as a two-cell
+    comb's ticks stand, but as thick as the 0s' strokes: they stay."""
+    ink = np.zeros((100, 170), np.uint8)
+    cv2.line(ink, (0, 88), (169, 88), 255, 3)  # the underline
+    for x in (20, 80, 140):  # 1s on the line, 34 px
+        cv2.line(ink, (x, 54), (x, 86), 255, 3)
+    for x in (50, 110):
+        cv2.ellipse(ink, (x, 68), (11, 18), 0, 0, 360, 255, 3)
+    kept = remove_ruling(ink, LEVEL).ink > LEVEL
+    for x in (20, 80, 140):
+        assert np.count_nonzero(kept[54:86, x - 2 : x + 3]) >= 3 * 28, x
+
+
 def test_ones_unevenly_spaced_on_an_underline_are_not_a_comb():
     """Three 1s standing on an underline among other digits, as tall as each other and as
     straight as ticks, but not evenly spaced: they stay (only a comb's ticks are)."""

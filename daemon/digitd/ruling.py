@@ -44,7 +44,9 @@ What counts as ruling:
    of a comb field, a box's sides too short to be candidates) go too, unless they are as thick
    as the handwriting, or not straight (thin digits standing on a thick underline). Beside
    several written marks, a stub as tall as the digits stays (a 1 on an underline) unless it
-   is one of COMB_TICKS or more alike and evenly spaced: a comb's ticks, however tall.
+   is one of COMB_TICKS or more alike and evenly spaced: a comb's ticks, however tall (or
+   of three such around two written marks, one in each cell, thinner than the handwriting:
+   a comb of two cells).
 5. Walls: in a row of boxes (two horizontal lines and two upright sides found), upright
    bands of ink running its whole height that, with the upright lines found between the
    sides, divide it into ROW_CELLS or more equal cells are its walls and go as lines do
@@ -83,6 +85,7 @@ COVER = 0.5  # a line's own runs (no stroke across) cover at least this share of
 GRID_COVER = 0.3  # ...or this share where a grid of such lines says that one must be
 MARK = 0.15  # a handwritten mark spans at least this share of the image's shorter side
 COMB_TICKS = 4  # upright stubs alike in height and evenly spaced, at least this many: a comb
+TICK_THINNER = 0.8  # ...or three, thinner than this share of the strokes, around two digits
 ROW_CELLS = 3  # a row of at least this many equal boxes: its walls are ruling (_walls)
 
 
@@ -509,7 +512,8 @@ def _stubs(kept: np.ndarray, removed: np.ndarray, lines: list[Line],
         tall = _usual_height(stats, marks)
         widest = max(stats[i, 2] for i in marks)
         comb = _comb(stats, [i for i in stubs if stats[i, 3] > stats[i, 2]  # upright...
-                             and stats[i, 4] / stats[i, 3] <= t_h + 1])  # ...as thin as lines
+                             and stats[i, 4] / stats[i, 3] <= t_h + 1],  # ...as thin as lines
+                     marks, stroke)
         stubs = [i for i in stubs if i in comb or max(stats[i, 2], stats[i, 3])
                  < 0.8 * (tall if stats[i, 3] > stats[i, 2] else widest)]
     elif longest >= MARK * min(h, w):  # one mark: shorter than it is long (a box's ticks)
@@ -579,26 +583,39 @@ def _walls(kept: np.ndarray, lines: list[Line]) -> list[Line]:
             for c, width in inner]
 
 
-def _comb(stats: np.ndarray, upright: list[int]) -> set[int]:
+def _comb(stats: np.ndarray, upright: list[int], marks: list[int],
+          stroke: float | None) -> set[int]:
     """Of the upright stubs, those alike in height (a speck or a short stroke aside), if
     there are at least COMB_TICKS of them and they are evenly spaced (every gap a whole
     number of pitches: a tick a digit stands on may be missing): a comb's ticks; else none.
     Handwritten 1s on an underline are rarely four and evenly spaced (three were, once in
     2,000 numbers on ruled paper: docs/BENCHMARKS.md, "Numbers written into form fields"),
-    and a 1 among the ticks makes the gaps uneven: then none go, as before."""
-    if len(upright) < COMB_TICKS:
+    and a 1 among the ticks makes the gaps uneven: then none go, as before. Three are a comb
+    of two cells only when the two written marks stand one in each cell, none outside, and
+    the ticks are thinner than the handwriting (TICK_THINNER of its strokes: a 1 is as
+    thick as the other digits)."""
+    if len(upright) < 3:
         return set()
     typical = float(np.median([stats[i, 3] for i in upright]))
     alike = [i for i in upright if abs(stats[i, 3] - typical) <= 0.2 * typical + 1]
-    if len(alike) < COMB_TICKS:
+    if len(alike) < 3:
         return set()
-    gaps = np.diff(sorted(stats[i, 0] + stats[i, 2] / 2 for i in alike))
+    centres = sorted(stats[i, 0] + stats[i, 2] / 2 for i in alike)
+    gaps = np.diff(centres)
     pitch = float(np.median(gaps))
     if pitch < 0.5 * typical:  # ticks are further apart than a fraction of their height
         return set()
     steps = np.maximum(np.rint(gaps / pitch), 1)
-    regular = np.all(np.abs(gaps - steps * pitch) <= 0.1 * steps * pitch + 2)
-    return set(alike) if regular else set()
+    if not np.all(np.abs(gaps - steps * pitch) <= 0.1 * steps * pitch + 2):
+        return set()
+    if len(alike) >= COMB_TICKS:
+        return set(alike)
+    if (stroke is None or len(marks) != 2 or np.any(steps != 1)
+            or any(stats[i, 4] / stats[i, 3] > TICK_THINNER * stroke for i in alike)):
+        return set()
+    at = sorted(stats[i, 0] + stats[i, 2] / 2 for i in marks)
+    one_in_each = centres[0] < at[0] < centres[1] < at[1] < centres[2]
+    return set(alike) if one_in_each else set()
 
 
 def _usual_height(stats: np.ndarray, marks: list[int]) -> float:
