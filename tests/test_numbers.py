@@ -260,8 +260,7 @@ def test_numbers_in_a_row_of_boxes_are_read_without_its_walls(sample, classifier
 
 def test_a_ruled_strip_is_located_on_a_finer_copy_a_plain_one_as_before(sample):
     """A strip with printed ruling is located again on a copy of at most LOCATE_SIZE squared
-    pixels; a strip without ruling keeps the copy at most LOCATE_SIZE wide (the same pixels
-    as before for every plain number and every single digit)."""
+    pixels; a strip without ruling keeps the copy at most LOCATE_SIZE wide, as before."""
     x, y = sample
     cells = number_scans.render_number_form(x, y, 26, seed=11, flavour="form_cells")[0]
     plain = number_scans.render_number(x, y, 1, seed=11)[0]  # 1248 px wide, 286 tall, no ruling
