@@ -154,13 +154,14 @@ def remove_ruling(ink: np.ndarray, level: int | None = None,
     for line in sorted(accepted, key=lambda line: line.vertical):
         removed |= _erase(work, line)
     kept = cv2.compare(work, level, cv2.CMP_GT)
-    walls = _walls(kept, [c.line for c in ruling if not c.bold])
+    printed = [c.line for c in ruling if not c.bold]  # what walls and stubs are measured by
+    walls = _walls(kept, printed)
     if walls:
         for line in walls:
             removed |= _erase(work, line)
         kept = cv2.compare(work, level, cv2.CMP_GT)
         accepted += walls
-    stubs = _stubs(kept, removed, [c.line for c in ruling if not c.bold], stroke)
+    stubs = _stubs(kept, removed, printed, stroke)
     if stubs is not None:
         removed |= stubs
     out = cv2.bitwise_and(ink, cv2.bitwise_not(removed))
