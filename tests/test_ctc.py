@@ -5,6 +5,8 @@ test_numbers.py, test_predict.py and test_daemon.py."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -74,6 +76,67 @@ def test_strip_fits_the_line_keeps_its_aspect_and_maps_back():
     # the whole strip box maps back onto the ink's box in the input (origin + 2 * map pixels)
     x, y, w, h = s.to_input(cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
     assert (x, y, w, h) == pytest.approx((100 + 2 * 20, 40 + 2 * 10, 400, 80), abs=2)
+
+
+def _slanted_blobs(degrees: float, count: int = 6) -> tuple[np.ndarray, list[tuple]]:
+    """An ink map of `count` blobs 40 tall and 25 wide, 90 px apart, their centres on a line
+    `degrees` off horizontal (running down to the right), and their boxes (x, y, w, h)."""
+    ink = np.zeros((240, 40 + 90 * count), np.float32)
+    boxes = []
+    for k in range(count):
+        x = 20 + 90 * k
+        y = round(60 + math.tan(math.radians(degrees)) * x)
+        ink[y : y + 40, x : x + 25] = 1.0
+        boxes.append((x, y, 25, 40))
+    return ink, boxes
+
+
+def _blob_rows(s, count: int) -> list[int]:
+    """How many strip rows each of the strip's `count` blobs (left to right) spans."""
+    cols = s.pixels.any(axis=0)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], cols.astype(int), [0]])))
+    spans = list(zip(edges[::2], edges[1::2], strict=True))
+    assert len(spans) == count
+    return [len(np.flatnonzero(s.pixels[:, a:b].any(axis=1))) for a, b in spans]
+
+
+def test_a_slanted_line_is_levelled_its_digits_stand_taller_and_map_back():
+    """Serving's strip (level=True) of a line 4 degrees off level: turned level, its blobs
+    fill the strip's height, and their boxes map back to where they are in the input."""
+    ink, boxes = _slanted_blobs(4.0, count=4)
+    assert strip(ink).turn == 0.0  # training's strips are never levelled
+    s = strip(ink, origin=(100, 40), step=2.0, level=True)
+    assert s.turn == pytest.approx(4.0, abs=0.3)
+    # levelled, each blob is nearly the strip's height; not levelled, 40 of the line's 59 rows
+    assert min(_blob_rows(s, 4)) >= HEIGHT - 2 * MARGIN - 2
+    assert max(_blob_rows(strip(ink), 4)) <= 20
+    # each blob's box in the strip maps back onto its box in the input
+    cols = s.pixels.any(axis=0)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], cols.astype(int), [0]])))
+    for (a, b), (x, y, w, h) in zip(zip(edges[::2], edges[1::2], strict=True), boxes,
+                                    strict=True):
+        rows = np.flatnonzero(s.pixels[:, a:b].any(axis=1))
+        gx, gy, gw, gh = s.to_input(a, rows[0], b, rows[-1] + 1)
+        # its centre where the blob's is (input pixels); its size the blob's, turned once and
+        # a strip pixel wider on each side (a strip pixel is 3 input pixels here)
+        assert (gx + gw / 2, gy + gh / 2) == pytest.approx(
+            (100 + 2 * (x + w / 2), 40 + 2 * (y + h / 2)), abs=3)
+        assert 2 * w <= gw <= 2 * w + 14 and 2 * h <= gh <= 2 * h + 14
+
+
+@pytest.mark.parametrize("degrees, count", [(8.0, 6), (4.0, 2), (0.3, 6)])
+def test_a_line_too_steep_too_short_or_nearly_level_is_not_turned(degrees, count):
+    """Steeper than LEVEL_DEG (a short line's shape), narrower than LEVEL_ASPECT (two digits,
+    whose principal axis says little) or nearly level: the strip as before levelling."""
+    ink, boxes = _slanted_blobs(degrees, count)
+    s = strip(ink, level=True)
+    assert s.turn == 0.0
+    rows = np.flatnonzero(s.pixels.any(axis=1))
+    cols = np.flatnonzero(s.pixels.any(axis=0))
+    x0, y0 = boxes[0][:2]
+    x1, y1 = boxes[-1][0] + 25, boxes[-1][1] + 40
+    assert s.to_input(cols[0], rows[0], cols[-1] + 1, rows[-1] + 1) == pytest.approx(
+        (x0, y0, x1 - x0, y1 - y0), abs=2)  # the strip's ink is the line's box, upright
 
 
 def test_strip_refuses_no_ink():

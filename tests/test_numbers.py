@@ -236,6 +236,18 @@ def test_number_model_reads_numbers_on_paper(sample, classifier, numbers):
     assert wrong_ok <= 1
 
 
+def test_slanted_numbers_are_read_levelled(sample, classifier, numbers):
+    """Three numbers of the committed sample on lines the bench slanted (seed 11), each misread
+    by a digit with its strip made of the line as it runs (`866580` read `866380`), are read
+    exactly from their levelled strips (digitd.strip, level=True)."""
+    x, y = sample
+    for i in (21, 77, 87):
+        data, truth, _ = number_scans.render_number(x, y, i, seed=11)
+        found = segment(decode_png(data))
+        assert isinstance(found, Line) and found.strip.turn != 0.0
+        assert read_both(data, classifier, numbers)[0] == truth
+
+
 def test_numbers_in_a_comb_field_are_read_without_its_ticks(sample, classifier, numbers):
     """A number written into a comb field (bench/number_scans.py's form_comb: a baseline,
     a tick between each two cells, the ticks up to three quarters of the digits' height):

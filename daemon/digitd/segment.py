@@ -34,8 +34,9 @@ one digit):
    and most numbers, those it is sure of, are answered without them (digitd.reader). (Step
    4 runs at once on a line that is one wide part: whether it splits decides one digit.)
 6. The strip: the line cut out in step 2 near its digits (decoration too, far specks and
-   lines not), its ink mapped to strength as for one digit, as the number model reads it
-   (digitd.strip).
+   lines not), its ink mapped to strength as for one digit, levelled when it runs slanted
+   (not where a form's printed ruling was found: the field says what is level), as the
+   number model reads it (digitd.strip).
 """
 
 from __future__ import annotations
@@ -185,7 +186,8 @@ def segment(image: np.ndarray) -> Single | Line:
     if found is None:
         return Single(whole())
     labels, stats, groups, height, band, maybe_one = found
-    return Line(float(height * cut.scale), whole, _strip(cut, band, height),
+    return Line(float(height * cut.scale), whole,
+                _strip(cut, band, height, level=page.ruling is None),
                 functools.partial(_candidates, cut, labels, stats, groups, height),
                 maybe_one=maybe_one)
 
@@ -427,11 +429,11 @@ def _candidates(cut: Cut, labels: np.ndarray, stats: np.ndarray, groups: list[li
     return len(units), _pieces(cut, units, height)
 
 
-def _strip(cut: Cut, band: Band, height: float) -> Strip:
+def _strip(cut: Cut, band: Band, height: float, level: bool) -> Strip:
     """Step 6: the line's ink near its digits (the units' box, BAND_X digit heights wider on
     each side and BAND_Y taller: a currency sign, a trailing dash, an underline stay; specks
-    and lines far off, which would shrink the digits in the strip, do not), as the number
-    model reads it."""
+    and lines far off, which would shrink the digits in the strip, do not), levelled if it
+    runs slanted and `level` (digitd.strip), as the number model reads it."""
     ink = _ink_profile(cut.ink, cut.mask, cut.floor)
     x0, y0, x1, y1 = band
     rows, cols = ink.shape
@@ -439,7 +441,7 @@ def _strip(cut: Cut, band: Band, height: float) -> Strip:
     ay0, ay1 = max(0, int(y0 - BAND_Y * height)), min(rows, int(y1 + BAND_Y * height) + 1)
     near = np.zeros_like(ink)
     near[ay0:ay1, ax0:ax1] = ink[ay0:ay1, ax0:ax1]
-    return strip(near, cut.origin, cut.scale)
+    return strip(near, cut.origin, cut.scale, level=level)
 
 
 def _remove_rules(binary: np.ndarray, height: int) -> np.ndarray:
