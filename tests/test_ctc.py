@@ -91,11 +91,16 @@ def _slanted_blobs(degrees: float, count: int = 6) -> tuple[np.ndarray, list[tup
     return ink, boxes
 
 
-def _blob_rows(s, count: int) -> list[int]:
-    """How many strip rows each of the strip's `count` blobs (left to right) spans."""
+def _blob_spans(s) -> list[tuple[int, int]]:
+    """The strip columns (first, past the last) of each of its blobs, left to right."""
     cols = s.pixels.any(axis=0)
     edges = np.flatnonzero(np.diff(np.concatenate([[0], cols.astype(int), [0]])))
-    spans = list(zip(edges[::2], edges[1::2], strict=True))
+    return list(zip(edges[::2], edges[1::2], strict=True))
+
+
+def _blob_rows(s, count: int) -> list[int]:
+    """How many strip rows each of the strip's `count` blobs (left to right) spans."""
+    spans = _blob_spans(s)
     assert len(spans) == count
     return [len(np.flatnonzero(s.pixels[:, a:b].any(axis=1))) for a, b in spans]
 
@@ -111,10 +116,7 @@ def test_a_slanted_line_is_levelled_its_digits_stand_taller_and_map_back():
     assert min(_blob_rows(s, 4)) >= HEIGHT - 2 * MARGIN - 2
     assert max(_blob_rows(strip(ink), 4)) <= 20
     # each blob's box in the strip maps back onto its box in the input
-    cols = s.pixels.any(axis=0)
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], cols.astype(int), [0]])))
-    for (a, b), (x, y, w, h) in zip(zip(edges[::2], edges[1::2], strict=True), boxes,
-                                    strict=True):
+    for (a, b), (x, y, w, h) in zip(_blob_spans(s), boxes, strict=True):
         rows = np.flatnonzero(s.pixels[:, a:b].any(axis=1))
         gx, gy, gw, gh = s.to_input(a, rows[0], b, rows[-1] + 1)
         # its centre where the blob's is (input pixels); its size the blob's, turned once and
