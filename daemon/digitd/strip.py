@@ -18,8 +18,9 @@ THE STRIP CONTRACT (the one place it is written down; training and serving both 
 
 Training builds the ink with digitd.synth, serving takes the ink map preprocess cuts out of
 the PNG for the line (digitd.segment); both go through strip(), so the number model sees the
-same normalisation. `Strip.to_input` maps strip columns back to the input's pixels, for the
-digits' boxes.
+same normalisation (serving's levelling aside: a levelled line is one the models were
+trained to read, a level one). `Strip.to_input` maps strip boxes back to the input's pixels,
+through the turn if the line was levelled, for the digits' boxes.
 
 Pure functions, no model, thread-safe (OpenCV releases the GIL).
 """
