@@ -85,7 +85,8 @@ COVER = 0.5  # a line's own runs (no stroke across) cover at least this share of
 GRID_COVER = 0.3  # ...or this share where a grid of such lines says that one must be
 MARK = 0.15  # a handwritten mark spans at least this share of the image's shorter side
 COMB_TICKS = 4  # upright stubs alike in height and evenly spaced, at least this many: a comb
-TICK_THINNER = 0.8  # ...or three, thinner than this share of the strokes, around two digits
+TWO_CELL_TICKS = 3  # ...or this many around two digits (a comb of two cells), if they are
+TICK_THINNER = 0.8  # ...thinner than this share of the handwriting's strokes
 ROW_CELLS = 3  # a row of at least this many equal boxes: its walls are ruling (_walls)
 
 
@@ -591,15 +592,15 @@ def _comb(stats: np.ndarray, upright: list[int], marks: list[int],
     number of pitches: a tick a digit stands on may be missing): a comb's ticks; else none.
     Handwritten 1s on an underline are rarely four and evenly spaced (three were, once in
     2,000 numbers on ruled paper: docs/BENCHMARKS.md, "Numbers written into form fields"),
-    and a 1 among the ticks makes the gaps uneven: then none go, as before. Three are a comb
-    of two cells only when the two written marks stand one in each cell, none outside, and
-    the ticks are thinner than the handwriting (TICK_THINNER of its strokes: a 1 is as
-    thick as the other digits)."""
-    if len(upright) < 3:
+    and a 1 among the ticks makes the gaps uneven: then none go, as before. TWO_CELL_TICKS
+    (three) are a comb of two cells only when the two written marks stand one in each cell,
+    none outside, and the ticks are thinner than the handwriting (TICK_THINNER of its
+    strokes: a 1 is as thick as the other digits)."""
+    if len(upright) < TWO_CELL_TICKS:
         return set()
     typical = float(np.median([stats[i, 3] for i in upright]))
     alike = [i for i in upright if abs(stats[i, 3] - typical) <= 0.2 * typical + 1]
-    if len(alike) < 3:
+    if len(alike) < TWO_CELL_TICKS:
         return set()
     centres = sorted(stats[i, 0] + stats[i, 2] / 2 for i in alike)
     gaps = np.diff(centres)
