@@ -24,7 +24,9 @@
    covers all of it, as CPU time of the process (robust on a shared machine) and as wall
    time; with --batch, each image is charged its batch's time / N.
 3. Prints: strings exactly right; silent errors (wrong, yet status `ok`: confidence at least
-   --min-confidence and no doubtful digit); what goes to review; per flavour, per decoration
+   --min-confidence and no doubtful digit); what goes to review; on MNIST digits, how many
+   numbers hold a test digit whose label human raters reject (bench/disputed_labels.py) and
+   the strings read exactly among the others; per flavour, per decoration
    and per length; how the string confidence compares with accuracy; how each number was
    read (the number model alone, sure of it; checked by the segmentation reader, agreeing
    or not; the segmentation reader's string; one digit), and the operating points (silent
@@ -52,6 +54,7 @@ sys.path.insert(0, str(ROOT / "daemon"))
 
 import number_scans  # noqa: E402
 from accuracy import load_test  # noqa: E402
+from disputed_labels import disputed  # noqa: E402
 
 _X = _Y = None
 _RENDER = number_scans.render_number
@@ -191,6 +194,15 @@ def main() -> int:
     print(f"status ok: {ok / n:.2%} of all, of which right {ok_right / max(ok, 1):.2%}; "
           f"silent errors (wrong and ok): {silent / n:.2%}")
     print(f"to review (low_confidence): {(n - ok) / n:.2%}")
+    mnist = not (args.usps or args.uci)
+    held = [disputed(r[4]["picks"]) for r in rows] if mnist else [False] * n
+    undisputed = [t == r for (t, r, *_), h in zip(rows, held, strict=True) if not h]
+    if mnist:
+        print(f"numbers holding an MNIST test digit whose label human raters reject "
+              f"(bench/disputed_labels.py): {sum(held)}, of which read as labelled "
+              f"{sum(t == r for (t, r, *_), h in zip(rows, held, strict=True) if h)}; "
+              f"strings exactly right among the other {len(undisputed)}: "
+              f"{np.mean(undisputed):.2%}")
     print(f"time per number image, one thread, batches of {args.batch}: CPU mean "
           f"{cpu_ms.mean():.2f} ms, median {np.median(cpu_ms):.2f} ms, p95 "
           f"{np.percentile(cpu_ms, 95):.2f} ms; wall mean {ms.mean():.2f} ms "
@@ -248,6 +260,8 @@ def main() -> int:
             else "mnist test",
             "forms": args.forms, "batch": args.batch, "min_confidence": min_conf,
             "right": right / n,
+            "disputed": sum(held),
+            "right_undisputed": float(np.mean(undisputed)) if mnist else None,
             "ok": ok / n, "silent": silent / n, "cpu_ms_mean": float(cpu_ms.mean()),
             "cpu_ms_median": float(np.median(cpu_ms)),
             "cpu_ms_p95": float(np.percentile(cpu_ms, 95)), "wall_ms_mean": float(ms.mean()),
