@@ -117,7 +117,7 @@ def _in_cells(digits: list[np.ndarray], height: int, flavour: str, rng: np.rando
             if k == n - 1:
                 segs.append((bx + bw, outer + bh - tooth, bx + bw, outer + bh))
         else:
-            segs += scans._rect(bx, outer, bw, bh)
+            segs += scans.rect(bx, outer, bw, bh)
         dh, dw = ink.shape
         x = bx + (bw - dw) / 2 + rng.uniform(-0.4, 0.4) * max(0.0, bw - dw)
         y = outer + (bh - dh) / 2 + rng.uniform(-0.4, 0.4) * max(0.0, bh - dh)

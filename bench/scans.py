@@ -317,7 +317,8 @@ def _ruling_layer(shape: tuple[int, int], segments, thickness: float,
     return layer
 
 
-def _rect(x: float, y: float, w: float, h: float) -> list[tuple[float, float, float, float]]:
+def rect(x: float, y: float, w: float, h: float) -> list[tuple[float, float, float, float]]:
+    """A printed box's four sides as segments (x0, y0, x1, y1): top, bottom, left, right."""
     return [(x, y, x + w, y), (x, y + h, x + w, y + h), (x, y, x, y + h), (x + w, y, x + w, y + h)]
 
 
@@ -341,14 +342,14 @@ def _form_geometry(flavour: str, dh: int, dw: int, rng: np.random.Generator):
         ch, cw = int(mt + bh + mb) + 1, int(ml + bw + mr) + 1
         bx, by = ml, mt
         if flavour == "form_box":
-            segs = _rect(bx, by, bw, bh)
+            segs = rect(bx, by, bw, bh)
         elif flavour == "form_comb":
             tooth = rng.uniform(0.2, 0.5) * bh
             segs = [(-cw, by + bh, 2 * cw, by + bh)]
             segs += [(x, by + bh - tooth, x, by + bh) for x in (bx - bw, bx, bx + bw, bx + 2 * bw)]
         else:
             for k in (-1, 0, 1):
-                segs += _rect(bx + k * (bw + gap), by, bw, bh)
+                segs += rect(bx + k * (bw + gap), by, bw, bh)
         # The digit somewhere in its cell; one in four crosses the cell's bottom or a side.
         x = bx + (bw - dw) / 2 + rng.uniform(-0.45, 0.45) * max(0.0, bw - dw)
         y = by + (bh - dh) / 2 + rng.uniform(-0.45, 0.45) * max(0.0, bh - dh)
