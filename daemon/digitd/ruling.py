@@ -280,29 +280,36 @@ def _profile(work: np.ndarray, line: Line):
     xs = np.arange(w)
     centre = np.rint(line.offset + line.slope * xs).astype(np.int64)
     # Rows off the map read as paper: gather from a padded copy through flat indices (one
-    # `take`, no clipping and masking).
-    top = reach + max(0, -int(centre.min()))
-    bottom = reach + max(0, int(centre.max()) - (h - 1))
+    # `take`, no clipping and masking). The centre runs straight: its ends are its extremes.
+    lo, hi = sorted((int(centre[0]), int(centre[-1])))
+    top = reach + max(0, -lo)
+    bottom = reach + max(0, hi - (h - 1))
     padded = np.zeros((h + top + bottom, w), work.dtype)
     padded[top : top + h] = work
-    values = padded.ravel().take((centre + (top - reach) + np.arange(n)[:, None]) * w + xs)
+    values = padded.ravel().take((centre + (top - reach)) * w + xs + (np.arange(n) * w)[:, None])
     # The centre snapped to the strongest ink within a pixel (the fit is to a pixel).
     near = values[mid - 1 : mid + 2]
-    at = mid - 1 + np.argmax(near, axis=0)
+    at = np.argmax(near, axis=0)  # 0, 1, 2: rows mid - 1, mid, mid + 1
     peak = near.max(axis=0)
     has = peak > 0
-    # Pad with a row of paper at both ends: every run ends.
+    # Pad with a row of paper at both ends: every run ends (strip row r + 1 is row r).
     strip = np.zeros((n + 2, w), bool)
     np.greater(values, (peak // 2)[None, :], out=strip[1:-1])
-    steps = np.arange(n + 2)[:, None]
-    flat = strip.ravel()
-    above = np.argmin(flat.take(np.maximum(at + 1 - steps, 0) * w + xs), axis=0) - 1
-    below = np.argmin(flat.take(np.minimum(at + 1 + steps, n + 1) * w + xs), axis=0) - 1
-    above[~has] = 0
-    below[~has] = 0
-    thick = above + below + 1
-    thick[~has] = 0
-    edge = has & ((at - above <= 0) | (at + below >= n - 1))
+    # The run through `at`: the run through row mid with mid counted as ink, cut back to
+    # `at`'s side where mid is not ink (`at`, the strongest of the three rows, then lies
+    # beside mid; where mid is ink, `at` is in mid's run): one scan up and one down from a
+    # fixed row, instead of gathering each column's rows around its own `at`.
+    gap = ~strip[mid + 1]
+    strip[mid + 1] = True
+    first = mid + 1 - np.argmin(strip[mid + 1 :: -1], axis=0)
+    last = mid - 1 + np.argmin(strip[mid + 1 :], axis=0)
+    at += mid - 1
+    first = np.where(gap & (at > mid), mid + 1, first)
+    last = np.where(gap & (at < mid), mid - 1, last)
+    above = np.where(has, at - first, 0)
+    below = np.where(has, last - at, 0)
+    thick = np.where(has, above + below + 1, 0)
+    edge = has & ((first <= 0) | (last >= n - 1))
     return centre + np.where(has, at - mid, 0), above, below, thick, has, edge
 
 
