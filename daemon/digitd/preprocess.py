@@ -490,7 +490,7 @@ def mask_of(parts: Components, keep: list[int]) -> tuple[np.ndarray, tuple[int, 
     else:
         lut = np.zeros(len(stats), np.uint8)
         lut[np.asarray(keep)] = 255
-        mask = lut[parts.labels]
+        mask = lut.take(parts.labels)
     if len(keep) == 1:  # nearly always: one stroke's component
         x, y, w, h = stats[keep[0], :4].tolist()
         return mask, (x, y, w, h)
@@ -618,7 +618,7 @@ def _extract(img, background, mask, box, f, floor, ruling=None, side=None) -> Cu
         if specks.any():  # (otherwise the parts are `binary` as it is)
             keep = np.zeros(n, np.uint8)
             keep[1:][~specks] = 255
-            binary = keep[labels]
+            binary = keep.take(labels)
             dropped = specks
         near = cv2.dilate(binary, _SQUARE3)
     return Cut(ink, near, binary, floor, (x0 * f, y0 * f), f2, labelled, dropped)

@@ -385,7 +385,7 @@ def _stroke_width(binary: np.ndarray) -> float | None:
         return None
     lut = np.zeros(n, np.uint8)
     lut[marks] = 255
-    ink = lut[labels]
+    ink = lut.take(labels)
     area = cv2.countNonZero(ink)
     inner = cv2.countNonZero(cv2.erode(ink, None))
     return 2.0 * area / max(1, area - inner)
@@ -534,7 +534,7 @@ def _stubs(kept: np.ndarray, removed: np.ndarray, lines: list[Line],
         return None
     lut = np.zeros(n, np.uint8)
     lut[stubs] = 255
-    return lut[labels]
+    return lut.take(labels)
 
 
 def _walls(kept: np.ndarray, lines: list[Line]) -> list[Line]:

@@ -574,7 +574,7 @@ def _units(labels: np.ndarray, stats: np.ndarray, groups: list[list[int]],
         lut[group] = 255
         x0 = int(min(stats[i, 0] for i in group))
         x1 = int(max(stats[i, 0] + stats[i, 2] for i in group))
-        mask = lut[labels[:, x0:x1]]
+        mask = lut.take(labels[:, x0:x1])
         cuts = _valleys(mask, height) if x1 - x0 > WIDE * height else []
         edges = [x0] + [x0 + c for c in cuts] + [x1]
         for a, b in zip(edges, edges[1:], strict=False):
