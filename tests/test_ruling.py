@@ -316,6 +316,29 @@ def test_underlined_digits_keep_their_shape_through_normalise(sample):
         assert similar(normalise(lined), normalise(page)) > 0.9, i
 
 
+def test_the_run_across_a_line_is_the_one_through_its_strongest_centre_row():
+    """ruling._profile, column by column: the run of ink (above half the strongest of the
+    three rows at the line's centre; the first of equally strong ones) through that row, also
+    where the line's own row is paper and ink lies on both sides of it."""
+    from digitd.ruling import Line, _profile
+
+    work = np.zeros((40, 8), np.uint8)  # a level line at row 20: rows 15..25 are looked at
+    work[19:22, 1] = 200  # a line 3 px thick
+    work[21:24, 2] = 200  # row 20 paper, ink from 21 down
+    work[17:20, 3] = 200  # row 20 paper, ink up to 19
+    work[19, 4], work[21:23, 4] = 150, 200  # paper at 20 between: the stronger run, below
+    work[5:35, 5] = 200  # a stroke across the line: on past the rows looked at
+    work[19:22, 6], work[20, 6] = 60, 200  # pale ink around a dark pixel: half of 200 is 100
+    work[19:22, 7] = 60  # pale alone: its own half
+    centre, above, below, thick, has, edge = _profile(work, Line(False, 20.0, 0.0, 0, 7, 0.0))
+    assert has.tolist() == [False] + [True] * 7
+    assert centre.tolist() == [20, 19, 21, 19, 21, 19, 20, 19]
+    assert above.tolist() == [0, 0, 0, 2, 0, 4, 0, 0]
+    assert below.tolist() == [0, 2, 2, 0, 1, 6, 0, 2]
+    assert thick.tolist() == [0, 3, 3, 3, 2, 11, 1, 3]
+    assert edge.tolist() == [False] * 5 + [True, False, False]
+
+
 def test_remove_ruling_checks_its_input():
     with pytest.raises(ValueError):
         remove_ruling(np.zeros((40, 40), np.float32))
