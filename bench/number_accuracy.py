@@ -195,14 +195,13 @@ def main() -> int:
           f"silent errors (wrong and ok): {silent / n:.2%}")
     print(f"to review (low_confidence): {(n - ok) / n:.2%}")
     mnist = not (args.usps or args.uci)
-    held = [disputed(r[4]["picks"]) for r in rows] if mnist else [False] * n
+    held = [mnist and disputed(r[4]["picks"]) for r in rows]
     undisputed = [t == r for (t, r, *_), h in zip(rows, held, strict=True) if not h]
     if mnist:
         print(f"numbers holding an MNIST test digit whose label human raters reject "
               f"(bench/disputed_labels.py): {sum(held)}, of which read as labelled "
-              f"{sum(t == r for (t, r, *_), h in zip(rows, held, strict=True) if h)}; "
-              f"strings exactly right among the other {len(undisputed)}: "
-              f"{np.mean(undisputed):.2%}")
+              f"{right - sum(undisputed)}; strings exactly right among the other "
+              f"{len(undisputed)}: {np.mean(undisputed):.2%}")
     print(f"time per number image, one thread, batches of {args.batch}: CPU mean "
           f"{cpu_ms.mean():.2f} ms, median {np.median(cpu_ms):.2f} ms, p95 "
           f"{np.percentile(cpu_ms, 95):.2f} ms; wall mean {ms.mean():.2f} ms "

@@ -19,7 +19,7 @@ import pytest
 import number_scans
 import scans
 from digitd.preprocess import Rejected, normalise, prepare
-from digitd.ruling import Ruling, remove_ruling
+from digitd.ruling import Line, Ruling, _profile, remove_ruling
 from pngwrite import encode_png
 
 MODEL = Path(__file__).parent.parent / "daemon" / "digitd" / "models" / "digitd-cnn.keras"
@@ -320,8 +320,6 @@ def test_the_run_across_a_line_is_the_one_through_its_strongest_centre_row():
     """ruling._profile, column by column: the run of ink (above half the strongest of the
     three rows at the line's centre; the first of equally strong ones) through that row, also
     where the line's own row is paper and ink lies on both sides of it."""
-    from digitd.ruling import Line, _profile
-
     work = np.zeros((40, 8), np.uint8)  # a level line at row 20: rows 15..25 are looked at
     work[19:22, 1] = 200  # a line 3 px thick
     work[21:24, 2] = 200  # row 20 paper, ink from 21 down
