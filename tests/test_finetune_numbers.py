@@ -58,7 +58,7 @@ def reviewed(tmp_path_factory) -> tuple[Path, list[str]]:
         truths.append(truth)
     one = png_bytes(x[0])
     record(100, one, str(y[0]), "confirmed", str(y[0]))  # a digit: the digit model's to learn
-    record(101, png_bytes(x[1]), "1", "corrected", "12")  # one part: read as one digit
+    record(101, png_bytes(x[2]), "1", "corrected", "12")  # one narrow part (a 1): one digit
     long_png, _, _ = number_scans.render_number(x, y, 200, seed=11, flavour="paper_grey")
     record(102, long_png, "12", "corrected", "1" * (MAX_LABEL + 1))  # longer than a strip
     record(103, long_png, "12", "not_a_digit", None)

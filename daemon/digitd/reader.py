@@ -89,6 +89,12 @@ FLOOR = 1e-3  # a digit outside a reader's top 3: at most this probable
 # two models alike, one of them this sure, also keep an unsure line whose segmentation
 # pieces are all guesses a number (_two_alike).
 TWO_IN_ONE_SURE = 0.99
+# A maybe_one part narrower than that (Line.narrow: as narrow as most single digits, a 1
+# written into its neighbour) is a number only where the first number model is this sure:
+# of the 35,376 single digits, one (MNIST test 8116, a 6 with a stroke beside it) is read
+# `61` at 0.991 and 0.994; 10 of the 11 numbers of 13,000 such parts hold are read at 0.995
+# or above (docs/BENCHMARKS.md, Numbers).
+NARROW_SURE = 0.995
 NOT_A_NUMBER = ctc.Decoded("", 0.0, ())  # what a maybe_one line not taken for a number reads
 
 
@@ -154,8 +160,9 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
     rest. A line it reads as one digit stays one digit: the second does not make numbers.
 
     A line that is one part a little wide (Line.maybe_one) is one digit, its whole ink's,
-    unless the number model reads it as a number at TWO_IN_ONE_SURE and the second model as
-    the same string; without the two models, or with `mode` "digit", it is one digit."""
+    unless the number model reads it as a number at TWO_IN_ONE_SURE (NARROW_SURE where the
+    part is narrow, Line.narrow) and the second model as the same string; without the two
+    models, or with `mode` "digit", it is one digit."""
     if not images:
         return []
     if all(line is None for _, line in images):  # single digits only (e.g. recognise: digit)
@@ -174,7 +181,8 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
         unsure = [k for k in lines if k not in doubted
                   and decoded[k].confidence < sure and len(decoded[k].emissions) >= 2]
         asked = [k for k in sorted(doubted) if len(decoded[k].emissions) >= 2
-                 and decoded[k].confidence >= TWO_IN_ONE_SURE]
+                 and decoded[k].confidence >= (NARROW_SURE if images[k][1].narrow
+                                               else TWO_IN_ONE_SURE)]
         confirmed = set()
         if second is not None and unsure + asked:
             theirs = second(np.stack([images[k][1].strip.pixels for k in unsure + asked]))

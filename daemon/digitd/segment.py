@@ -16,7 +16,8 @@ one digit):
    digit: the result is exactly preprocess.normalise's. One part a little wide (TWO_IN_ONE
    to ALONE times as wide as tall: a wide single digit, or two digits written into each
    other), specks beside it or not, is a line too, `maybe_one`: one digit unless both
-   number models read it as the same number, surely (digitd.reader.read_all).
+   number models read it as the same number, surely (digitd.reader.read_all); surer still
+   where it is `narrow` (under NARROW times as wide as tall, as most single digits are).
 2. Several parts along a line: the whole line is cut out at a resolution where its height is
    about WORK_SIZE (preprocess.extract), and its parts found again there (where they are one
    part a little wide, two digits that touch seen sharper, the line is `maybe_one` too).
@@ -75,9 +76,13 @@ PART = 0.45  # a part of a broken digit is at least this share of the digit heig
 WIDE = 0.75  # a part wider than this many digit heights may be touching digits
 ALONE = 1.3  # one part alone is read as touching digits only when this much wider than tall
 # ...and one part at least this much wider than tall (but not ALONE) may be two digits written
-# into each other (`64` was read `4`, some `ok`): asking the number models mends 8 of 14,000
-# bench numbers; 5-6% of single digits are that wide (docs/BENCHMARKS.md, Numbers)
-TWO_IN_ONE = 1.1
+# into each other (`64` was read `4`, some `ok`): from 1.1, asking the number models mended 8
+# of 14,000 bench numbers (5-6% of single digits are that wide); from 0.8 (a 1 written into
+# its neighbour: `17` read `7`, `83` read `8`, some `ok`; under NARROW, reader.NARROW_SURE)
+# 10 more of 13,000, none spoilt, while about 38% of single digits are asked
+# (docs/BENCHMARKS.md, Numbers: "A 1 written into its neighbour")
+TWO_IN_ONE = 0.8
+NARROW = 1.1  # ...narrower than this: `narrow`, the number models must be surer (reader)
 SLIM = 0.3  # an upright bar is at most this much wider than tall...
 BAR = 0.3  # ...and printed when its stroke is at most this share of the largest part's
 STRAIGHT = 0.02  # ...or, at an end of the line and touching a form's ruling, when its centre
@@ -133,6 +138,7 @@ class Line:
     # One part a little wide (step 1): one digit, its `whole`, unless both number models
     # read it as the same number, surely (digitd.reader.read_all); never segmented.
     maybe_one: bool = False
+    narrow: bool = False  # maybe_one, under NARROW times as wide as tall: surer still
 
     @functools.cached_property
     def whole(self) -> np.ndarray:
@@ -162,12 +168,12 @@ def segment(image: np.ndarray) -> Single | Line:
     page = locate(image)
     parts = ink_components(page.ink, page.floor, page.top, page.level)
     stats = parts.stats
-    maybe_one = False
+    maybe_one = narrow = False
     if len(parts.candidates) == 1:
         _, _, w, h, _ = stats[parts.candidates[0]]
         if w < TWO_IN_ONE * h:  # most single digits: one part, not wide (step 1's answer)
             return Single(_whole(page, parts))
-        maybe_one = _two_in_one(w, h)
+        maybe_one, narrow = _two_in_one(w, h), bool(w < NARROW * h)
     areas = stats[:, 4]
     big = max(areas[i] for i in parts.candidates)
     kept = [i for i in parts.candidates if areas[i] >= DUST * big]
@@ -176,21 +182,23 @@ def segment(image: np.ndarray) -> Single | Line:
     kept = _without_form_bars(parts, kept, page.ruling)
     columns = _columns(stats, kept)
     if not maybe_one and not _side_by_side(stats, kept, columns):
-        if not _a_little_wide_alone(columns):
+        lone = _a_little_wide_alone(columns)
+        if lone is None:
             return Single(_whole(page, parts))
-        maybe_one = True  # one part a little wide, and specks
+        maybe_one, narrow = True, lone  # one part a little wide, and specks
     line_mask, line_box = mask_of(parts, kept)
     # the line's digits about WORK_SIZE / 2 tall: ample for 20x20, and cheap
     cut = extract(page, line_mask, line_box, side=2 * _digit_height(stats, kept))
     whole = functools.partial(_whole, page, parts)
-    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale, maybe_one, columns)
+    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale, maybe_one, narrow,
+                  columns)
     if found is None:
         return Single(whole())
-    labels, stats, groups, height, band, maybe_one = found
+    labels, stats, groups, height, band, maybe_one, narrow = found
     return Line(float(height * cut.scale), whole,
                 _strip(cut, band, height, level=page.ruling is None),
                 functools.partial(_candidates, cut, labels, stats, groups, height),
-                maybe_one=maybe_one)
+                maybe_one=maybe_one, narrow=maybe_one and narrow)
 
 
 def _two_in_one(width: float, height: float) -> bool:
@@ -326,15 +334,15 @@ def _side_by_side(stats: np.ndarray, labels: list[int],
     return _apart(*columns)
 
 
-def _a_little_wide_alone(columns: tuple[np.ndarray, list[int]]) -> bool:
+def _a_little_wide_alone(columns: tuple[np.ndarray, list[int]]) -> bool | None:
     """One of the `columns` (_columns) as tall as a digit (specks beside it aside),
     TWO_IN_ONE to ALONE times as wide as tall: what one part that wide is (segment's step 1),
-    with specks."""
+    with specks. None when not; else whether it is narrow (under NARROW times)."""
     boxes, tall = columns
     if len(tall) != 1:
-        return False
+        return None
     _, _, w, h, _ = boxes[tall[0]]
-    return _two_in_one(w, h)
+    return bool(w < NARROW * h) if _two_in_one(w, h) else None
 
 
 def _columns(stats: np.ndarray, labels: list[int]) -> tuple[np.ndarray, list[int]]:
@@ -376,31 +384,33 @@ def _apart(stats: np.ndarray, tall: list[int]) -> bool:
     return False
 
 
-def _line(cut: Cut, height: float, maybe_one: bool, columns: tuple[np.ndarray, list[int]]
-          ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band, bool] | None:
+def _line(cut: Cut, height: float, maybe_one: bool, narrow: bool,
+          columns: tuple[np.ndarray, list[int]]
+          ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band, bool, bool] | None:
     """Steps 2-3 on the cut-out line (its digits about `height` pixels tall): its parts
     (labels, stats), their groups (_group), the digits' height in the cut's pixels, the
-    groups' box in the cut (x0, y0, x1, y1: the units' too) and whether it may be one digit
+    groups' box in the cut (x0, y0, x1, y1: the units' too), whether it may be one digit
     (`maybe_one`, given, or one group a little wide here: two digits that touch seen
-    sharper, `38` read `8`); None when it turns out to hold one digit (with `maybe_one`
-    given, the number models say, not its shape). `columns`: the page's parts' (_columns);
-    where they stand apart along the line, a long stroke wiped as a rule may have been a
-    digit's."""
+    sharper, `38` read `8`) and whether that part is `narrow` (given with `maybe_one`, or
+    measured here); None when it turns out to hold one digit (with `maybe_one` given, the
+    number models say, not its shape). `columns`: the page's parts' (_columns); where they
+    stand apart along the line, a long stroke wiped as a rule may have been a digit's."""
     binary = _remove_rules(cut.binary, int(height))
     if binary is cut.binary:  # no rule wiped (most lines)
-        return _line_of(cut.parts or label(binary), height, maybe_one)
-    found = _line_of(label(binary), height, maybe_one)
+        return _line_of(cut.parts or label(binary), height, maybe_one, narrow)
+    found = _line_of(label(binary), height, maybe_one, narrow)
     if found is not None or not _apart(*columns):
         return found
     # One digit without the rule, but parts apart on the page: what looked like a rule may be
     # a digit's long stroke (a bold 2's base beside a thin 9, `92` read `2`). The line as
     # cut, if it holds several digit-sized groups (one wide 2 is no `22`).
-    found = _line_of(cut.parts or label(cut.binary), height, maybe_one)
+    found = _line_of(cut.parts or label(cut.binary), height, maybe_one, narrow)
     return found if found is not None and len(found[2]) >= 2 else None
 
 
-def _line_of(labelled: tuple[int, np.ndarray, np.ndarray], height: float, maybe_one: bool
-             ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band, bool] | None:
+def _line_of(labelled: tuple[int, np.ndarray, np.ndarray], height: float, maybe_one: bool,
+             narrow: bool
+             ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band, bool, bool] | None:
     """_line on the cut's parts as label() gives them (n, labels, stats), rules wiped or
     not."""
     n, labels, stats = labelled
@@ -415,12 +425,12 @@ def _line_of(labelled: tuple[int, np.ndarray, np.ndarray], height: float, maybe_
         if len(groups) <= 1 and all(_width(stats, g) <= ALONE * height for g in groups):
             if len(groups) != 1 or not _two_in_one(_width(stats, groups[0]), height):
                 return None
-            maybe_one = True
+            maybe_one, narrow = True, _width(stats, groups[0]) < NARROW * height
         # One group, wider than a digit: touching digits if it splits into units (step 4).
         elif len(groups) == 1 and len(_units(labels, stats, groups, height)) <= 1:
             return None
     return (labels, stats, groups, height, _bounds(stats, [i for g in groups for i in g]),
-            maybe_one)
+            maybe_one, narrow)
 
 
 def _candidates(cut: Cut, labels: np.ndarray, stats: np.ndarray, groups: list[list[int]],
