@@ -82,18 +82,17 @@ SHARPNESS = 8
 SEGMENTATION_WEIGHT = 0.5
 FLOOR = 1e-3  # a digit outside a reader's top 3: at most this probable
 # One part a little wide (segment's Line.maybe_one: a wide single digit, or two digits written
-# into each other) is a number only if the first number model reads two digits or more at
-# this confidence or above and the second reads the same string; whatever min_confidence, so
+# into each other) is a number only if both number models read the same string of two digits
+# or more, one of them at this confidence or above (_two_alike); whatever min_confidence, so
 # that a single digit's answer never depends on it. None of the 35,376 single digits of
-# bench/recognise_modes.py answers otherwise; 8 of 14,000 bench numbers are mended. The same
-# two models alike, one of them this sure, also keep an unsure line whose segmentation
-# pieces are all guesses a number (_two_alike).
+# bench/recognise_modes.py answers otherwise; 8 of 14,000 bench numbers were mended with the
+# first model at this bar, 3 of 13,000 more with either. The same two models alike, one of
+# them this sure, also keep an unsure line whose segmentation pieces are all guesses a number.
 TWO_IN_ONE_SURE = 0.99
-# A maybe_one part narrower than that (Line.narrow: as narrow as most single digits, a 1
-# written into its neighbour) is a number only where the first number model is this sure:
-# of the 35,376 single digits, one (MNIST test 8116, a 6 with a stroke beside it) is read
-# `61` at 0.991 and 0.994; 10 of the 11 numbers of 13,000 such parts hold are read at 0.995
-# or above (docs/BENCHMARKS.md, Numbers).
+# A maybe_one part narrower (Line.narrow: as narrow as most single digits, a 1 written into
+# its neighbour) needs one of the two at this: of the 35,376 single digits, one (MNIST test
+# 8116, a 6 with a stroke beside it) is read `61` alike at 0.991 and 0.994; 10 of the 11
+# numbers of 13,000 such parts hold are read at 0.995 or above (docs/BENCHMARKS.md, Numbers).
 NARROW_SURE = 0.995
 NOT_A_NUMBER = ctc.Decoded("", 0.0, ())  # what a maybe_one line not taken for a number reads
 
@@ -160,9 +159,10 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
     rest. A line it reads as one digit stays one digit: the second does not make numbers.
 
     A line that is one part a little wide (Line.maybe_one) is one digit, its whole ink's,
-    unless the number model reads it as a number at TWO_IN_ONE_SURE (NARROW_SURE where the
-    part is narrow, Line.narrow) and the second model as the same string; without the two
-    models, or with `mode` "digit", it is one digit."""
+    unless both number models read it as the same number, one of them at TWO_IN_ONE_SURE
+    (NARROW_SURE where the part is narrow, Line.narrow: _two_alike); the second is asked
+    wherever the first reads two digits or more there. Without the two models, or with
+    `mode` "digit", it is one digit."""
     if not images:
         return []
     if all(line is None for _, line in images):  # single digits only (e.g. recognise: digit)
@@ -180,15 +180,14 @@ def read_all(images: list[tuple[np.ndarray | None, Line | None]], predict, mode:
         doubted = {k for k in lines if images[k][1].maybe_one}
         unsure = [k for k in lines if k not in doubted
                   and decoded[k].confidence < sure and len(decoded[k].emissions) >= 2]
-        asked = [k for k in sorted(doubted) if len(decoded[k].emissions) >= 2
-                 and decoded[k].confidence >= (NARROW_SURE if images[k][1].narrow
-                                               else TWO_IN_ONE_SURE)]
+        asked = [k for k in sorted(doubted) if len(decoded[k].emissions) >= 2]
         confirmed = set()
         if second is not None and unsure + asked:
             theirs = second(np.stack([images[k][1].strip.pixels for k in unsure + asked]))
             for k, reading, out in zip(unsure + asked, ctc.read(theirs), theirs, strict=True):
-                if k in doubted:  # asked only where the first is at TWO_IN_ONE_SURE
-                    if _two_alike(decoded[k], reading):
+                if k in doubted:
+                    if _two_alike(decoded[k], reading,
+                                  NARROW_SURE if images[k][1].narrow else TWO_IN_ONE_SURE):
                         confirmed.add(k)
                     continue
                 kept = ctc.reconsider(steps[k], out, decoded[k], reading)
@@ -291,17 +290,18 @@ def combine(line: Line, pieces: np.ndarray, decoded: ctc.Decoded, mode: str,
     return Reading(digits=digits, confidence=confidence, agreed=same, source="both readers")
 
 
-def _two_alike(decoded: ctc.Decoded, other: ctc.Decoded | None) -> bool:
-    """Do both number models read the same string, one of them at TWO_IN_ONE_SURE or above?
-    Then the segmentation reader finding one digit (one piece, or pieces all guesses) does
-    not make the line one digit (`56` written into each other read `2`, `5449` in two
-    touching pairs read `2`): much as a maybe_one part is a number when both models read it
-    alike, the first at TWO_IN_ONE_SURE. It is then read as any unsure number (below `sure`
+def _two_alike(decoded: ctc.Decoded, other: ctc.Decoded | None,
+               bar: float = TWO_IN_ONE_SURE) -> bool:
+    """Do both number models read the same string, one of them at `bar` or above? Then a
+    maybe_one part is a number (read_all; `bar` NARROW_SURE where it is narrow), and the
+    segmentation reader finding one digit (one piece, or pieces all guesses) does not make
+    an unsure line one digit (`56` written into each other read `2`, `5449` in two touching
+    pairs read `2`). Such a line is then read as any unsure number (below `sure`
     unless the segmentation reader's guessed pieces read the same string too: _read_alike).
     Lifted wherever the models agree, the veto let 6 of 35,376 single digits become numbers;
     with this, none (docs/BENCHMARKS.md, Numbers)."""
     return (other is not None and other.text == decoded.text
-            and max(decoded.confidence, other.confidence) >= TWO_IN_ONE_SURE)
+            and max(decoded.confidence, other.confidence) >= bar)
 
 
 def _read_alike(digits: tuple[Digit, ...], decoded: ctc.Decoded,
