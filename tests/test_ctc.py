@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from digitd import ctc
-from digitd.reader import TWO_IN_ONE_SURE, _two_alike, combine
+from digitd.reader import ALIKE_SURE, TWO_IN_ONE_SURE, _two_alike, combine
 from digitd.result import Result
 from digitd.segment import Line, Piece
 from digitd.strip import HEIGHT, MARGIN, STRIDE, WIDTH, strip
@@ -375,6 +375,31 @@ def test_guessed_pieces_do_not_make_one_digit_of_what_both_models_read_alike_and
     assert not _two_alike(read("56", below), read("56", below))
     assert not _two_alike(read("56", 0.999), read("58", 0.999))
     assert not _two_alike(read("56", 0.999), None)
+
+
+def test_pieces_all_guesses_give_way_to_both_models_alike_at_alike_sure():
+    """combine: where every piece the segmentation reader reads is a guess (cut from
+    touching ink; one digit to it), both number models reading the same string, one of them
+    at ALIKE_SURE (below TWO_IN_ONE_SURE), keep the line a number, at the first model's
+    confidence; below ALIKE_SURE, or where the second reads another string, it is one
+    digit (None)."""
+    s, decoded = _two_blobs()
+    blank = np.zeros((28, 28), np.float32)
+    guessed = (Piece(0, 0, (11, 6, 19, 29), blank, 0.0, True),
+               Piece(1, 1, (51, 6, 19, 29), blank, 0.0, True))
+    line = Line(height=30.0, one_digit=lambda: blank, strip=s, cut=lambda: (2, guessed))
+    rows = classifier_rows((5, 0.9), (6, 0.9))  # its guesses read `56`
+
+    def at(confidence: float, text: str = "38") -> ctc.Decoded:
+        return ctc.Decoded(text, confidence, decoded.emissions)
+
+    assert ALIKE_SURE < TWO_IN_ONE_SURE
+    reading = combine(line, rows, at(0.6), "auto", None, at(ALIKE_SURE))
+    assert reading.text == "38" and reading.confidence == 0.6
+    assert combine(line, rows, at(ALIKE_SURE), "auto", None, at(0.6)).text == "38"
+    assert combine(line, rows, at(0.6), "auto", None, at(ALIKE_SURE - 0.005)) is None
+    assert combine(line, rows, at(0.6), "auto", None, at(0.999, "39")) is None
+    assert combine(line, rows, at(0.6), "auto", None, None) is None
 
 
 def _two_digits(first: dict[int, float], second: int) -> np.ndarray:

@@ -41,7 +41,7 @@ agreed is doubtful (highlighted for review). Boxes: where the readers agree, the
 segmentation's pieces (cut from the ink itself), otherwise the number model's alignment.
 With `auto`, a line is one digit when the number model reads fewer than two digits, or, when
 it is unsure, the segmentation reader reads one digit too (choose()) and the two number
-models do not read the same string, one of them at TWO_IN_ONE_SURE (_two_alike); only then
+models do not read the same string, one of them at ALIKE_SURE (_two_alike); only then
 is the whole ink read as one digit (an unsure number's pieces are read first, its whole ink
 after, in a second classifier call for the few lines that need it).
 
@@ -86,9 +86,15 @@ FLOOR = 1e-3  # a digit outside a reader's top 3: at most this probable
 # or more, one of them at this confidence or above (_two_alike); whatever min_confidence, so
 # that a single digit's answer never depends on it. None of the 35,376 single digits of
 # bench/recognise_modes.py answers otherwise; 8 of 14,000 bench numbers were mended with the
-# first model at this bar, 3 of 13,000 more with either. The same two models alike, one of
-# them this sure, also keep an unsure line whose segmentation pieces are all guesses a number.
+# first model at this bar, 3 of 13,000 more with either.
 TWO_IN_ONE_SURE = 0.99
+# The same two models alike, one of them this sure, keep an unsure line a number where the
+# segmentation reader reads one digit (one piece, or pieces all guesses): a bar below
+# TWO_IN_ONE_SURE, as such a line (several parts, or one too wide to be one digit) is seldom
+# a single digit. Of the 35,376 single digits, the surest such reading is 0.974 (a 5 in a
+# form's box read `151`); from 0.99 to this, 6 more of 13,000 bench numbers, all right, are
+# numbers (docs/BENCHMARKS.md, Numbers).
+ALIKE_SURE = 0.98
 # A maybe_one part narrower (Line.narrow: as narrow as most single digits, a 1 written into
 # its neighbour) needs one of the two at this: of the 35,376 single digits, one (MNIST test
 # 8116, a 6 with a stroke beside it) is read `61` alike at 0.991 and 0.994; 10 of the 11
@@ -262,7 +268,7 @@ def combine(line: Line, pieces: np.ndarray, decoded: ctc.Decoded, mode: str,
     if len(decoded.emissions) < 2:
         return None
     segmented = read_line(line, pieces)
-    if mode == "auto" and _one_digit(segmented) and not _two_alike(decoded, other):
+    if mode == "auto" and _one_digit(segmented) and not _two_alike(decoded, other, ALIKE_SURE):
         return None
     same = segmented.text == decoded.text
     lengths = len(segmented.text) == len(decoded.text)
@@ -295,11 +301,11 @@ def _two_alike(decoded: ctc.Decoded, other: ctc.Decoded | None,
     """Do both number models read the same string, one of them at `bar` or above? Then a
     maybe_one part is a number (read_all; `bar` NARROW_SURE where it is narrow), and the
     segmentation reader finding one digit (one piece, or pieces all guesses) does not make
-    an unsure line one digit (`56` written into each other read `2`, `5449` in two touching
-    pairs read `2`). Such a line is then read as any unsure number (below `sure`
-    unless the segmentation reader's guessed pieces read the same string too: _read_alike).
-    Lifted wherever the models agree, the veto let 6 of 35,376 single digits become numbers;
-    with this, none (docs/BENCHMARKS.md, Numbers)."""
+    an unsure line one digit (combine, `bar` ALIKE_SURE: `56` written into each other read
+    `2`, `5449` in two touching pairs read `2`). Such a line is then read as any unsure
+    number (below `sure` unless the segmentation reader's guessed pieces read the same string
+    too: _read_alike). Lifted wherever the models agree, the veto let 6 of 35,376 single
+    digits become numbers; with this, none (docs/BENCHMARKS.md, Numbers)."""
     return (other is not None and other.text == decoded.text
             and max(decoded.confidence, other.confidence) >= bar)
 
