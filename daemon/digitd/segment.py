@@ -168,12 +168,12 @@ def segment(image: np.ndarray) -> Single | Line:
     page = locate(image)
     parts = ink_components(page.ink, page.floor, page.top, page.level)
     stats = parts.stats
-    maybe_one = narrow = False
+    wide = None  # one part a little wide (maybe_one): whether it is narrow (_two_in_one)
     if len(parts.candidates) == 1:
         _, _, w, h, _ = stats[parts.candidates[0]]
         if w < TWO_IN_ONE * h:  # most single digits: one part, not wide (step 1's answer)
             return Single(_whole(page, parts))
-        maybe_one, narrow = _two_in_one(w, h), bool(w < NARROW * h)
+        wide = _two_in_one(w, h)
     areas = stats[:, 4]
     big = max(areas[i] for i in parts.candidates)
     kept = [i for i in parts.candidates if areas[i] >= DUST * big]
@@ -181,30 +181,31 @@ def segment(image: np.ndarray) -> Single | Line:
     kept = _without_printed_bars(parts, kept)
     kept = _without_form_bars(parts, kept, page.ruling)
     columns = _columns(stats, kept)
-    if not maybe_one and not _side_by_side(stats, kept, columns):
-        lone = _a_little_wide_alone(columns)
-        if lone is None:
+    if wide is None and not _side_by_side(stats, kept, columns):
+        wide = _a_little_wide_alone(columns)  # one part a little wide, and specks
+        if wide is None:
             return Single(_whole(page, parts))
-        maybe_one, narrow = True, lone  # one part a little wide, and specks
     line_mask, line_box = mask_of(parts, kept)
     # the line's digits about WORK_SIZE / 2 tall: ample for 20x20, and cheap
     cut = extract(page, line_mask, line_box, side=2 * _digit_height(stats, kept))
     whole = functools.partial(_whole, page, parts)
-    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale, maybe_one, narrow,
-                  columns)
+    found = _line(cut, _digit_height(stats, kept) * page.f / cut.scale, wide, columns)
     if found is None:
         return Single(whole())
-    labels, stats, groups, height, band, maybe_one, narrow = found
+    labels, stats, groups, height, band, wide = found
     return Line(float(height * cut.scale), whole,
                 _strip(cut, band, height, level=page.ruling is None),
                 functools.partial(_candidates, cut, labels, stats, groups, height),
-                maybe_one=maybe_one, narrow=maybe_one and narrow)
+                maybe_one=wide is not None, narrow=bool(wide))
 
 
-def _two_in_one(width: float, height: float) -> bool:
-    """One part (or group, or column) a little wide, TWO_IN_ONE to ALONE times as wide as
-    tall: a wide single digit, or two digits written into each other (Line.maybe_one)."""
-    return bool(TWO_IN_ONE * height <= width <= ALONE * height)
+def _two_in_one(width: float, height: float) -> bool | None:
+    """Is one part (or group, or column) a little wide, TWO_IN_ONE to ALONE times as wide as
+    tall: a wide single digit, or two digits written into each other (Line.maybe_one)? None
+    when not; else whether it is narrow, under NARROW times (Line.narrow)."""
+    if not TWO_IN_ONE * height <= width <= ALONE * height:
+        return None
+    return bool(width < NARROW * height)
 
 
 def _whole(page, parts) -> np.ndarray:
@@ -337,12 +338,12 @@ def _side_by_side(stats: np.ndarray, labels: list[int],
 def _a_little_wide_alone(columns: tuple[np.ndarray, list[int]]) -> bool | None:
     """One of the `columns` (_columns) as tall as a digit (specks beside it aside),
     TWO_IN_ONE to ALONE times as wide as tall: what one part that wide is (segment's step 1),
-    with specks. None when not; else whether it is narrow (under NARROW times)."""
+    with specks: _two_in_one's answer for it (None when not)."""
     boxes, tall = columns
     if len(tall) != 1:
         return None
     _, _, w, h, _ = boxes[tall[0]]
-    return bool(w < NARROW * h) if _two_in_one(w, h) else None
+    return _two_in_one(w, h)
 
 
 def _columns(stats: np.ndarray, labels: list[int]) -> tuple[np.ndarray, list[int]]:
@@ -384,33 +385,31 @@ def _apart(stats: np.ndarray, tall: list[int]) -> bool:
     return False
 
 
-def _line(cut: Cut, height: float, maybe_one: bool, narrow: bool,
-          columns: tuple[np.ndarray, list[int]]
-          ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band, bool, bool] | None:
+def _line(cut: Cut, height: float, wide: bool | None, columns: tuple[np.ndarray, list[int]]
+          ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band, bool | None] | None:
     """Steps 2-3 on the cut-out line (its digits about `height` pixels tall): its parts
     (labels, stats), their groups (_group), the digits' height in the cut's pixels, the
-    groups' box in the cut (x0, y0, x1, y1: the units' too), whether it may be one digit
-    (`maybe_one`, given, or one group a little wide here: two digits that touch seen
-    sharper, `38` read `8`) and whether that part is `narrow` (given with `maybe_one`, or
-    measured here); None when it turns out to hold one digit (with `maybe_one` given, the
-    number models say, not its shape). `columns`: the page's parts' (_columns); where they
-    stand apart along the line, a long stroke wiped as a rule may have been a digit's."""
+    groups' box in the cut (x0, y0, x1, y1: the units' too) and `wide`, _two_in_one's answer
+    where it may be one digit (given, or one group a little wide here: two digits that touch
+    seen sharper, `38` read `8`), None where not; None when it turns out to hold one digit
+    (with `wide` given, the number models say, not its shape). `columns`: the page's parts'
+    (_columns); where they stand apart along the line, a long stroke wiped as a rule may have
+    been a digit's."""
     binary = _remove_rules(cut.binary, int(height))
     if binary is cut.binary:  # no rule wiped (most lines)
-        return _line_of(cut.parts or label(binary), height, maybe_one, narrow)
-    found = _line_of(label(binary), height, maybe_one, narrow)
+        return _line_of(cut.parts or label(binary), height, wide)
+    found = _line_of(label(binary), height, wide)
     if found is not None or not _apart(*columns):
         return found
     # One digit without the rule, but parts apart on the page: what looked like a rule may be
     # a digit's long stroke (a bold 2's base beside a thin 9, `92` read `2`). The line as
     # cut, if it holds several digit-sized groups (one wide 2 is no `22`).
-    found = _line_of(cut.parts or label(cut.binary), height, maybe_one, narrow)
+    found = _line_of(cut.parts or label(cut.binary), height, wide)
     return found if found is not None and len(found[2]) >= 2 else None
 
 
-def _line_of(labelled: tuple[int, np.ndarray, np.ndarray], height: float, maybe_one: bool,
-             narrow: bool
-             ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band, bool, bool] | None:
+def _line_of(labelled: tuple[int, np.ndarray, np.ndarray], height: float, wide: bool | None
+             ) -> tuple[np.ndarray, np.ndarray, list[list[int]], int, Band, bool | None] | None:
     """_line on the cut's parts as label() gives them (n, labels, stats), rules wiped or
     not."""
     n, labels, stats = labelled
@@ -421,16 +420,18 @@ def _line_of(labelled: tuple[int, np.ndarray, np.ndarray], height: float, maybe_
     parts = [i for i in parts if stats[i, 4] >= DUST * big]
     height = _digit_height(stats, parts)
     groups = _group(stats, parts, height)
-    if not maybe_one:
+    if wide is None:
         if len(groups) <= 1 and all(_width(stats, g) <= ALONE * height for g in groups):
-            if len(groups) != 1 or not _two_in_one(_width(stats, groups[0]), height):
+            if len(groups) != 1:
                 return None
-            maybe_one, narrow = True, _width(stats, groups[0]) < NARROW * height
+            wide = _two_in_one(_width(stats, groups[0]), height)
+            if wide is None:
+                return None
         # One group, wider than a digit: touching digits if it splits into units (step 4).
         elif len(groups) == 1 and len(_units(labels, stats, groups, height)) <= 1:
             return None
     return (labels, stats, groups, height, _bounds(stats, [i for g in groups for i in g]),
-            maybe_one, narrow)
+            wide)
 
 
 def _candidates(cut: Cut, labels: np.ndarray, stats: np.ndarray, groups: list[list[int]],
